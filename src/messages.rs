@@ -1,0 +1,190 @@
+//! The message catalogue: every user-facing string lives here, under a key.
+//!
+//! English is the only language today; a Japanese table can be added beside
+//! `EN` with the same keys, and `Lang` chooses. Placeholders are `{name}`.
+//!
+//! Error policy (after crates.io's `util/errors.rs`): a [`UserError`] is
+//! something the user did or can fix; it is rendered from the catalogue and
+//! shown to them. Anything else is an internal error: logged with the request
+//! id, and the user sees only `internal.error` with that id.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lang {
+    #[default]
+    En,
+}
+
+/// (key, English text). Keys are grouped by area.
+pub static EN: &[(&str, &str)] = &[
+    // grammar
+    ("grammar.unclosed_quote", "There is an unclosed {quote} quote in your command. Close it, or escape it with a backslash."),
+    ("grammar.unknown_subcommand", "`{command} {sub}` is not a command I know.{suggestion} Type `{command} help` to see them all."),
+    ("grammar.unknown_flag", "`{flag}` is not an option of `{command} {sub}`.{suggestion} Type `{command} help {sub}` for its options."),
+    ("grammar.did_you_mean", " Did you mean `{candidate}`?"),
+    ("grammar.missing_value", "`{flag}` needs a value, for example `{flag} {example}`."),
+    ("grammar.flag_takes_no_value", "`{flag}` is a switch and takes no value; write just `{flag}`."),
+    ("grammar.repeated_flag", "`{flag}` was given more than once; give it once."),
+    ("grammar.bad_value", "`{value}` is not a valid value for `{flag}`: {reason}"),
+    ("grammar.missing_argument", "`{command} {sub}` needs {arg}. Usage: `{usage}`"),
+    ("grammar.too_many_arguments", "`{command} {sub}` got an extra argument `{extra}`. Usage: `{usage}`"),
+    ("grammar.no_command_allowed", "`{command} {sub}` does not take a command after `--`. Usage: `{usage}`"),
+    ("grammar.conflict", "`{a}` and `{b}` cannot be used together."),
+    ("grammar.requires_one_of", "`{command} {sub}` needs one of {options}. Usage: `{usage}`"),
+    ("grammar.unknown_help_topic", "There is no `{command} {sub}` to explain.{suggestion} Type `{command} help` to see them all."),
+    // values
+    ("value.size", "sizes need a unit, like `512M`, `8G` or `1.5G`"),
+    ("value.size_zero", "a size must be larger than zero"),
+    ("value.duration", "durations look like `30m`, `2h`, `1d`, `1h30m`, or Slurm's `D-HH:MM:SS`"),
+    ("value.count", "expected a whole number from {min} to {max}"),
+    ("value.cpus", "expected a number of CPUs such as `2` or `0.5` (at most {max})"),
+    ("value.gpus", "expected a GPU count such as `1`, or a type and count such as `tesla:2`"),
+    ("value.port", "expected a port number from 1 to 65535, optionally followed by `/tcp` or `/udp`"),
+    ("value.env", "expected `NAME=value`, where NAME is letters, digits and `_` and does not start with a digit"),
+    ("value.name", "names are 1 to 63 lowercase letters, digits and `-`, starting with a letter or digit"),
+    ("value.user", "expected a department account name such as `alice`"),
+    ("value.group", "expected a group name such as `ai-course`"),
+    ("value.image", "expected an image such as `myimg`, `myimg:1` or `bob/myimg:1`"),
+    ("value.text", "the text must not contain control characters"),
+    ("value.path", "expected a relative path inside your home directory, without `..`"),
+    ("value.id", "expected an identifier of letters, digits, `-` and `_`"),
+    ("value.choice", "expected one of {choices}"),
+    // identity
+    ("identity.unknown_user", "Your Mattermost account `{user}` is not linked to a department account, so I cannot act for you. Ask the shisa admins ({contact}) to link it."),
+    ("identity.not_ldap", "Your Mattermost account `{user}` does not sign in through the department directory (LDAP), so I cannot tell which department account is yours. Sign in to Mattermost with your department account, or ask {contact}."),
+    ("identity.directory_down", "I cannot reach the department directory right now, so I cannot check who you are. Please try again in a minute; if it persists, tell {contact}."),
+    // generic
+    ("internal.error", "Something went wrong on my side and nothing was changed. The admins can find the details under reference `{request}`."),
+    ("command.not_available", "`{command} {sub}` is not available yet on this server. Type `{command} help` to see what you can do today."),
+    ("command.forbidden", "`{command} {sub}` is for {role}s only."),
+    ("command.accepted", "Working on `{command} {sub}` (request `{request}`); I will reply here when it is done."),
+    ("command.failed", "`{command} {sub}` failed: {reason}"),
+    ("command.gave_up", "`{command} {sub}` (request `{request}`) could not be completed after {attempts} attempts and nothing was left half-done. Please try again later; if it keeps failing, tell {contact} with the request id."),
+    ("not_found", "There is no {kind} called `{name}` that you can see."),
+    // whoami / info
+    ("whoami.text", "You are `{uid}` (uid {uid_number}, gid {gid_number}), role **{role}**, home `{home}`, groups: {groups}."),
+    ("info.header", "Blades:"),
+    ("info.blade_up", "- `{blade}`: up, Podman {version}, {containers} containers, {images} images"),
+    ("info.blade_down", "- `{blade}`: **down** ({reason})"),
+    ("templates.none", "No templates are configured yet. Ask the admins to add `[templates.NAME]` to the configuration."),
+    // chat/cli
+    ("chat.timeout", "No final reply arrived within {seconds} s."),
+];
+
+pub fn lookup(lang: Lang, key: &str) -> Option<&'static str> {
+    match lang {
+        Lang::En => EN.iter().find(|(k, _)| *k == key).map(|(_, v)| *v),
+    }
+}
+
+/// Render a catalogue entry, substituting `{name}` placeholders.
+pub fn render(lang: Lang, key: &str, args: &[(&str, String)]) -> String {
+    let Some(template) = lookup(lang, key) else {
+        // A missing key is a bug; show the key rather than nothing.
+        return key.to_string();
+    };
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                match args.iter().find(|(n, _)| *n == name) {
+                    Some((_, v)) => out.push_str(v),
+                    None => {
+                        out.push('{');
+                        out.push_str(name);
+                        out.push('}');
+                    }
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A user-facing error: a catalogue key plus its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserError {
+    pub key: &'static str,
+    pub args: Vec<(&'static str, String)>,
+}
+
+impl UserError {
+    pub fn new(key: &'static str) -> Self {
+        UserError { key, args: Vec::new() }
+    }
+    pub fn arg(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.args.push((name, value.into()));
+        self
+    }
+    pub fn render(&self, lang: Lang) -> String {
+        render(lang, self.key, &self.args)
+    }
+}
+
+impl fmt::Display for UserError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(Lang::En))
+    }
+}
+
+impl std::error::Error for UserError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_unique() {
+        let mut keys: Vec<_> = EN.iter().map(|(k, _)| *k).collect();
+        keys.sort();
+        let before = keys.len();
+        keys.dedup();
+        assert_eq!(before, keys.len());
+    }
+
+    #[test]
+    fn every_key_used_in_source_exists() {
+        // Scan the sources for UserError::new("…") and msg keys; a typo'd key
+        // would otherwise only show up as a raw key in someone's chat.
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut missing = Vec::new();
+        let mut stack = vec![std::path::PathBuf::from(root)];
+        while let Some(p) = stack.pop() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                let e = e.unwrap().path();
+                if e.is_dir() {
+                    stack.push(e);
+                } else if e.extension().is_some_and(|x| x == "rs") && !e.ends_with("messages.rs") {
+                    let text = std::fs::read_to_string(&e).unwrap();
+                    for pat in ["UserError::new(\"", "render_key(\""] {
+                        for (i, _) in text.match_indices(pat) {
+                            let rest = &text[i + pat.len()..];
+                            let key = &rest[..rest.find('"').unwrap()];
+                            if lookup(Lang::En, key).is_none() {
+                                missing.push(format!("{}: {key}", e.display()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "keys missing from the catalogue: {missing:?}");
+    }
+
+    #[test]
+    fn placeholders() {
+        let s = render(Lang::En, "grammar.missing_value", &[("flag", "--memory".into()), ("example", "8G".into())]);
+        assert_eq!(s, "`--memory` needs a value, for example `--memory 8G`.");
+    }
+}
