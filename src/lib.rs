@@ -1,4 +1,21 @@
 //! shisa: containers, images and GPU jobs for a university department,
 //! reached through Mattermost slash commands and GitLab.
+//!
+//! The edge (`http`, `mattermost`) verifies and parses; `commands` is the
+//! pure grammar; `handlers` decide (with `ownership` and `identity`) and
+//! record; `worker` runs queued work; adapters (`podman`, `identity::ldap`,
+//! `store`) talk to the outside world.
+
+pub mod app;
+pub mod cli;
 pub mod commands;
+pub mod config;
+pub mod handlers;
+pub mod http;
+pub mod identity;
+pub mod mattermost;
 pub mod messages;
+pub mod ownership;
+pub mod podman;
+pub mod store;
+pub mod worker;

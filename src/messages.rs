@@ -56,6 +56,7 @@ pub static EN: &[(&str, &str)] = &[
     ("identity.directory_down", "I cannot reach the department directory right now, so I cannot check who you are. Please try again in a minute; if it persists, tell {contact}."),
     // generic
     ("internal.error", "Something went wrong on my side and nothing was changed. The admins can find the details under reference `{request}`."),
+    ("command.unknown_program", "This server does not answer `{command}`; it knows `/container` and `/job`. Ask {contact} to check the slash command's settings."),
     ("command.not_available", "`{command} {sub}` is not available yet on this server. Type `{command} help` to see what you can do today."),
     ("command.forbidden", "`{command} {sub}` is for {role}s only."),
     ("command.accepted", "Working on `{command} {sub}` (request `{request}`); I will reply here when it is done."),

@@ -1,0 +1,40 @@
+//! The assembled service: configuration, state and adapters, shared by the
+//! HTTP edge and the workers.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::http::metrics::Metrics;
+use crate::identity::directory::Directory;
+use crate::mattermost::client::MattermostClient;
+use crate::mattermost::notify::Notifier;
+use crate::podman::PodmanClient;
+use crate::store::Store;
+
+pub struct App {
+    pub cfg: Config,
+    pub store: Store,
+    pub directory: Directory,
+    pub mattermost: MattermostClient,
+    pub notifier: Notifier,
+    pub metrics: Metrics,
+    pub blades: Vec<(crate::config::Blade, PodmanClient)>,
+    /// The names of groups that confer roles; they are not course groups.
+    pub role_groups: Vec<String>,
+    /// Wakes idle workers when a job is queued.
+    pub wake: tokio::sync::Notify,
+}
+
+impl App {
+    pub fn new(cfg: Config) -> anyhow::Result<Arc<App>> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", cfg.data_dir.display()))?;
+        let store = Store::open(&cfg.db_path())?;
+        let directory = Directory::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+        let mattermost = MattermostClient::new(cfg.mattermost.url.clone(), cfg.mattermost.bot_token.clone(), cfg.mattermost.timeout_seconds);
+        let notifier = Notifier { client: mattermost.clone(), store: store.clone() };
+        let blades = cfg.blades.iter().map(|b| (b.clone(), PodmanClient::new(&b.podman_socket))).collect();
+        let role_groups = cfg.roles.admin_groups.iter().chain(cfg.roles.instructor_groups.iter()).cloned().collect();
+        Ok(Arc::new(App { store, directory, mattermost, notifier, metrics: Metrics::default(), blades, role_groups, wake: tokio::sync::Notify::new(), cfg }))
+    }
+}

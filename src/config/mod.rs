@@ -1,0 +1,514 @@
+//! The configuration: one TOML file, validated at start.
+//!
+//! Unknown keys are refused (`deny_unknown_fields`), and every error names
+//! the key it is about, e.g. `mattermost.tokens[1]: environment variable … is not set`.
+//! Relative paths are relative to the directory of the configuration file.
+
+pub mod secret;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use secret::{Secret, SecretSource};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: Server,
+    pub storage: Storage,
+    pub mattermost: MattermostRaw,
+    pub directory: DirectoryRaw,
+    #[serde(default)]
+    pub roles: Roles,
+    #[serde(default)]
+    pub blades: Vec<Blade>,
+    #[serde(default)]
+    pub templates: BTreeMap<String, Template>,
+    #[serde(default)]
+    pub queue: Queue,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Address to listen on, e.g. `127.0.0.1:8470`.
+    pub listen: String,
+    /// How Mattermost reaches shisa (used by `shisa chat` and in links).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Seconds allowed for in-flight work to finish on shutdown.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+fn default_grace() -> u64 {
+    20
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Created if missing; holds `shisa.db` and, for the static directory, `home/USER`.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MattermostRaw {
+    /// One token per registered slash command; add the new one before removing the old to rotate.
+    pub tokens: Vec<SecretSource>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub bot_token: Option<SecretSource>,
+    pub linking: Linking,
+    /// Who users should ask when something needs a human, shown in replies.
+    #[serde(default = "default_contact")]
+    pub contact: String,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_contact() -> String {
+    "the shisa admins".into()
+}
+fn default_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Linking {
+    /// Production: ask Mattermost for the user, link only LDAP-authenticated ones.
+    MattermostLdap,
+    /// Demo and tests: trust the Mattermost user name.
+    Username,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryRaw {
+    pub source: DirectorySource,
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ldap: Option<LdapRaw>,
+    #[serde(default = "default_cache")]
+    pub cache_seconds: u64,
+}
+
+fn default_cache() -> u64 {
+    60
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectorySource {
+    Static,
+    Ldap,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapRaw {
+    pub url: String,
+    #[serde(default)]
+    pub starttls: bool,
+    /// Accept any certificate (test directories only).
+    #[serde(default)]
+    pub tls_insecure: bool,
+    pub bind_dn: String,
+    pub bind_password: SecretSource,
+    pub base_dn: String,
+    /// `{uid}` is replaced by the escaped account name.
+    #[serde(default = "default_user_filter")]
+    pub user_filter: String,
+    #[serde(default)]
+    pub group_base_dn: Option<String>,
+    /// `{uid}` is the escaped account name, `{dn}` the escaped user DN.
+    #[serde(default = "default_group_filter")]
+    pub group_filter: String,
+    #[serde(default)]
+    pub attributes: LdapAttributes,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_user_filter() -> String {
+    "(&(objectClass=posixAccount)(uid={uid}))".into()
+}
+fn default_group_filter() -> String {
+    "(&(objectClass=posixGroup)(memberUid={uid}))".into()
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdapAttributes {
+    pub uid: String,
+    pub uid_number: String,
+    pub gid_number: String,
+    pub home: String,
+    pub mail: String,
+    pub display_name: String,
+    pub group_name: String,
+}
+
+impl Default for LdapAttributes {
+    fn default() -> Self {
+        LdapAttributes {
+            uid: "uid".into(),
+            uid_number: "uidNumber".into(),
+            gid_number: "gidNumber".into(),
+            home: "homeDirectory".into(),
+            mail: "mail".into(),
+            display_name: "cn".into(),
+            group_name: "cn".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Roles {
+    pub admin_groups: Vec<String>,
+    pub instructor_groups: Vec<String>,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles { admin_groups: vec!["shisa-admins".into()], instructor_groups: vec!["instructors".into()] }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Blade {
+    pub name: String,
+    /// The blade's libpod socket: a Unix socket path (`/run/podman/podman.sock`).
+    pub podman_socket: PathBuf,
+    /// The host name users are told to connect to for published ports.
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub image: String,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub gpus: u32,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub time: Option<String>,
+    #[serde(default)]
+    pub comment: String,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    pub workers: usize,
+    pub max_attempts: u32,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue { workers: 2, max_attempts: 5 }
+    }
+}
+
+/// The validated configuration the service runs with.
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: Server,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub mattermost: Mattermost,
+    pub directory: Directory,
+    pub roles: Roles,
+    pub blades: Vec<Blade>,
+    pub templates: BTreeMap<String, Template>,
+    pub queue: Queue,
+    /// Things that are allowed but worth an admin's attention.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Mattermost {
+    pub tokens: Vec<Secret>,
+    pub url: Option<String>,
+    pub bot_token: Option<Secret>,
+    pub linking: Linking,
+    pub contact: String,
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug)]
+pub enum Directory {
+    Static { users_file: PathBuf, cache_seconds: u64 },
+    Ldap { ldap: Box<Ldap>, cache_seconds: u64 },
+}
+
+#[derive(Debug)]
+pub struct Ldap {
+    pub url: String,
+    pub starttls: bool,
+    pub tls_insecure: bool,
+    pub bind_dn: String,
+    pub bind_password: Secret,
+    pub base_dn: String,
+    pub user_filter: String,
+    pub group_base_dn: String,
+    pub group_filter: String,
+    pub attributes: LdapAttributes,
+    pub timeout_seconds: u64,
+}
+
+/// A configuration error: the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {key}: {reason}")]
+pub struct ConfigError {
+    pub path: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            key: "(file)".into(),
+            reason: format!("cannot read it: {e}"),
+        })?;
+        Self::from_str(&text, path)
+    }
+
+    pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError { path: path.display().to_string(), key: key.to_string(), reason };
+        let de = toml::Deserializer::parse(text).map_err(|e| err("(syntax)", one_line(&e.to_string())))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            err(if key == "." { "(top level)" } else { &key }, one_line(&e.inner().to_string()))
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        Self::validate(raw, path, &base).map_err(|(k, r)| err(&k, r))
+    }
+
+    fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, (String, String)> {
+        let mut warnings = Vec::new();
+        let listen: SocketAddr = raw
+            .server
+            .listen
+            .parse()
+            .map_err(|_| ("server.listen".to_string(), format!("`{}` is not an address like `127.0.0.1:8470`", raw.server.listen)))?;
+        if let Some(u) = &raw.server.public_url {
+            check_url("server.public_url", u)?;
+        }
+        if raw.mattermost.tokens.is_empty() {
+            return Err(("mattermost.tokens".into(), "give at least one slash-command token".into()));
+        }
+        let mut tokens = Vec::new();
+        for (i, t) in raw.mattermost.tokens.iter().enumerate() {
+            tokens.push(t.resolve(base).map_err(|r| (format!("mattermost.tokens[{i}]"), r))?);
+        }
+        let bot_token = match &raw.mattermost.bot_token {
+            Some(s) => Some(s.resolve(base).map_err(|r| ("mattermost.bot_token".to_string(), r))?),
+            None => None,
+        };
+        if let Some(u) = &raw.mattermost.url {
+            check_url("mattermost.url", u)?;
+        }
+        match raw.mattermost.linking {
+            Linking::MattermostLdap => {
+                if raw.mattermost.url.is_none() || bot_token.is_none() {
+                    return Err((
+                        "mattermost.linking".into(),
+                        "`mattermost-ldap` asks Mattermost who the user is: set `mattermost.url` and `mattermost.bot_token`".into(),
+                    ));
+                }
+            }
+            Linking::Username => warnings.push(
+                "mattermost.linking = \"username\" trusts Mattermost user names: use it for demos and tests only, \"mattermost-ldap\" in production".into(),
+            ),
+        }
+        let cache_seconds = raw.directory.cache_seconds;
+        let directory = match raw.directory.source {
+            DirectorySource::Static => {
+                let f = raw.directory.users_file.as_ref().ok_or((
+                    "directory.users_file".to_string(),
+                    "`source = \"static\"` needs `users_file`, the demo users file (see deploy/demo-users.toml)".to_string(),
+                ))?;
+                let users_file = base.join(f);
+                crate::identity::users_file::UsersFile::load(&users_file)
+                    .map_err(|r| ("directory.users_file".to_string(), r))?;
+                Directory::Static { users_file, cache_seconds }
+            }
+            DirectorySource::Ldap => {
+                let l = raw.directory.ldap.as_ref().ok_or((
+                    "directory.ldap".to_string(),
+                    "`source = \"ldap\"` needs a `[directory.ldap]` table".to_string(),
+                ))?;
+                if !(l.url.starts_with("ldap://") || l.url.starts_with("ldaps://")) {
+                    return Err(("directory.ldap.url".into(), format!("`{}` must start with ldap:// or ldaps://", l.url)));
+                }
+                if l.url.starts_with("ldap://") && !l.starttls && !is_loopback_url(&l.url) {
+                    warnings.push("directory.ldap: plain ldap:// to a remote server sends passwords in clear; use ldaps:// or starttls = true".into());
+                }
+                for (k, f) in [("user_filter", &l.user_filter), ("group_filter", &l.group_filter)] {
+                    if !f.contains("{uid}") && !f.contains("{dn}") {
+                        return Err((format!("directory.ldap.{k}"), "the filter must contain `{uid}`".into()));
+                    }
+                    if !f.starts_with('(') || !f.ends_with(')') {
+                        return Err((format!("directory.ldap.{k}"), "an LDAP filter must be enclosed in parentheses".into()));
+                    }
+                }
+                let bind_password = l.bind_password.resolve(base).map_err(|r| ("directory.ldap.bind_password".to_string(), r))?;
+                Directory::Ldap {
+                    ldap: Box::new(Ldap {
+                        url: l.url.clone(),
+                        starttls: l.starttls,
+                        tls_insecure: l.tls_insecure,
+                        bind_dn: l.bind_dn.clone(),
+                        bind_password,
+                        base_dn: l.base_dn.clone(),
+                        user_filter: l.user_filter.clone(),
+                        group_base_dn: l.group_base_dn.clone().unwrap_or_else(|| l.base_dn.clone()),
+                        group_filter: l.group_filter.clone(),
+                        attributes: l.attributes.clone(),
+                        timeout_seconds: l.timeout_seconds,
+                    }),
+                    cache_seconds,
+                }
+            }
+        };
+        if raw.blades.is_empty() {
+            return Err(("blades".into(), "configure at least one `[[blades]]`".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, b) in raw.blades.iter().enumerate() {
+            if !crate::commands::values::valid_name(&b.name) {
+                return Err((format!("blades[{i}].name"), format!("`{}`: blade names are lowercase letters, digits and `-`", b.name)));
+            }
+            if !names.insert(b.name.clone()) {
+                return Err((format!("blades[{i}].name"), format!("`{}` is used by two blades", b.name)));
+            }
+            let s = b.podman_socket.to_string_lossy();
+            if s.starts_with("tcp:") || s.contains("://") && !s.starts_with("unix://") {
+                return Err((
+                    format!("blades[{i}].podman_socket"),
+                    "a TCP Podman endpoint has no authentication; give the path of a Unix socket".into(),
+                ));
+            }
+        }
+        let blades = raw
+            .blades
+            .into_iter()
+            .map(|mut b| {
+                let s = b.podman_socket.to_string_lossy().to_string();
+                if let Some(p) = s.strip_prefix("unix://") {
+                    b.podman_socket = PathBuf::from(p);
+                }
+                b.podman_socket = base.join(&b.podman_socket);
+                b
+            })
+            .collect();
+        for (name, t) in &raw.templates {
+            let k = format!("templates.{name}");
+            if !crate::commands::values::valid_name(name) {
+                return Err((k, "template names are lowercase letters, digits and `-`".into()));
+            }
+            if let Some(m) = &t.memory {
+                crate::commands::values::parse_size(m)
+                    .map_err(|_| (format!("{k}.memory"), format!("`{m}` is not a size like `8G`")))?;
+            }
+            if let Some(d) = &t.time {
+                crate::commands::values::parse_duration(d)
+                    .map_err(|_| (format!("{k}.time"), format!("`{d}` is not a duration like `2h`")))?;
+            }
+            if let Some(c) = t.cpus {
+                if !(c > 0.0 && c <= 1024.0) {
+                    return Err((format!("{k}.cpus"), "must be more than 0 and at most 1024".into()));
+                }
+            }
+            if t.ports.contains(&0) {
+                return Err((format!("{k}.ports"), "port 0 is not a port".into()));
+            }
+        }
+        if raw.queue.workers == 0 || raw.queue.workers > 64 {
+            return Err(("queue.workers".into(), "must be from 1 to 64".into()));
+        }
+        if raw.queue.max_attempts == 0 {
+            return Err(("queue.max_attempts".into(), "must be at least 1".into()));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            listen,
+            server: raw.server,
+            data_dir: base.join(raw.storage.data_dir),
+            mattermost: Mattermost {
+                tokens,
+                url: raw.mattermost.url.map(|u| u.trim_end_matches('/').to_string()),
+                bot_token,
+                linking: raw.mattermost.linking,
+                contact: raw.mattermost.contact,
+                timeout_seconds: raw.mattermost.timeout_seconds,
+            },
+            directory,
+            roles: raw.roles,
+            blades,
+            templates: raw.templates,
+            queue: raw.queue,
+            warnings,
+        })
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("shisa.db")
+    }
+
+    /// Where shisa tells `shisa chat` (and Mattermost) to reach it.
+    pub fn public_url(&self) -> String {
+        match &self.server.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn check_url(key: &str, u: &str) -> Result<(), (String, String)> {
+    if !(u.starts_with("http://") || u.starts_with("https://")) || reqwest::Url::parse(u).is_err() {
+        return Err((key.into(), format!("`{u}` is not an http(s) URL")));
+    }
+    Ok(())
+}
+
+pub fn is_loopback_url(u: &str) -> bool {
+    reqwest::Url::parse(u).ok().and_then(|u| u.host_str().map(str::to_string)).is_some_and(|h| {
+        h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || h == "[::1]"
+    })
+}

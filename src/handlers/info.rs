@@ -1,0 +1,34 @@
+//! `/container info`: ask every blade's Podman for its version and counts.
+//! Queued, because a blade can be slow or down.
+
+use std::sync::Arc;
+
+use crate::app::App;
+use crate::messages::{render, Lang};
+use crate::store::queue::QueuedJob;
+
+use super::JobError;
+
+pub const KIND: &str = "container.info";
+
+pub async fn run(app: &Arc<App>, _job: &QueuedJob) -> Result<String, JobError> {
+    let mut lines = vec![render(Lang::En, "info.header", &[])];
+    for (blade, client) in &app.blades {
+        match client.info().await {
+            Ok(i) => {
+                lines.push(render(
+                    Lang::En,
+                    "info.blade_up",
+                    &[
+                        ("blade", blade.name.clone()),
+                        ("version", i.version),
+                        ("containers", i.containers.to_string()),
+                        ("images", i.images.to_string()),
+                    ],
+                ))
+            }
+            Err(e) => lines.push(render(Lang::En, "info.blade_down", &[("blade", blade.name.clone()), ("reason", e.to_string())])),
+        }
+    }
+    Ok(lines.join("\n"))
+}

@@ -1,0 +1,23 @@
+//! What each command does. The edge hands over a verified form; this module
+//! resolves the caller, parses, authorises, records, and either answers at
+//! once or queues the work and acknowledges.
+
+pub mod info;
+pub mod slash;
+
+use crate::messages::UserError;
+
+/// How a queued job ended badly.
+#[derive(Debug)]
+pub enum JobError {
+    /// The user's request cannot be done; tell them why. Not retried.
+    User(UserError),
+    /// Something outside broke (a blade, the network); try again later.
+    Retry(anyhow::Error),
+}
+
+impl From<UserError> for JobError {
+    fn from(e: UserError) -> Self {
+        JobError::User(e)
+    }
+}

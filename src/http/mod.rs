@@ -1,0 +1,99 @@
+//! The HTTP edge: routes, body limits, request ids, tracing, metrics.
+//! Handlers here only verify and parse; the work happens in `handlers`.
+
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::app::App;
+use crate::mattermost::slash::{verify_and_parse, SlashError};
+
+/// Slash-command forms are small; 64 KiB is generous.
+pub const MATTERMOST_BODY_LIMIT: usize = 64 * 1024;
+
+pub fn router(app: Arc<App>) -> Router {
+    let x_request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/hooks/mattermost", post(mattermost_hook).layer(DefaultBodyLimit::max(MATTERMOST_BODY_LIMIT)))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(app.clone(), count_requests))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, HeaderName::from_static("x-gitlab-token")]))
+        .layer(CatchPanicLayer::new())
+        .with_state(app)
+}
+
+async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    app.metrics.request(&route, resp.status().as_u16());
+    resp
+}
+
+fn request_id(headers: &HeaderMap, ext: Option<&RequestId>) -> String {
+    ext.and_then(|r| r.header_value().to_str().ok())
+        .or_else(|| headers.get("x-request-id").and_then(|v| v.to_str().ok()))
+        .map(|s| s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn error_json(status: StatusCode, msg: &str) -> Response {
+    (status, Json(serde_json::json!({"error": msg}))).into_response()
+}
+
+async fn mattermost_hook(
+    State(app): State<Arc<App>>,
+    rid: Option<axum::Extension<RequestId>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match verify_and_parse(&headers, &body, &app.cfg.mattermost.tokens) {
+        Ok(f) => f,
+        Err(SlashError::Unauthorized) => {
+            return error_json(StatusCode::UNAUTHORIZED, "missing or wrong slash-command token")
+        }
+        Err(SlashError::Malformed(m)) => return error_json(StatusCode::BAD_REQUEST, &m),
+    };
+    let request = request_id(&headers, rid.as_ref().map(|e| &e.0));
+    let reply = crate::handlers::slash::handle(&app, form, &request).await;
+    Json(reply).into_response()
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let db = tokio::time::timeout(Duration::from_secs(2), app.store.call(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))).await;
+    match db {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response(),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let (queued, running) = app.store.queue_depth().await.unwrap_or((-1, -1));
+    let body = app.metrics.render(&[(
+        "queue_jobs",
+        "Jobs in the durable queue by state.",
+        vec![("state=\"queued\"".into(), queued as f64), ("state=\"running\"".into(), running as f64)],
+    )]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

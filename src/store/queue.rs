@@ -1,0 +1,183 @@
+//! The durable job queue. A request that will be answered later is a row
+//! here before its acknowledgement is sent; a worker claims it, and a crash
+//! or restart puts claimed-but-unfinished rows back (`recover`).
+
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use super::{now, Store};
+
+/// Where the eventual answer goes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ReplyTarget {
+    pub response_url: Option<String>,
+    pub channel_id: Option<String>,
+    pub mm_user_id: Option<String>,
+    pub uid: String,
+    pub command: String,
+    pub sub: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedJob {
+    pub id: i64,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub owner: String,
+    pub request_id: String,
+    pub reply: Option<ReplyTarget>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Failed,
+}
+
+pub struct NewJob<'a> {
+    pub kind: &'a str,
+    pub payload: serde_json::Value,
+    pub owner: &'a str,
+    pub request_id: &'a str,
+    pub reply: Option<ReplyTarget>,
+    pub max_attempts: u32,
+}
+
+impl Store {
+    pub async fn enqueue(&self, j: NewJob<'_>) -> anyhow::Result<i64> {
+        let v = (
+            j.kind.to_string(),
+            j.payload.to_string(),
+            j.owner.to_string(),
+            j.request_id.to_string(),
+            j.reply.map(|r| serde_json::to_string(&r).unwrap_or_default()),
+            j.max_attempts,
+        );
+        self.call(move |c| {
+            let t = now();
+            c.execute(
+                "INSERT INTO queue(kind, payload, owner, request_id, reply, state, max_attempts, run_after, created_at, updated_at)
+                 VALUES (?1,?2,?3,?4,?5,'queued',?6,?7,?7,?7)",
+                params![v.0, v.1, v.2, v.3, v.4, v.5, t],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    /// Claim the oldest ready job, if any.
+    pub async fn claim(&self) -> anyhow::Result<Option<QueuedJob>> {
+        self.call(|c| {
+            let t = now();
+            c.query_row(
+                "UPDATE queue SET state = 'running', attempts = attempts + 1, updated_at = ?1
+                 WHERE id = (SELECT id FROM queue WHERE state = 'queued' AND run_after <= ?1 ORDER BY id LIMIT 1)
+                 RETURNING id, kind, payload, owner, request_id, reply, attempts, max_attempts",
+                [t],
+                |r| {
+                    let payload: String = r.get(2)?;
+                    let reply: Option<String> = r.get(5)?;
+                    Ok(QueuedJob {
+                        id: r.get(0)?,
+                        kind: r.get(1)?,
+                        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                        owner: r.get(3)?,
+                        request_id: r.get(4)?,
+                        reply: reply.and_then(|s| serde_json::from_str(&s).ok()),
+                        attempts: r.get(6)?,
+                        max_attempts: r.get(7)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn finish(&self, id: i64, outcome: Outcome, error: Option<&str>) -> anyhow::Result<()> {
+        let state = match outcome {
+            Outcome::Done => "done",
+            Outcome::Failed => "failed",
+        };
+        let err = error.map(str::to_string);
+        self.call(move |c| {
+            c.execute("UPDATE queue SET state = ?1, last_error = ?2, updated_at = ?3 WHERE id = ?4", params![state, err, now(), id])
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Put a job back for another attempt after `delay_seconds`.
+    pub async fn retry_later(&self, id: i64, error: &str, delay_seconds: i64) -> anyhow::Result<()> {
+        let err = error.to_string();
+        self.call(move |c| {
+            let t = now();
+            c.execute(
+                "UPDATE queue SET state = 'queued', last_error = ?1, run_after = ?2, updated_at = ?3 WHERE id = ?4",
+                params![err, t + delay_seconds, t, id],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// After a crash or an unclean stop: jobs left `running` go back to the queue.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        self.call(|c| c.execute("UPDATE queue SET state = 'queued', updated_at = ?1 WHERE state = 'running'", [now()])).await
+    }
+
+    /// Put one claimed job back untouched (graceful shutdown), giving back its attempt.
+    pub async fn release(&self, id: i64) -> anyhow::Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE queue SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_at = ?1 WHERE id = ?2 AND state = 'running'",
+                params![now(), id],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn queue_depth(&self) -> anyhow::Result<(i64, i64)> {
+        self.call(|c| {
+            c.query_row(
+                "SELECT COALESCE(SUM(state = 'queued'), 0), COALESCE(SUM(state = 'running'), 0) FROM queue",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .await
+    }
+
+    pub fn job_state(&self, request_id: &str) -> anyhow::Result<Option<(String, u32)>> {
+        self.with(|c| {
+            c.query_row("SELECT state, attempts FROM queue WHERE request_id = ?1", [request_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn claim_finish_recover() {
+        let s = Store::open_in_memory().unwrap();
+        let id = s
+            .enqueue(NewJob { kind: "k", payload: serde_json::json!({"a": 1}), owner: "alice", request_id: "r1", reply: None, max_attempts: 3 })
+            .await
+            .unwrap();
+        let j = s.claim().await.unwrap().unwrap();
+        assert_eq!((j.id, j.attempts, j.payload["a"].as_i64()), (id, 1, Some(1)));
+        assert!(s.claim().await.unwrap().is_none(), "a running job is not claimed twice");
+        assert_eq!(s.recover().await.unwrap(), 1);
+        let j = s.claim().await.unwrap().unwrap();
+        assert_eq!(j.attempts, 2);
+        s.finish(j.id, Outcome::Done, None).await.unwrap();
+        assert_eq!(s.queue_depth().await.unwrap(), (0, 0));
+        assert_eq!(s.job_state("r1").unwrap(), Some(("done".into(), 2)));
+    }
+}
