@@ -40,6 +40,17 @@ async fn shutdown_signal() {
 /// Run until `stop` completes. Public so the tests can run it in-process.
 pub async fn serve(cfg: Config, stop: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let listen = cfg.listen;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    serve_on(cfg, listener, stop).await
+}
+
+/// Run on an already bound listener (tests bind port 0).
+pub async fn serve_on(
+    cfg: Config,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listen = listener.local_addr()?;
     let grace = cfg.server.shutdown_grace_seconds;
     let app = App::new(cfg)?;
     let recovered = app.store.recover().await?;
@@ -48,7 +59,6 @@ pub async fn serve(cfg: Config, stop: impl std::future::Future<Output = ()> + Se
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
     let workers = crate::worker::spawn(app.clone(), rx);
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     tracing::info!(%listen, "shisa is listening");
     axum::serve(listener, crate::http::router(app.clone())).with_graceful_shutdown(stop).await?;
     let _ = tx.send(true);

@@ -308,7 +308,13 @@ impl Config {
         let de = toml::Deserializer::parse(text).map_err(|e| err("(syntax)", one_line(&e.to_string())))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            err(if key == "." { "(top level)" } else { &key }, one_line(&e.inner().to_string()))
+            let inner = e.inner();
+            let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let reason = match line {
+                Some(l) => format!("{} (line {l})", one_line(inner.message())),
+                None => one_line(inner.message()),
+            };
+            err(if key == "." { "(top level)" } else { &key }, reason)
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };

@@ -92,7 +92,9 @@ impl UsersFile {
     }
 
     pub fn groups_of(&self, uid: &str) -> Vec<String> {
-        self.groups.iter().filter(|g| g.members.iter().any(|m| m == uid)).map(|g| g.name.clone()).collect()
+        let mut g: Vec<String> = self.groups.iter().filter(|g| g.members.iter().any(|m| m == uid)).map(|g| g.name.clone()).collect();
+        g.sort();
+        g
     }
 
     pub fn home_of(&self, u: &FileUser, data_dir: &Path) -> PathBuf {

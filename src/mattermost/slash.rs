@@ -7,7 +7,7 @@ use crate::config::secret::{any_matches, Secret};
 
 /// The form Mattermost posts (protocols.md §4.1). Mention keys repeat, so
 /// they are lists (serde_html_form, since serde_urlencoded cannot).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 pub struct SlashForm {
     #[serde(default)]
     pub token: Option<String>,
@@ -56,14 +56,18 @@ pub fn verify_and_parse(headers: &HeaderMap, body: &[u8], tokens: &[Secret]) -> 
         .and_then(|v| v.strip_prefix("Token "))
         .map(str::trim);
     // Verify before decoding fully: an unauthenticated body gets no parser time beyond the token.
-    let form: Result<SlashForm, _> = serde_html_form::from_bytes(body);
-    let form_token = form.as_ref().ok().and_then(|f| f.token.clone());
+    #[derive(Deserialize)]
+    struct TokenOnly {
+        #[serde(default)]
+        token: Option<String>,
+    }
+    let form_token = serde_html_form::from_bytes::<TokenOnly>(body).ok().and_then(|f| f.token);
     let ok = header_token.is_some_and(|t| any_matches(tokens, t)) || form_token.as_deref().is_some_and(|t| any_matches(tokens, t));
     if !ok {
         // A body we cannot even decode has no valid token either.
         return Err(SlashError::Unauthorized);
     }
-    let form = form.map_err(|e| SlashError::Malformed(e.to_string()))?;
+    let form: SlashForm = serde_html_form::from_bytes(body).map_err(|e| SlashError::Malformed(e.to_string()))?;
     if form.user_id.is_empty() || form.command.is_empty() {
         return Err(SlashError::Malformed("`user_id` and `command` are required".into()));
     }

@@ -1,1 +1,9 @@
-fn main(){}
+//! The one integration-test binary: real Podman, slapd (and later registry,
+//! Slurm) started once per run by `harness`, fakes only for what cannot run here.
+
+mod config;
+mod harness;
+mod identity;
+mod queue;
+mod reference;
+mod slash;

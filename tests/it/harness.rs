@@ -1,0 +1,315 @@
+//! The test harness: real services started once per test run (slapd, a
+//! Podman API service), each with private configuration and temp dirs, and
+//! protocol-faithful fakes for what cannot run here (Mattermost).
+//!
+//! Long-lived children are spawned from a parked thread with
+//! PR_SET_PDEATHSIG, so they die with the test binary and nothing leaks.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use shisa::config::Config;
+use shisa::identity::users_file::UsersFile;
+use shisa::mattermost::Reply;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One temp root per test run.
+pub fn run_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| tempfile::Builder::new().prefix("shisa-it-").tempdir().unwrap().keep())
+}
+
+pub fn demo_users() -> UsersFile {
+    UsersFile::load(&repo().join("deploy/demo-users.toml")).unwrap()
+}
+
+/// Spawn a child that dies with this process, from a thread that never exits
+/// (PDEATHSIG fires when the *spawning thread* ends).
+fn spawn_daemon(mut cmd: Command) -> u32 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn service");
+        tx.send(child.id()).unwrap();
+        let _keep = child;
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not come up within 10 s");
+}
+
+pub struct Slapd {
+    pub url: String,
+    pub base_dn: String,
+    pub bind_dn: String,
+    pub password: String,
+}
+
+/// A throwaway OpenLDAP with the demo users (LDIF generated from demo-users.toml).
+pub fn slapd() -> &'static Slapd {
+    static S: OnceLock<Slapd> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = run_root().join("slapd");
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        let base_dn = "dc=example,dc=edu".to_string();
+        let conf = format!(
+            "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\ninclude /etc/ldap/schema/nis.schema\ninclude /etc/ldap/schema/inetorgperson.schema\npidfile {d}/slapd.pid\nmodulepath /usr/lib/ldap\nmoduleload back_mdb\ndatabase mdb\nsuffix \"{base_dn}\"\nrootdn \"cn=admin,{base_dn}\"\nrootpw test-root-pw\ndirectory {d}/db\naccess to attrs=userPassword by anonymous auth by self write by * none\naccess to * by * read\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("slapd.conf"), conf).unwrap();
+        let ldif = demo_users().to_ldif(&base_dn, &shared_data_dir());
+        std::fs::write(dir.join("demo.ldif"), ldif).unwrap();
+        let out = Command::new("slapadd").arg("-f").arg(dir.join("slapd.conf")).arg("-l").arg(dir.join("demo.ldif")).output().expect("slapadd (is slapd installed? run tests/run.sh)");
+        assert!(out.status.success(), "slapadd: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let url = format!("ldap://127.0.0.1:{port}");
+        let mut cmd = Command::new("slapd");
+        cmd.arg("-f").arg(dir.join("slapd.conf")).arg("-h").arg(format!("{url}/")).arg("-d").arg("0").stdout(Stdio::null()).stderr(Stdio::null());
+        spawn_daemon(cmd);
+        wait_for("slapd", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        Slapd { url, base_dn: base_dn.clone(), bind_dn: format!("cn=admin,{base_dn}"), password: "test-root-pw".into() }
+    })
+}
+
+/// The data dir whose `home/` the LDAP homes point at (same rule as the static directory).
+pub fn shared_data_dir() -> PathBuf {
+    run_root().join("shared-data")
+}
+
+/// A rootful Podman API service with private storage and containers.conf.
+pub fn podman() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = run_root().join("podman");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("containers.conf"),
+            "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\n",
+        )
+        .unwrap();
+        let sock = dir.join("podman.sock");
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", dir.join("containers.conf"))
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--runroot")
+            .arg(dir.join("runroot"))
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", sock.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        spawn_daemon(cmd);
+        wait_for("podman system service", || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+        sock
+    })
+}
+
+#[derive(Default, Clone)]
+pub enum Dir {
+    #[default]
+    Static,
+    Ldap,
+}
+
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub directory: Dir,
+    pub mattermost_url: Option<String>,
+    pub bot_token: Option<String>,
+    pub ldap_linking: bool,
+    pub podman: bool,
+    pub tokens: Vec<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+pub const TOKEN: &str = "test-container-token";
+pub const TOKEN2: &str = "test-job-token";
+
+pub fn config_text(o: &Opts, data_dir: &Path) -> String {
+    let tokens = if o.tokens.is_empty() { vec![TOKEN.to_string(), TOKEN2.to_string()] } else { o.tokens.clone() };
+    let tokens = tokens.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ");
+    let mut s = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = 2\n[storage]\ndata_dir = {:?}\n[mattermost]\ntokens = [{tokens}]\nlinking = {:?}\ncontact = \"the test admins\"\ntimeout_seconds = 3\n",
+        data_dir.display().to_string(),
+        if o.ldap_linking { "mattermost-ldap" } else { "username" }
+    );
+    if let Some(u) = &o.mattermost_url {
+        s.push_str(&format!("url = {u:?}\n"));
+    }
+    if let Some(t) = &o.bot_token {
+        s.push_str(&format!("bot_token = {t:?}\n"));
+    }
+    match o.directory {
+        Dir::Static => s.push_str(&format!(
+            "[directory]\nsource = \"static\"\nusers_file = {:?}\ncache_seconds = 0\n",
+            repo().join("deploy/demo-users.toml").display().to_string()
+        )),
+        Dir::Ldap => {
+            let l = slapd();
+            s.push_str(&format!(
+                "[directory]\nsource = \"ldap\"\ncache_seconds = 0\n[directory.ldap]\nurl = {:?}\nbind_dn = {:?}\nbind_password = {:?}\nbase_dn = {:?}\ntimeout_seconds = 3\n",
+                l.url, l.bind_dn, l.password, l.base_dn
+            ))
+        }
+    }
+    let sock = if o.podman { podman().to_path_buf() } else { run_root().join("no-podman.sock") };
+    s.push_str(&format!("[[blades]]\nname = \"local\"\npodman_socket = {:?}\naddress = \"127.0.0.1\"\n", sock.display().to_string()));
+    s.push_str("[templates.busybox]\nimage = \"localhost/busybox:latest\"\ncpus = 1\nmemory = \"512M\"\ncomment = \"tiny\"\n");
+    s
+}
+
+/// A shisa running in-process on a loopback port.
+pub struct Stack {
+    pub cfg: Config,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Stack {
+    pub async fn start(o: Opts) -> Stack {
+        let data_dir = o.data_dir.clone().unwrap_or_else(|| tempfile::tempdir_in(run_root()).unwrap().keep());
+        let path = data_dir.with_extension("toml");
+        std::fs::write(&path, config_text(&o, &data_dir)).unwrap();
+        Self::start_with(&path, data_dir).await
+    }
+
+    pub async fn start_with(path: &Path, data_dir: PathBuf) -> Stack {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut for_chat = Config::load(path).unwrap();
+        for_chat.server.public_url = Some(format!("http://{addr}"));
+        let cfg = Config::load(path).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(shisa::cli::serve::serve_on(cfg, listener, async move {
+            let _ = rx.await;
+        }));
+        Stack { cfg: for_chat, addr, data_dir, stop: Some(tx), handle: Some(handle) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// What `shisa chat --as USER LINE` does.
+    pub async fn chat(&self, user: &str, line: &str) -> Vec<Reply> {
+        let id = shisa::cli::chat::demo_user_id(&demo_users(), user);
+        shisa::cli::chat::send(&self.cfg, user, &id, line, Duration::from_secs(20), |_| {}).await.unwrap()
+    }
+
+    /// The final reply's text.
+    pub async fn say(&self, user: &str, line: &str) -> String {
+        let r = self.chat(user, line).await;
+        let last = r.last().unwrap();
+        assert!(last.is_final(), "no final reply to {line:?}: {r:?}");
+        last.text.clone()
+    }
+
+    pub fn store(&self) -> shisa::store::Store {
+        shisa::store::Store::open(&self.cfg.db_path()).unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// `application/x-www-form-urlencoded`, keys in the given order (repeats allowed).
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    pairs.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&")
+}
+
+/// A protocol-faithful fake of the Mattermost REST API parts shisa uses:
+/// `GET /api/v4/users/{id}`, `GET /api/v4/users/me`, `POST /api/v4/channels/direct`,
+/// `POST /api/v4/posts` (protocols.md §4.5), with Bearer authentication.
+#[derive(Clone, Default)]
+pub struct FakeMattermost {
+    pub users: Arc<Mutex<Vec<serde_json::Value>>>,
+    pub posts: Arc<Mutex<Vec<serde_json::Value>>>,
+    pub token: String,
+}
+
+impl FakeMattermost {
+    pub async fn start(token: &str, users: Vec<serde_json::Value>) -> (FakeMattermost, String) {
+        use axum::extract::{Path as AxPath, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, post};
+        use axum::Json;
+        let fake = FakeMattermost { users: Arc::new(Mutex::new(users)), posts: Default::default(), token: token.into() };
+        fn authed(f: &FakeMattermost, h: &HeaderMap) -> bool {
+            h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {}", f.token))
+        }
+        async fn user(State(f): State<FakeMattermost>, h: HeaderMap, AxPath(id): AxPath<String>) -> Result<Json<serde_json::Value>, StatusCode> {
+            if !authed(&f, &h) {
+                return Err(StatusCode::UNAUTHORIZED);
+            }
+            let id = if id == "me" { "botuser000000000000000000b".to_string() } else { id };
+            if id == "botuser000000000000000000b" {
+                return Ok(Json(serde_json::json!({"id": id, "username": "shisa", "auth_service": ""})));
+            }
+            f.users.lock().unwrap().iter().find(|u| u["id"] == id.as_str()).cloned().map(Json).ok_or(StatusCode::NOT_FOUND)
+        }
+        async fn direct(State(f): State<FakeMattermost>, h: HeaderMap, Json(ids): Json<Vec<String>>) -> Result<(StatusCode, Json<serde_json::Value>), StatusCode> {
+            if !authed(&f, &h) {
+                return Err(StatusCode::UNAUTHORIZED);
+            }
+            if ids.len() != 2 || ids[0] != "botuser000000000000000000b" {
+                return Err(StatusCode::BAD_REQUEST);
+            }
+            Ok((StatusCode::CREATED, Json(serde_json::json!({"id": format!("dm-{}", ids[1]), "type": "D"}))))
+        }
+        async fn posts(State(f): State<FakeMattermost>, h: HeaderMap, Json(p): Json<serde_json::Value>) -> Result<(StatusCode, Json<serde_json::Value>), StatusCode> {
+            if !authed(&f, &h) {
+                return Err(StatusCode::UNAUTHORIZED);
+            }
+            if p["channel_id"].as_str().is_none() || p["message"].as_str().is_none() {
+                return Err(StatusCode::BAD_REQUEST);
+            }
+            f.posts.lock().unwrap().push(p.clone());
+            Ok((StatusCode::CREATED, Json(p)))
+        }
+        let app = axum::Router::new()
+            .route("/api/v4/users/{id}", get(user))
+            .route("/api/v4/channels/direct", post(direct))
+            .route("/api/v4/posts", post(posts))
+            .with_state(fake.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (fake, url)
+    }
+}
