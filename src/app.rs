@@ -27,14 +27,45 @@ pub struct App {
 
 impl App {
     pub fn new(cfg: Config) -> anyhow::Result<Arc<App>> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", cfg.data_dir.display()))?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the data directory {}: {e}",
+                cfg.data_dir.display()
+            )
+        })?;
         let store = Store::open(&cfg.db_path())?;
         let directory = Directory::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?;
-        let mattermost = MattermostClient::new(cfg.mattermost.url.clone(), cfg.mattermost.bot_token.clone(), cfg.mattermost.timeout_seconds);
-        let notifier = Notifier { client: mattermost.clone(), store: store.clone() };
-        let blades = cfg.blades.iter().map(|b| (b.clone(), PodmanClient::new(&b.podman_socket))).collect();
-        let role_groups = cfg.roles.admin_groups.iter().chain(cfg.roles.instructor_groups.iter()).cloned().collect();
-        Ok(Arc::new(App { store, directory, mattermost, notifier, metrics: Metrics::default(), blades, role_groups, wake: tokio::sync::Notify::new(), cfg }))
+        let mattermost = MattermostClient::new(
+            cfg.mattermost.url.clone(),
+            cfg.mattermost.bot_token.clone(),
+            cfg.mattermost.timeout_seconds,
+        );
+        let notifier = Notifier {
+            client: mattermost.clone(),
+            store: store.clone(),
+        };
+        let blades = cfg
+            .blades
+            .iter()
+            .map(|b| (b.clone(), PodmanClient::new(&b.podman_socket)))
+            .collect();
+        let role_groups = cfg
+            .roles
+            .admin_groups
+            .iter()
+            .chain(cfg.roles.instructor_groups.iter())
+            .cloned()
+            .collect();
+        Ok(Arc::new(App {
+            store,
+            directory,
+            mattermost,
+            notifier,
+            metrics: Metrics::default(),
+            blades,
+            role_groups,
+            wake: tokio::sync::Notify::new(),
+            cfg,
+        }))
     }
 }

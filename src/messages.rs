@@ -122,7 +122,10 @@ pub struct UserError {
 
 impl UserError {
     pub fn new(key: &'static str) -> Self {
-        UserError { key, args: Vec::new() }
+        UserError {
+            key,
+            args: Vec::new(),
+        }
     }
     pub fn arg(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.args.push((name, value.into()));
@@ -180,12 +183,19 @@ mod tests {
                 }
             }
         }
-        assert!(missing.is_empty(), "keys missing from the catalogue: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "keys missing from the catalogue: {missing:?}"
+        );
     }
 
     #[test]
     fn placeholders() {
-        let s = render(Lang::En, "grammar.missing_value", &[("flag", "--memory".into()), ("example", "8G".into())]);
+        let s = render(
+            Lang::En,
+            "grammar.missing_value",
+            &[("flag", "--memory".into()), ("example", "8G".into())],
+        );
         assert_eq!(s, "`--memory` needs a value, for example `--memory 8G`.");
     }
 }

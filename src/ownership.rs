@@ -58,14 +58,22 @@ impl Decision {
     }
 }
 
-pub fn authorize(caller: &Account, action: Action, res: &ResourceRef<'_>, role_groups: &[String]) -> Decision {
+pub fn authorize(
+    caller: &Account,
+    action: Action,
+    res: &ResourceRef<'_>,
+    role_groups: &[String],
+) -> Decision {
     if caller.uid == res.owner {
         return Decision::Owner;
     }
     if caller.role == Role::Admin {
         return Decision::Staff;
     }
-    let shared = res.shared_with.iter().any(|s| s == "all" || *s == caller.uid || caller.in_group(s));
+    let shared = res
+        .shared_with
+        .iter()
+        .any(|s| s == "all" || *s == caller.uid || caller.in_group(s));
     let teaches = caller.role == Role::Instructor
         && res
             .owner_groups
@@ -106,9 +114,18 @@ mod tests {
         let admin = acc("admin", Role::Admin, &["shisa-admins"]);
         let role_groups = vec!["instructors".to_string(), "shisa-admins".to_string()];
         let og = alice.groups.clone();
-        let private = ResourceRef { kind: "container", name: "web", owner: "alice", shared_with: &[], owner_groups: &og };
+        let private = ResourceRef {
+            kind: "container",
+            name: "web",
+            owner: "alice",
+            shared_with: &[],
+            owner_groups: &og,
+        };
         let share = vec!["ai-course".to_string()];
-        let shared = ResourceRef { shared_with: &share, ..private.clone() };
+        let shared = ResourceRef {
+            shared_with: &share,
+            ..private.clone()
+        };
         use Action::*;
         use Decision::*;
         let cases = [
@@ -124,12 +141,28 @@ mod tests {
             (&admin, Delete, &private, Staff),
         ];
         for (who, action, res, want) in cases {
-            assert_eq!(authorize(who, action, res, &role_groups), want, "{} {:?} {:?}", who.uid, action, res.shared_with);
+            assert_eq!(
+                authorize(who, action, res, &role_groups),
+                want,
+                "{} {:?} {:?}",
+                who.uid,
+                action,
+                res.shared_with
+            );
         }
         // "students" is everyone's group, not a course: an instructor in it sees nothing through it.
         let t2 = acc("t2", Role::Instructor, &["students"]);
         let bobs = bob.groups.clone();
-        let r = ResourceRef { kind: "container", name: "x", owner: "bob", shared_with: &[], owner_groups: &bobs };
-        assert_eq!(authorize(&t2, View, &r, &["students".to_string()]), NotFound);
+        let r = ResourceRef {
+            kind: "container",
+            name: "x",
+            owner: "bob",
+            shared_with: &[],
+            owner_groups: &bobs,
+        };
+        assert_eq!(
+            authorize(&t2, View, &r, &["students".to_string()]),
+            NotFound
+        );
     }
 }

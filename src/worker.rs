@@ -53,7 +53,10 @@ async fn worker(n: usize, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             _ = async { let _ = sd.wait_for(|v| *v).await; tokio::time::sleep(grace).await } => false,
         };
         if !finished {
-            tracing::warn!(job = id, "shutdown: job did not finish within the grace period; re-queued");
+            tracing::warn!(
+                job = id,
+                "shutdown: job did not finish within the grace period; re-queued"
+            );
             if let Err(e) = app.store.release(id).await {
                 tracing::error!(job = id, error = %e, "could not re-queue; it will be recovered at the next start");
             }
@@ -64,7 +67,9 @@ async fn worker(n: usize, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
 async fn execute(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
     match job.kind.as_str() {
         handlers::info::KIND => handlers::info::run(app, job).await,
-        other => Err(JobError::Retry(anyhow::anyhow!("no handler for job kind {other}"))),
+        other => Err(JobError::Retry(anyhow::anyhow!(
+            "no handler for job kind {other}"
+        ))),
     }
 }
 

@@ -30,15 +30,20 @@ pub enum DemoCommand {
     },
 }
 
-fn load(config: &PathBuf, users: Option<PathBuf>) -> anyhow::Result<(Config, UsersFile)> {
+fn load(config: &std::path::Path, users: Option<PathBuf>) -> anyhow::Result<(Config, UsersFile)> {
     let cfg = Config::load(config)?;
-    let f = UsersFile::load(&super::chat::users_file_for(&cfg, users)).map_err(|e| anyhow::anyhow!(e))?;
+    let f = UsersFile::load(&super::chat::users_file_for(&cfg, users))
+        .map_err(|e| anyhow::anyhow!(e))?;
     Ok((cfg, f))
 }
 
 pub fn run(what: DemoCommand) -> anyhow::Result<std::process::ExitCode> {
     match what {
-        DemoCommand::Ldif { config, users, base_dn } => {
+        DemoCommand::Ldif {
+            config,
+            users,
+            base_dn,
+        } => {
             let (cfg, f) = load(&config, users)?;
             print!("{}", f.to_ldif(&base_dn, &cfg.data_dir));
         }
@@ -51,13 +56,21 @@ pub fn run(what: DemoCommand) -> anyhow::Result<std::process::ExitCode> {
 }
 
 fn exists(db: &str, key: &str) -> bool {
-    Command::new("getent").args([db, key]).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("getent")
+        .args([db, key])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 fn must(cmd: &mut Command) -> anyhow::Result<()> {
     let out = cmd.output()?;
     if !out.status.success() {
-        anyhow::bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::bail!(
+            "{:?} failed: {}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

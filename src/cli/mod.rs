@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "shisa", version, about = "Self-service containers, images and GPU jobs from chat and git")]
+#[command(
+    name = "shisa",
+    version,
+    about = "Self-service containers, images and GPU jobs from chat and git"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -58,7 +62,14 @@ pub fn run() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve::run(&config),
         Command::CheckConfig { config } => check_config(&config),
-        Command::Chat { config, as_user, inbox, users, timeout, text } => chat::run(&config, &as_user, inbox, users, timeout, text),
+        Command::Chat {
+            config,
+            as_user,
+            inbox,
+            users,
+            timeout,
+            text,
+        } => chat::run(&config, &as_user, inbox, users, timeout, text),
         Command::Demo { what } => demo::run(what),
     };
     match result {

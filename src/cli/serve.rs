@@ -9,7 +9,9 @@ use crate::config::{Config, LogFormat};
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHISA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Json => b.json().try_init(),
         LogFormat::Human => b.try_init(),
@@ -22,14 +24,17 @@ pub fn run(path: &Path) -> anyhow::Result<std::process::ExitCode> {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(serve(cfg, shutdown_signal()))?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
@@ -38,9 +43,14 @@ async fn shutdown_signal() {
 }
 
 /// Run until `stop` completes. Public so the tests can run it in-process.
-pub async fn serve(cfg: Config, stop: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    cfg: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listen = cfg.listen;
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     serve_on(cfg, listener, stop).await
 }
 
@@ -60,11 +70,18 @@ pub async fn serve_on(
     let (tx, rx) = tokio::sync::watch::channel(false);
     let workers = crate::worker::spawn(app.clone(), rx);
     tracing::info!(%listen, "shisa is listening");
-    axum::serve(listener, crate::http::router(app.clone())).with_graceful_shutdown(stop).await?;
+    axum::serve(listener, crate::http::router(app.clone()))
+        .with_graceful_shutdown(stop)
+        .await?;
     let _ = tx.send(true);
     let all = futures_join(workers);
-    if tokio::time::timeout(Duration::from_secs(grace + 5), all).await.is_err() {
-        tracing::warn!("workers did not stop in time; unfinished jobs will be recovered at the next start");
+    if tokio::time::timeout(Duration::from_secs(grace + 5), all)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "workers did not stop in time; unfinished jobs will be recovered at the next start"
+        );
     }
     Ok(())
 }

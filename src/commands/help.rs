@@ -31,9 +31,18 @@ pub fn usage(program: Program, sub: &SubSpec) -> String {
 /// `/container help`: the list of subcommands.
 pub fn overview(program: Program) -> String {
     let spec = program.spec();
-    let mut out = format!("**{}**: {}\n\n| command | what it does |\n|---|---|\n", program.slash(), spec.summary);
+    let mut out = format!(
+        "**{}**: {}\n\n| command | what it does |\n|---|---|\n",
+        program.slash(),
+        spec.summary
+    );
     for s in spec.subs {
-        out.push_str(&format!("| `{} {}` | {} |\n", program.slash(), s.name, s.summary));
+        out.push_str(&format!(
+            "| `{} {}` | {} |\n",
+            program.slash(),
+            s.name,
+            s.summary
+        ));
     }
     out.push_str(&format!(
         "\nType `{} help COMMAND` for its options and examples. Sizes take a unit (`512M`, `8G`); times look like `30m`, `2h`, `1d`.",
@@ -67,12 +76,24 @@ pub fn detail(program: Program, sub: &SubSpec) -> String {
         }
     }
     match sub.trailing {
-        Trailing::Optional => out.push_str("- `-- CMD...`: the command to run instead of the image's default\n"),
+        Trailing::Optional => {
+            out.push_str("- `-- CMD...`: the command to run instead of the image's default\n")
+        }
         Trailing::Required => out.push_str("- `-- CMD...`: the command to run\n"),
         Trailing::None => {}
     }
     if !sub.one_of.is_empty() {
-        let opts: Vec<String> = sub.one_of.iter().map(|o| if *o == "--" { "`-- CMD`".into() } else { format!("`--{o}`") }).collect();
+        let opts: Vec<String> = sub
+            .one_of
+            .iter()
+            .map(|o| {
+                if *o == "--" {
+                    "`-- CMD`".into()
+                } else {
+                    format!("`--{o}`")
+                }
+            })
+            .collect();
         out.push_str(&format!("\nGive exactly one of {}.\n", opts.join(" or ")));
     }
     out.push_str("\nExamples:\n");

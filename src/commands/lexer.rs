@@ -62,7 +62,9 @@ pub fn tokenize(text: &str) -> Result<Vec<String>, UserError> {
                 in_word = true;
                 loop {
                     match chars.next() {
-                        None => return Err(UserError::new("grammar.unclosed_quote").arg("quote", "\"")),
+                        None => {
+                            return Err(UserError::new("grammar.unclosed_quote").arg("quote", "\""))
+                        }
                         Some('"') => break,
                         Some('\\') => match chars.next() {
                             Some(n @ ('"' | '\\')) => cur.push(n),
@@ -70,7 +72,11 @@ pub fn tokenize(text: &str) -> Result<Vec<String>, UserError> {
                                 cur.push('\\');
                                 cur.push(n)
                             }
-                            None => return Err(UserError::new("grammar.unclosed_quote").arg("quote", "\"")),
+                            None => {
+                                return Err(
+                                    UserError::new("grammar.unclosed_quote").arg("quote", "\"")
+                                )
+                            }
                         },
                         Some(n) => cur.push(n),
                     }
@@ -80,7 +86,9 @@ pub fn tokenize(text: &str) -> Result<Vec<String>, UserError> {
                 in_word = true;
                 loop {
                     match chars.next() {
-                        None => return Err(UserError::new("grammar.unclosed_quote").arg("quote", "'")),
+                        None => {
+                            return Err(UserError::new("grammar.unclosed_quote").arg("quote", "'"))
+                        }
                         Some('\'') => break,
                         Some(n) => cur.push(n),
                     }
@@ -111,16 +119,25 @@ mod tests {
 
     #[test]
     fn full_width_and_dashes_fold_to_ascii() {
-        assert_eq!(normalize("ｒｕｎ　—ｇｐｕｓ　２ myimg"), "run --gpus 2 myimg");
+        assert_eq!(
+            normalize("ｒｕｎ　—ｇｐｕｓ　２ myimg"),
+            "run --gpus 2 myimg"
+        );
         assert_eq!(normalize("run –port 80 img"), "run --port 80 img");
-        assert_eq!(normalize("run --env “A=b c” img"), "run --env \"A=b c\" img");
+        assert_eq!(
+            normalize("run --env “A=b c” img"),
+            "run --env \"A=b c\" img"
+        );
         // A dash inside a word is left alone.
         assert_eq!(normalize("my—img"), "my—img");
     }
 
     #[test]
     fn quoting() {
-        assert_eq!(tokenize(r#"run --env "A=b c" 'x y' z\ w"#).unwrap(), vec!["run", "--env", "A=b c", "x y", "z w"]);
+        assert_eq!(
+            tokenize(r#"run --env "A=b c" 'x y' z\ w"#).unwrap(),
+            vec!["run", "--env", "A=b c", "x y", "z w"]
+        );
         assert_eq!(tokenize(r#"a "" b"#).unwrap(), vec!["a", "", "b"]);
         assert!(tokenize(r#"a "b"#).is_err());
     }

@@ -38,9 +38,18 @@ mod tests {
     fn snapshots_of_parsed_commands() {
         let cases = [
             (Program::Container, "run --gpu --port 8888 myimg"),
-            (Program::Container, "run --name web --port=80 --port 53/udp --memory 2G --cpus 1.5 myimg:1"),
-            (Program::Container, "run --env \"GREETING=hello world\" --mem 512M myimg -- python3 app.py --port 3"),
-            (Program::Container, "ｒｕｎ　—ｇｐｕｓ　ｔｅｓｌａ：２ myimg"),
+            (
+                Program::Container,
+                "run --name web --port=80 --port 53/udp --memory 2G --cpus 1.5 myimg:1",
+            ),
+            (
+                Program::Container,
+                "run --env \"GREETING=hello world\" --mem 512M myimg -- python3 app.py --port 3",
+            ),
+            (
+                Program::Container,
+                "ｒｕｎ　—ｇｐｕｓ　ｔｅｓｌａ：２ myimg",
+            ),
             (Program::Container, "run --template pytorch"),
             (Program::Container, "ps --all"),
             (Program::Container, "exec web -- ls -l"),
@@ -49,8 +58,14 @@ mod tests {
             (Program::Container, ""),
             (Program::Container, "help run"),
             (Program::Container, "run --help"),
-            (Program::Job, "submit --image myimg:1 --gpus 1 --time 1-12:00:00 -- python3 train.py"),
-            (Program::Job, "submit --template pytorch --script jobs/train.sh --dry-run"),
+            (
+                Program::Job,
+                "submit --image myimg:1 --gpus 1 --time 1-12:00:00 -- python3 train.py",
+            ),
+            (
+                Program::Job,
+                "submit --template pytorch --script jobs/train.sh --dry-run",
+            ),
             // errors
             (Program::Container, "rnu myimg"),
             (Program::Container, "run --gpuz 1 myimg"),
@@ -100,7 +115,11 @@ mod tests {
             for s in prog.spec().subs {
                 for e in s.examples {
                     let text = e.strip_prefix(prog.slash()).unwrap().trim_start();
-                    assert!(matches!(parse(prog, text), Ok(Parsed::Invocation(_))), "{e}: {:?}", parse(prog, text));
+                    assert!(
+                        matches!(parse(prog, text), Ok(Parsed::Invocation(_))),
+                        "{e}: {:?}",
+                        parse(prog, text)
+                    );
                 }
             }
         }

@@ -29,7 +29,10 @@ pub struct Invocation {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "parsed", rename_all = "snake_case")]
 pub enum Parsed {
-    Help { program: Program, topic: Option<&'static str> },
+    Help {
+        program: Program,
+        topic: Option<&'static str>,
+    },
     Invocation(Invocation),
 }
 
@@ -64,7 +67,10 @@ pub fn parse(program: Program, text: &str) -> Result<Parsed, UserError> {
     let cmd = program.slash();
 
     let Some(first) = words.first() else {
-        return Ok(Parsed::Help { program, topic: None });
+        return Ok(Parsed::Help {
+            program,
+            topic: None,
+        });
     };
     if matches!(first.as_str(), "help" | "--help" | "-h") {
         let topic = match words.get(1) {
@@ -75,7 +81,10 @@ pub fn parse(program: Program, text: &str) -> Result<Parsed, UserError> {
                     return Err(UserError::new("grammar.unknown_help_topic")
                         .arg("command", cmd)
                         .arg("sub", clip(t))
-                        .arg("suggestion", suggestion(t, spec.subs.iter().map(|s| s.name))))
+                        .arg(
+                            "suggestion",
+                            suggestion(t, spec.subs.iter().map(|s| s.name)),
+                        ))
                 }
             },
         };
@@ -85,12 +94,19 @@ pub fn parse(program: Program, text: &str) -> Result<Parsed, UserError> {
         return Err(UserError::new("grammar.unknown_subcommand")
             .arg("command", cmd)
             .arg("sub", clip(first))
-            .arg("suggestion", suggestion(first, spec.subs.iter().map(|s| s.name))));
+            .arg(
+                "suggestion",
+                suggestion(first, spec.subs.iter().map(|s| s.name)),
+            ));
     };
     parse_sub(program, sub, &words[1..])
 }
 
-fn parse_sub(program: Program, sub: &'static SubSpec, words: &[String]) -> Result<Parsed, UserError> {
+fn parse_sub(
+    program: Program,
+    sub: &'static SubSpec,
+    words: &[String],
+) -> Result<Parsed, UserError> {
     let cmd = program.slash();
     let mut flags: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
     let mut positionals: Vec<&String> = Vec::new();
@@ -104,7 +120,10 @@ fn parse_sub(program: Program, sub: &'static SubSpec, words: &[String]) -> Resul
             break;
         }
         if w == "-h" || w == "--help" {
-            return Ok(Parsed::Help { program, topic: Some(sub.name) });
+            return Ok(Parsed::Help {
+                program,
+                topic: Some(sub.name),
+            });
         }
         if let Some(body) = w.strip_prefix("--") {
             let (name, inline) = match body.split_once('=') {
@@ -112,7 +131,10 @@ fn parse_sub(program: Program, sub: &'static SubSpec, words: &[String]) -> Resul
                 None => (body, None),
             };
             let Some(f) = sub.flag(name) else {
-                let all = sub.flags.iter().flat_map(|f| std::iter::once(f.long).chain(f.aliases.iter().copied()));
+                let all = sub
+                    .flags
+                    .iter()
+                    .flat_map(|f| std::iter::once(f.long).chain(f.aliases.iter().copied()));
                 return Err(UserError::new("grammar.unknown_flag")
                     .arg("flag", format!("--{}", clip(name)))
                     .arg("command", cmd)
@@ -140,7 +162,8 @@ fn parse_sub(program: Program, sub: &'static SubSpec, words: &[String]) -> Resul
                         }
                     },
                 };
-                values::parse(f.kind, &raw).map_err(|key| values::value_error(f.kind, key, &shown, &raw))?
+                values::parse(f.kind, &raw)
+                    .map_err(|key| values::value_error(f.kind, key, &shown, &raw))?
             };
             let slot = flags.entry(f.long).or_default();
             if !slot.is_empty() && !f.repeat {
@@ -149,7 +172,10 @@ fn parse_sub(program: Program, sub: &'static SubSpec, words: &[String]) -> Resul
             slot.push(value);
             continue;
         }
-        if w.starts_with('-') && w.len() > 1 && !w.chars().nth(1).is_some_and(|c| c.is_ascii_digit()) {
+        if w.starts_with('-')
+            && w.len() > 1
+            && !w.chars().nth(1).is_some_and(|c| c.is_ascii_digit())
+        {
             // Single-dash options are not part of the vocabulary; say which long one was meant.
             let name = w.trim_start_matches('-');
             let all = sub.flags.iter().map(|f| f.long);
@@ -165,10 +191,18 @@ fn parse_sub(program: Program, sub: &'static SubSpec, words: &[String]) -> Resul
     // `--gpu` is `--gpus 1`.
     if flags.contains_key("gpu") {
         if flags.contains_key("gpus") {
-            return Err(UserError::new("grammar.conflict").arg("a", "--gpu").arg("b", "--gpus"));
+            return Err(UserError::new("grammar.conflict")
+                .arg("a", "--gpu")
+                .arg("b", "--gpus"));
         }
         flags.remove("gpu");
-        flags.insert("gpus", vec![Value::Gpus { kind: None, count: 1 }]);
+        flags.insert(
+            "gpus",
+            vec![Value::Gpus {
+                kind: None,
+                count: 1,
+            }],
+        );
     }
 
     let usage = super::help::usage(program, sub);
@@ -177,7 +211,8 @@ fn parse_sub(program: Program, sub: &'static SubSpec, words: &[String]) -> Resul
     for a in sub.args {
         match pos.next() {
             Some(raw) => {
-                let v = values::parse(a.kind, raw).map_err(|key| values::value_error(a.kind, key, a.name, raw))?;
+                let v = values::parse(a.kind, raw)
+                    .map_err(|key| values::value_error(a.kind, key, a.name, raw))?;
                 args.insert(a.name, v);
             }
             None if a.required => {
@@ -199,7 +234,10 @@ fn parse_sub(program: Program, sub: &'static SubSpec, words: &[String]) -> Resul
     }
     match (sub.trailing, &command) {
         (Trailing::None, Some(_)) => {
-            return Err(UserError::new("grammar.no_command_allowed").arg("command", cmd).arg("sub", sub.name).arg("usage", usage))
+            return Err(UserError::new("grammar.no_command_allowed")
+                .arg("command", cmd)
+                .arg("sub", sub.name)
+                .arg("usage", usage))
         }
         (Trailing::Required, None) | (Trailing::Required, Some(_))
             if command.as_ref().is_none_or(|c| c.is_empty()) =>
@@ -214,7 +252,10 @@ fn parse_sub(program: Program, sub: &'static SubSpec, words: &[String]) -> Resul
     }
     if let Some(c) = &command {
         if c.iter().any(|w| w.contains('\0')) {
-            return Err(UserError::new("grammar.bad_value").arg("value", "\\0").arg("flag", "--").arg("reason", UserError::new("value.text").to_string()));
+            return Err(UserError::new("grammar.bad_value")
+                .arg("value", "\\0")
+                .arg("flag", "--")
+                .arg("reason", UserError::new("value.text").to_string()));
         }
     }
     if !sub.one_of.is_empty() {
@@ -222,22 +263,51 @@ fn parse_sub(program: Program, sub: &'static SubSpec, words: &[String]) -> Resul
             .one_of
             .iter()
             .copied()
-            .filter(|o| if *o == "--" { command.as_ref().is_some_and(|c| !c.is_empty()) } else { flags.contains_key(o) })
+            .filter(|o| {
+                if *o == "--" {
+                    command.as_ref().is_some_and(|c| !c.is_empty())
+                } else {
+                    flags.contains_key(o)
+                }
+            })
             .collect();
-        let show = |o: &str| if o == "--" { "`-- CMD`".to_string() } else { format!("`--{o}`") };
+        let show = |o: &str| {
+            if o == "--" {
+                "`-- CMD`".to_string()
+            } else {
+                format!("`--{o}`")
+            }
+        };
         match given.len() {
             1 => {}
             0 => {
                 return Err(UserError::new("grammar.requires_one_of")
                     .arg("command", cmd)
                     .arg("sub", sub.name)
-                    .arg("options", sub.one_of.iter().map(|o| show(o)).collect::<Vec<_>>().join(" or "))
+                    .arg(
+                        "options",
+                        sub.one_of
+                            .iter()
+                            .map(|o| show(o))
+                            .collect::<Vec<_>>()
+                            .join(" or "),
+                    )
                     .arg("usage", usage))
             }
-            _ => return Err(UserError::new("grammar.conflict").arg("a", show(given[0])).arg("b", show(given[1]))),
+            _ => {
+                return Err(UserError::new("grammar.conflict")
+                    .arg("a", show(given[0]))
+                    .arg("b", show(given[1])))
+            }
         }
     }
-    Ok(Parsed::Invocation(Invocation { program, sub: sub.name, flags, args, command }))
+    Ok(Parsed::Invocation(Invocation {
+        program,
+        sub: sub.name,
+        flags,
+        args,
+        command,
+    }))
 }
 
 fn clip(s: &str) -> String {
@@ -254,14 +324,20 @@ pub fn suggestion<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> 
     suggestion_prefixed(word, candidates, "")
 }
 
-pub fn suggestion_prefixed<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, prefix: &str) -> String {
+pub fn suggestion_prefixed<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+    prefix: &str,
+) -> String {
     let word = word.to_ascii_lowercase();
     let best = candidates
         .map(|c| (distance(&word, c), c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3) || (word.len() >= 2 && c.starts_with(&word)))
         .min_by_key(|(d, _)| *d);
     match best {
-        Some((_, c)) => UserError::new("grammar.did_you_mean").arg("candidate", format!("{prefix}{c}")).to_string(),
+        Some((_, c)) => UserError::new("grammar.did_you_mean")
+            .arg("candidate", format!("{prefix}{c}"))
+            .to_string(),
         None => String::new(),
     }
 }
@@ -274,13 +350,15 @@ fn distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
             }

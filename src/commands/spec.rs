@@ -74,7 +74,9 @@ pub struct ArgSpec {
 
 impl SubSpec {
     pub fn flag(&'static self, word: &str) -> Option<&'static FlagSpec> {
-        self.flags.iter().find(|f| f.long == word || f.aliases.contains(&word))
+        self.flags
+            .iter()
+            .find(|f| f.long == word || f.aliases.contains(&word))
     }
 }
 
@@ -86,7 +88,13 @@ impl ProgramSpec {
 
 // One flag vocabulary for both commands.
 const fn flag(long: &'static str, kind: Kind, help: &'static str) -> FlagSpec {
-    FlagSpec { long, aliases: &[], kind, repeat: false, help }
+    FlagSpec {
+        long,
+        aliases: &[],
+        kind,
+        repeat: false,
+        help,
+    }
 }
 const GPUS: FlagSpec = FlagSpec {
     long: "gpus",
@@ -111,13 +119,39 @@ const ENV: FlagSpec = FlagSpec {
     repeat: true,
     help: "an environment variable `NAME=value`; repeat for more",
 };
-const TEMPLATE: FlagSpec = flag("template", Kind::Id, "start from an admin template (see `templates`)");
-const USER: FlagSpec = flag("user", Kind::User, "act on another user's resource (admins only)");
-const GROUP: FlagSpec = flag("group", Kind::Group, "show the members of a course group (instructors)");
+const TEMPLATE: FlagSpec = flag(
+    "template",
+    Kind::Id,
+    "start from an admin template (see `templates`)",
+);
+const USER: FlagSpec = flag(
+    "user",
+    Kind::User,
+    "act on another user's resource (admins only)",
+);
+const GROUP: FlagSpec = flag(
+    "group",
+    Kind::Group,
+    "show the members of a course group (instructors)",
+);
 const ALL: FlagSpec = flag("all", Kind::Switch, "include stopped and finished ones");
-const TAIL: FlagSpec = flag("tail", Kind::Count { min: 1, max: 10000 }, "only the last N lines (default 100)");
-const NAME_ARG: ArgSpec = ArgSpec { name: "NAME", kind: Kind::Name, required: true, help: "the container's name" };
-const IMAGE_ARG: ArgSpec = ArgSpec { name: "IMAGE", kind: Kind::Image, required: true, help: "an image: `myimg:1`, or `bob/myimg:1` if shared" };
+const TAIL: FlagSpec = flag(
+    "tail",
+    Kind::Count { min: 1, max: 10000 },
+    "only the last N lines (default 100)",
+);
+const NAME_ARG: ArgSpec = ArgSpec {
+    name: "NAME",
+    kind: Kind::Name,
+    required: true,
+    help: "the container's name",
+};
+const IMAGE_ARG: ArgSpec = ArgSpec {
+    name: "IMAGE",
+    kind: Kind::Image,
+    required: true,
+    help: "an image: `myimg:1`, or `bob/myimg:1` if shared",
+};
 
 pub static CONTAINER: ProgramSpec = ProgramSpec {
     program: Program::Container,
@@ -127,19 +161,44 @@ pub static CONTAINER: ProgramSpec = ProgramSpec {
             name: "run",
             summary: "Start a container from an image or a template, and say where to reach it.",
             flags: &[
-                flag("name", Kind::Name, "the container's name (default: generated)"),
+                flag(
+                    "name",
+                    Kind::Name,
+                    "the container's name (default: generated)",
+                ),
                 GPUS,
                 GPU,
-                FlagSpec { long: "port", aliases: &["publish"], kind: Kind::Port, repeat: true, help: "publish a container port (`8888`, `53/udp`); repeat for more" },
+                FlagSpec {
+                    long: "port",
+                    aliases: &["publish"],
+                    kind: Kind::Port,
+                    repeat: true,
+                    help: "publish a container port (`8888`, `53/udp`); repeat for more",
+                },
                 ENV,
                 CPUS,
                 MEMORY,
-                flag("private", Kind::Switch, "publish ports on the blade's loopback only"),
+                flag(
+                    "private",
+                    Kind::Switch,
+                    "publish ports on the blade's loopback only",
+                ),
                 TEMPLATE,
-                flag("ip", Kind::Switch, "lease an address from the blade's IP pool"),
-                flag("wait", Kind::Switch, "reply only when the container is running (or failed)"),
+                flag(
+                    "ip",
+                    Kind::Switch,
+                    "lease an address from the blade's IP pool",
+                ),
+                flag(
+                    "wait",
+                    Kind::Switch,
+                    "reply only when the container is running (or failed)",
+                ),
             ],
-            args: &[ArgSpec { required: false, ..IMAGE_ARG }],
+            args: &[ArgSpec {
+                required: false,
+                ..IMAGE_ARG
+            }],
             trailing: Trailing::Optional,
             one_of: &[],
             examples: &[
@@ -176,22 +235,53 @@ pub static CONTAINER: ProgramSpec = ProgramSpec {
             one_of: &[],
             examples: &["/container exec web -- ls -l /data"],
         },
-        SubSpec { name: "stop", summary: "Stop a container (its data stays).", flags: &[USER], args: &[NAME_ARG], trailing: Trailing::None, one_of: &[], examples: &["/container stop web"] },
-        SubSpec { name: "start", summary: "Start a stopped container again.", flags: &[USER], args: &[NAME_ARG], trailing: Trailing::None, one_of: &[], examples: &["/container start web"] },
+        SubSpec {
+            name: "stop",
+            summary: "Stop a container (its data stays).",
+            flags: &[USER],
+            args: &[NAME_ARG],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/container stop web"],
+        },
+        SubSpec {
+            name: "start",
+            summary: "Start a stopped container again.",
+            flags: &[USER],
+            args: &[NAME_ARG],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/container start web"],
+        },
         SubSpec {
             name: "rm",
             summary: "Remove a container and release its ports, address and GPUs.",
-            flags: &[flag("force", Kind::Switch, "remove it even if it is running"), USER],
+            flags: &[
+                flag("force", Kind::Switch, "remove it even if it is running"),
+                USER,
+            ],
             args: &[NAME_ARG],
             trailing: Trailing::None,
             one_of: &[],
             examples: &["/container rm web", "/container rm --force web"],
         },
-        SubSpec { name: "inspect", summary: "Show a container's details: image, ports, limits, state.", flags: &[USER], args: &[NAME_ARG], trailing: Trailing::None, one_of: &[], examples: &["/container inspect web"] },
+        SubSpec {
+            name: "inspect",
+            summary: "Show a container's details: image, ports, limits, state.",
+            flags: &[USER],
+            args: &[NAME_ARG],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/container inspect web"],
+        },
         SubSpec {
             name: "images",
             summary: "List your images (and those shared with you).",
-            flags: &[flag("shared", Kind::Switch, "images others shared with you"), flag("library", Kind::Switch, "the admin-curated library"), USER],
+            flags: &[
+                flag("shared", Kind::Switch, "images others shared with you"),
+                flag("library", Kind::Switch, "the admin-curated library"),
+                USER,
+            ],
             args: &[],
             trailing: Trailing::None,
             one_of: &[],
@@ -201,33 +291,86 @@ pub static CONTAINER: ProgramSpec = ProgramSpec {
             name: "share",
             summary: "Share one of your images with a user, a group or everyone.",
             flags: &[
-                FlagSpec { long: "with", aliases: &[], kind: Kind::Id, repeat: true, help: "a user, a group or `all`; repeat for more" },
-                flag("description", Kind::Text, "what the image is for, shown to others"),
+                FlagSpec {
+                    long: "with",
+                    aliases: &[],
+                    kind: Kind::Id,
+                    repeat: true,
+                    help: "a user, a group or `all`; repeat for more",
+                },
+                flag(
+                    "description",
+                    Kind::Text,
+                    "what the image is for, shown to others",
+                ),
             ],
             args: &[IMAGE_ARG],
             trailing: Trailing::None,
             one_of: &[],
-            examples: &["/container share myimg:1 --with bob", "/container share myimg --with all --description \"PyTorch 2 with CUDA\""],
+            examples: &[
+                "/container share myimg:1 --with bob",
+                "/container share myimg --with all --description \"PyTorch 2 with CUDA\"",
+            ],
         },
         SubSpec {
             name: "unshare",
             summary: "Stop sharing an image.",
-            flags: &[FlagSpec { long: "with", aliases: &[], kind: Kind::Id, repeat: true, help: "stop sharing with this user or group only" }],
+            flags: &[FlagSpec {
+                long: "with",
+                aliases: &[],
+                kind: Kind::Id,
+                repeat: true,
+                help: "stop sharing with this user or group only",
+            }],
             args: &[IMAGE_ARG],
             trailing: Trailing::None,
             one_of: &[],
             examples: &["/container unshare myimg:1"],
         },
-        SubSpec { name: "rmi", summary: "Delete one of your images.", flags: &[USER], args: &[IMAGE_ARG], trailing: Trailing::None, one_of: &[], examples: &["/container rmi myimg:1"] },
-        SubSpec { name: "sif", summary: "Convert an image to a Singularity (SIF) file and give you its link.", flags: &[], args: &[IMAGE_ARG], trailing: Trailing::None, one_of: &[], examples: &["/container sif myimg:1"] },
-        SubSpec { name: "templates", summary: "List the admins' templates.", flags: &[], args: &[], trailing: Trailing::None, one_of: &[], examples: &["/container templates"] },
+        SubSpec {
+            name: "rmi",
+            summary: "Delete one of your images.",
+            flags: &[USER],
+            args: &[IMAGE_ARG],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/container rmi myimg:1"],
+        },
+        SubSpec {
+            name: "sif",
+            summary: "Convert an image to a Singularity (SIF) file and give you its link.",
+            flags: &[],
+            args: &[IMAGE_ARG],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/container sif myimg:1"],
+        },
+        SubSpec {
+            name: "templates",
+            summary: "List the admins' templates.",
+            flags: &[],
+            args: &[],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/container templates"],
+        },
         SubSpec {
             name: "token",
             summary: "Manage your personal registry tokens.",
             flags: &[],
             args: &[
-                ArgSpec { name: "ACTION", kind: Kind::Choice(&["list", "new", "revoke"]), required: false, help: "`list` (default), `new` or `revoke`" },
-                ArgSpec { name: "ID", kind: Kind::Id, required: false, help: "the token to revoke" },
+                ArgSpec {
+                    name: "ACTION",
+                    kind: Kind::Choice(&["list", "new", "revoke"]),
+                    required: false,
+                    help: "`list` (default), `new` or `revoke`",
+                },
+                ArgSpec {
+                    name: "ID",
+                    kind: Kind::Id,
+                    required: false,
+                    help: "the token to revoke",
+                },
             ],
             trailing: Trailing::None,
             one_of: &[],
@@ -236,27 +379,78 @@ pub static CONTAINER: ProgramSpec = ProgramSpec {
         SubSpec {
             name: "build",
             summary: "Build images from a GitLab project's Containerfile.",
-            flags: &[flag("runner", Kind::Switch, "give the project its own GitLab runner")],
+            flags: &[flag(
+                "runner",
+                Kind::Switch,
+                "give the project its own GitLab runner",
+            )],
             args: &[
-                ArgSpec { name: "ACTION", kind: Kind::Choice(&["enable", "disable", "status"]), required: true, help: "`enable`, `disable` or `status`" },
-                ArgSpec { name: "PROJECT", kind: Kind::Text, required: false, help: "the GitLab project path, `group/project`" },
+                ArgSpec {
+                    name: "ACTION",
+                    kind: Kind::Choice(&["enable", "disable", "status"]),
+                    required: true,
+                    help: "`enable`, `disable` or `status`",
+                },
+                ArgSpec {
+                    name: "PROJECT",
+                    kind: Kind::Text,
+                    required: false,
+                    help: "the GitLab project path, `group/project`",
+                },
             ],
             trailing: Trailing::None,
             one_of: &[],
-            examples: &["/container build enable alice/mymodel", "/container build enable alice/mymodel --runner", "/container build status"],
+            examples: &[
+                "/container build enable alice/mymodel",
+                "/container build enable alice/mymodel --runner",
+                "/container build status",
+            ],
         },
-        SubSpec { name: "info", summary: "Show the blades and their Podman versions.", flags: &[], args: &[], trailing: Trailing::None, one_of: &[], examples: &["/container info"] },
-        SubSpec { name: "blades", summary: "Show each blade's capacity and health.", flags: &[], args: &[], trailing: Trailing::None, one_of: &[], examples: &["/container blades"] },
+        SubSpec {
+            name: "info",
+            summary: "Show the blades and their Podman versions.",
+            flags: &[],
+            args: &[],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/container info"],
+        },
+        SubSpec {
+            name: "blades",
+            summary: "Show each blade's capacity and health.",
+            flags: &[],
+            args: &[],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/container blades"],
+        },
         SubSpec {
             name: "drain",
             summary: "Stop placing new containers on a blade (admins).",
-            flags: &[flag("undo", Kind::Switch, "allow placement on the blade again")],
-            args: &[ArgSpec { name: "BLADE", kind: Kind::Id, required: true, help: "the blade's name" }],
+            flags: &[flag(
+                "undo",
+                Kind::Switch,
+                "allow placement on the blade again",
+            )],
+            args: &[ArgSpec {
+                name: "BLADE",
+                kind: Kind::Id,
+                required: true,
+                help: "the blade's name",
+            }],
             trailing: Trailing::None,
             one_of: &[],
             examples: &["/container drain blade2", "/container drain --undo blade2"],
         },
-        SubSpec { name: "whoami", summary: "Show which department account you are, and your role.", flags: &[], args: &[], trailing: Trailing::None, one_of: &[], examples: &["/container whoami"] },
+        SubSpec {
+            name: "whoami",
+            summary: "Show which department account you are, and your role.",
+            flags: &[],
+            args: &[],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/container whoami"],
+        },
     ],
 };
 
@@ -266,7 +460,8 @@ pub static JOB: ProgramSpec = ProgramSpec {
     subs: &[
         SubSpec {
             name: "submit",
-            summary: "Submit a batch job that runs in your image; its log tail comes back when it ends.",
+            summary:
+                "Submit a batch job that runs in your image; its log tail comes back when it ends.",
             flags: &[
                 TEMPLATE,
                 flag("image", Kind::Image, "the image to run in (`myimg:1`)"),
@@ -274,13 +469,29 @@ pub static JOB: ProgramSpec = ProgramSpec {
                 GPU,
                 CPUS,
                 MEMORY,
-                flag("time", Kind::Duration, "time limit (`30m`, `2h`, `1d`, `1-12:00:00`)"),
+                flag(
+                    "time",
+                    Kind::Duration,
+                    "time limit (`30m`, `2h`, `1d`, `1-12:00:00`)",
+                ),
                 flag("name", Kind::Name, "the job's name"),
                 flag("partition", Kind::Id, "the Slurm partition"),
                 ENV,
-                flag("chdir", Kind::Path, "working directory, relative to your home"),
-                flag("script", Kind::Path, "run this script from your home directory inside the image"),
-                flag("dry-run", Kind::Switch, "show the generated job script without submitting"),
+                flag(
+                    "chdir",
+                    Kind::Path,
+                    "working directory, relative to your home",
+                ),
+                flag(
+                    "script",
+                    Kind::Path,
+                    "run this script from your home directory inside the image",
+                ),
+                flag(
+                    "dry-run",
+                    Kind::Switch,
+                    "show the generated job script without submitting",
+                ),
             ],
             args: &[],
             trailing: Trailing::Optional,
@@ -291,12 +502,25 @@ pub static JOB: ProgramSpec = ProgramSpec {
                 "/job submit --image myimg --memory 8G --cpus 4 --dry-run -- ./run.sh",
             ],
         },
-        SubSpec { name: "ps", summary: "List your jobs.", flags: &[ALL, USER, GROUP], args: &[], trailing: Trailing::None, one_of: &[], examples: &["/job ps", "/job ps --all"] },
+        SubSpec {
+            name: "ps",
+            summary: "List your jobs.",
+            flags: &[ALL, USER, GROUP],
+            args: &[],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/job ps", "/job ps --all"],
+        },
         SubSpec {
             name: "logs",
             summary: "Show a job's output.",
             flags: &[TAIL, USER],
-            args: &[ArgSpec { name: "JOBID", kind: Kind::Id, required: true, help: "the job's id from `/job ps`" }],
+            args: &[ArgSpec {
+                name: "JOBID",
+                kind: Kind::Id,
+                required: true,
+                help: "the job's id from `/job ps`",
+            }],
             trailing: Trailing::None,
             one_of: &[],
             examples: &["/job logs 42", "/job logs --tail 50 42"],
@@ -305,12 +529,33 @@ pub static JOB: ProgramSpec = ProgramSpec {
             name: "cancel",
             summary: "Cancel one of your jobs.",
             flags: &[USER],
-            args: &[ArgSpec { name: "JOBID", kind: Kind::Id, required: true, help: "the job's id from `/job ps`" }],
+            args: &[ArgSpec {
+                name: "JOBID",
+                kind: Kind::Id,
+                required: true,
+                help: "the job's id from `/job ps`",
+            }],
             trailing: Trailing::None,
             one_of: &[],
             examples: &["/job cancel 42"],
         },
-        SubSpec { name: "templates", summary: "List the admins' job templates.", flags: &[], args: &[], trailing: Trailing::None, one_of: &[], examples: &["/job templates"] },
-        SubSpec { name: "whoami", summary: "Show which department account you are, and your role.", flags: &[], args: &[], trailing: Trailing::None, one_of: &[], examples: &["/job whoami"] },
+        SubSpec {
+            name: "templates",
+            summary: "List the admins' job templates.",
+            flags: &[],
+            args: &[],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/job templates"],
+        },
+        SubSpec {
+            name: "whoami",
+            summary: "Show which department account you are, and your role.",
+            flags: &[],
+            args: &[],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/job whoami"],
+        },
     ],
 };

@@ -83,9 +83,18 @@ pub enum Value {
     Count(u32),
     /// Thousandths of a CPU, so 0.5 CPU is 500.
     MilliCpus(u32),
-    Gpus { kind: Option<String>, count: u32 },
-    Port { port: u16, proto: String },
-    Env { name: String, value: String },
+    Gpus {
+        kind: Option<String>,
+        count: u32,
+    },
+    Port {
+        port: u16,
+        proto: String,
+    },
+    Env {
+        name: String,
+        value: String,
+    },
     Text(String),
 }
 
@@ -104,17 +113,31 @@ pub fn parse(kind: Kind, raw: &str) -> Result<Value, &'static str> {
         Kind::Gpus => parse_gpus(raw),
         Kind::Port => parse_port(raw),
         Kind::Env => parse_env(raw),
-        Kind::Name => valid_name(raw).then(|| Value::Text(raw.to_string())).ok_or("value.name"),
-        Kind::User => valid_account(raw).then(|| Value::Text(raw.to_string())).ok_or("value.user"),
-        Kind::Group => valid_group(raw).then(|| Value::Text(raw.to_string())).ok_or("value.group"),
-        Kind::Image => valid_image_text(raw).then(|| Value::Text(raw.to_string())).ok_or("value.image"),
-        Kind::Text => (!raw.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
+        Kind::Name => valid_name(raw)
             .then(|| Value::Text(raw.to_string()))
-            .ok_or("value.text"),
-        Kind::Path => valid_rel_path(raw).then(|| Value::Text(raw.to_string())).ok_or("value.path"),
+            .ok_or("value.name"),
+        Kind::User => valid_account(raw)
+            .then(|| Value::Text(raw.to_string()))
+            .ok_or("value.user"),
+        Kind::Group => valid_group(raw)
+            .then(|| Value::Text(raw.to_string()))
+            .ok_or("value.group"),
+        Kind::Image => valid_image_text(raw)
+            .then(|| Value::Text(raw.to_string()))
+            .ok_or("value.image"),
+        Kind::Text => (!raw
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'))
+        .then(|| Value::Text(raw.to_string()))
+        .ok_or("value.text"),
+        Kind::Path => valid_rel_path(raw)
+            .then(|| Value::Text(raw.to_string()))
+            .ok_or("value.path"),
         Kind::Id => (!raw.is_empty()
             && raw.len() <= 128
-            && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
         .then(|| Value::Text(raw.to_string()))
         .ok_or("value.id"),
         Kind::Choice(choices) => choices
@@ -128,10 +151,20 @@ pub fn parse(kind: Kind, raw: &str) -> Result<Value, &'static str> {
 pub fn value_error(kind: Kind, key: &'static str, flag: &str, raw: &str) -> UserError {
     let mut reason = UserError::new(key);
     match kind {
-        Kind::Count { min, max } => reason = reason.arg("min", min.to_string()).arg("max", max.to_string()),
+        Kind::Count { min, max } => {
+            reason = reason
+                .arg("min", min.to_string())
+                .arg("max", max.to_string())
+        }
         Kind::Cpus => reason = reason.arg("max", MAX_CPUS.to_string()),
         Kind::Choice(c) => {
-            reason = reason.arg("choices", c.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))
+            reason = reason.arg(
+                "choices",
+                c.iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
         }
         _ => {}
     }
@@ -153,9 +186,12 @@ fn truncate(s: &str, n: usize) -> String {
 /// `512M`, `8G`, `1.5G`, `512MiB`, `8GB`: binary units (as Podman and Slurm use).
 pub fn parse_size(raw: &str) -> Result<u64, &'static str> {
     let s = raw.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or("value.size")?;
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or("value.size")?;
     let (num, unit) = s.split_at(split);
-    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1 {
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1
+    {
         return Err("value.size");
     }
     let mult: u64 = match unit.to_ascii_uppercase().as_str() {
@@ -173,7 +209,9 @@ pub fn parse_size(raw: &str) -> Result<u64, &'static str> {
     let mut bytes = int.checked_mul(mult).ok_or("value.size")?;
     if !frac.is_empty() {
         let f: u64 = frac.parse().map_err(|_| "value.size")?;
-        bytes = bytes.checked_add(f * mult / 10u64.pow(frac.len() as u32)).ok_or("value.size")?;
+        bytes = bytes
+            .checked_add(f * mult / 10u64.pow(frac.len() as u32))
+            .ok_or("value.size")?;
     }
     if bytes == 0 {
         return Err("value.size_zero");
@@ -264,8 +302,16 @@ fn parse_cpus(raw: &str) -> Result<u32, &'static str> {
     {
         return Err("value.cpus");
     }
-    let i: u32 = if int.is_empty() { 0 } else { int.parse().map_err(|_| "value.cpus")? };
-    let f: u32 = if frac.is_empty() { 0 } else { format!("{frac:0<3}").parse().map_err(|_| "value.cpus")? };
+    let i: u32 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| "value.cpus")?
+    };
+    let f: u32 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<3}").parse().map_err(|_| "value.cpus")?
+    };
     let milli = i * 1000 + f;
     if milli == 0 || milli > MAX_CPUS * 1000 {
         return Err("value.cpus");
@@ -279,13 +325,21 @@ fn parse_gpus(raw: &str) -> Result<Value, &'static str> {
         None => (None, raw),
     };
     if let Some(k) = kind {
-        if k.is_empty() || k.len() > 32 || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if k.is_empty()
+            || k.len() > 32
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err("value.gpus");
         }
     }
     match count.parse::<u32>() {
         Ok(n) if (1..=64).contains(&n) && count.chars().all(|c| c.is_ascii_digit()) => {
-            Ok(Value::Gpus { kind: kind.map(str::to_string), count: n })
+            Ok(Value::Gpus {
+                kind: kind.map(str::to_string),
+                count: n,
+            })
         }
         _ => Err("value.gpus"),
     }
@@ -300,7 +354,9 @@ fn parse_port(raw: &str) -> Result<Value, &'static str> {
         return Err("value.port");
     }
     match p.parse::<u16>() {
-        Ok(n) if n > 0 && p.chars().all(|c| c.is_ascii_digit()) => Ok(Value::Port { port: n, proto }),
+        Ok(n) if n > 0 && p.chars().all(|c| c.is_ascii_digit()) => {
+            Ok(Value::Port { port: n, proto })
+        }
         _ => Err("value.port"),
     }
 }
@@ -308,14 +364,19 @@ fn parse_port(raw: &str) -> Result<Value, &'static str> {
 fn parse_env(raw: &str) -> Result<Value, &'static str> {
     let (name, value) = raw.split_once('=').ok_or("value.env")?;
     let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || name.len() > 128 {
         return Err("value.env");
     }
     if value.chars().any(|c| c == '\0') {
         return Err("value.env");
     }
-    Ok(Value::Env { name: name.to_string(), value: value.to_string() })
+    Ok(Value::Env {
+        name: name.to_string(),
+        value: value.to_string(),
+    })
 }
 
 /// Resource names: `^[a-z0-9][a-z0-9-]{0,62}$`. No `_` or `.`, so an owner
@@ -325,7 +386,8 @@ pub fn valid_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// Department account names: POSIX-portable, lowercase.
@@ -334,7 +396,9 @@ pub fn valid_account(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 32
         && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.')
+        })
 }
 
 pub fn valid_group(s: &str) -> bool {
@@ -353,7 +417,8 @@ fn valid_image_text(s: &str) -> bool {
         && parts.iter().enumerate().all(|(i, p)| {
             !p.is_empty()
                 && !p.starts_with(['.', '-', ':', '@'])
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
                 && (i == last || !p.contains([':', '@']))
         })
         && !s.contains("..")
@@ -404,16 +469,40 @@ mod tests {
         assert_eq!(parse_cpus("0.5"), Ok(500));
         assert_eq!(parse_cpus("2"), Ok(2000));
         assert!(parse_cpus("0").is_err() && parse_cpus("2.").is_err() && parse_cpus("-1").is_err());
-        assert_eq!(parse_gpus("tesla:2"), Ok(Value::Gpus { kind: Some("tesla".into()), count: 2 }));
+        assert_eq!(
+            parse_gpus("tesla:2"),
+            Ok(Value::Gpus {
+                kind: Some("tesla".into()),
+                count: 2
+            })
+        );
         assert!(parse_gpus("0").is_err() && parse_gpus(":1").is_err());
-        assert_eq!(parse_port("8888"), Ok(Value::Port { port: 8888, proto: "tcp".into() }));
-        assert!(parse_port("0").is_err() && parse_port("80/sctp").is_err() && parse_port("+80").is_err());
-        assert!(parse_env("A=b c").is_ok() && parse_env("1A=b").is_err() && parse_env("A").is_err());
-        assert!(valid_name("web-1") && !valid_name("Web") && !valid_name("a_b") && !valid_name("-a"));
+        assert_eq!(
+            parse_port("8888"),
+            Ok(Value::Port {
+                port: 8888,
+                proto: "tcp".into()
+            })
+        );
+        assert!(
+            parse_port("0").is_err()
+                && parse_port("80/sctp").is_err()
+                && parse_port("+80").is_err()
+        );
+        assert!(
+            parse_env("A=b c").is_ok() && parse_env("1A=b").is_err() && parse_env("A").is_err()
+        );
+        assert!(
+            valid_name("web-1") && !valid_name("Web") && !valid_name("a_b") && !valid_name("-a")
+        );
         assert!(valid_name(&"a".repeat(63)) && !valid_name(&"a".repeat(64)));
         assert!(!valid_image_text("docker-archive:/tmp/x"));
         assert!(!valid_image_text("docker-archive:/tmp/x.tar"));
         assert!(valid_image_text("bob/myimg:1") && valid_image_text("localhost/tools:latest"));
-        assert!(!valid_rel_path("../x") && !valid_rel_path("/etc/passwd") && valid_rel_path("jobs/train.sh"));
+        assert!(
+            !valid_rel_path("../x")
+                && !valid_rel_path("/etc/passwd")
+                && valid_rel_path("jobs/train.sh")
+        );
     }
 }

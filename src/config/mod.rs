@@ -189,7 +189,10 @@ pub struct Roles {
 
 impl Default for Roles {
     fn default() -> Self {
-        Roles { admin_groups: vec!["shisa-admins".into()], instructor_groups: vec!["instructors".into()] }
+        Roles {
+            admin_groups: vec!["shisa-admins".into()],
+            instructor_groups: vec!["instructors".into()],
+        }
     }
 }
 
@@ -232,7 +235,10 @@ pub struct Queue {
 
 impl Default for Queue {
     fn default() -> Self {
-        Queue { workers: 2, max_attempts: 5 }
+        Queue {
+            workers: 2,
+            max_attempts: 5,
+        }
     }
 }
 
@@ -265,8 +271,14 @@ pub struct Mattermost {
 
 #[derive(Debug)]
 pub enum Directory {
-    Static { users_file: PathBuf, cache_seconds: u64 },
-    Ldap { ldap: Box<Ldap>, cache_seconds: u64 },
+    Static {
+        users_file: PathBuf,
+        cache_seconds: u64,
+    },
+    Ldap {
+        ldap: Box<Ldap>,
+        cache_seconds: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -304,12 +316,19 @@ impl Config {
     }
 
     pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let err = |key: &str, reason: String| ConfigError { path: path.display().to_string(), key: key.to_string(), reason };
-        let de = toml::Deserializer::parse(text).map_err(|e| err("(syntax)", one_line(&e.to_string())))?;
+        let err = |key: &str, reason: String| ConfigError {
+            path: path.display().to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| err("(syntax)", one_line(&e.to_string())))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.inner();
-            let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let line = inner
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let reason = match line {
                 Some(l) => format!("{} (line {l})", one_line(inner.message())),
                 None => one_line(inner.message()),
@@ -317,29 +336,46 @@ impl Config {
             err(if key == "." { "(top level)" } else { &key }, reason)
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
         Self::validate(raw, path, &base).map_err(|(k, r)| err(&k, r))
     }
 
     fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, (String, String)> {
         let mut warnings = Vec::new();
-        let listen: SocketAddr = raw
-            .server
-            .listen
-            .parse()
-            .map_err(|_| ("server.listen".to_string(), format!("`{}` is not an address like `127.0.0.1:8470`", raw.server.listen)))?;
+        let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
+            (
+                "server.listen".to_string(),
+                format!(
+                    "`{}` is not an address like `127.0.0.1:8470`",
+                    raw.server.listen
+                ),
+            )
+        })?;
         if let Some(u) = &raw.server.public_url {
             check_url("server.public_url", u)?;
         }
         if raw.mattermost.tokens.is_empty() {
-            return Err(("mattermost.tokens".into(), "give at least one slash-command token".into()));
+            return Err((
+                "mattermost.tokens".into(),
+                "give at least one slash-command token".into(),
+            ));
         }
         let mut tokens = Vec::new();
         for (i, t) in raw.mattermost.tokens.iter().enumerate() {
-            tokens.push(t.resolve(base).map_err(|r| (format!("mattermost.tokens[{i}]"), r))?);
+            tokens.push(
+                t.resolve(base)
+                    .map_err(|r| (format!("mattermost.tokens[{i}]"), r))?,
+            );
         }
         let bot_token = match &raw.mattermost.bot_token {
-            Some(s) => Some(s.resolve(base).map_err(|r| ("mattermost.bot_token".to_string(), r))?),
+            Some(s) => Some(
+                s.resolve(base)
+                    .map_err(|r| ("mattermost.bot_token".to_string(), r))?,
+            ),
             None => None,
         };
         if let Some(u) = &raw.mattermost.url {
@@ -368,7 +404,10 @@ impl Config {
                 let users_file = base.join(f);
                 crate::identity::users_file::UsersFile::load(&users_file)
                     .map_err(|r| ("directory.users_file".to_string(), r))?;
-                Directory::Static { users_file, cache_seconds }
+                Directory::Static {
+                    users_file,
+                    cache_seconds,
+                }
             }
             DirectorySource::Ldap => {
                 let l = raw.directory.ldap.as_ref().ok_or((
@@ -376,20 +415,35 @@ impl Config {
                     "`source = \"ldap\"` needs a `[directory.ldap]` table".to_string(),
                 ))?;
                 if !(l.url.starts_with("ldap://") || l.url.starts_with("ldaps://")) {
-                    return Err(("directory.ldap.url".into(), format!("`{}` must start with ldap:// or ldaps://", l.url)));
+                    return Err((
+                        "directory.ldap.url".into(),
+                        format!("`{}` must start with ldap:// or ldaps://", l.url),
+                    ));
                 }
                 if l.url.starts_with("ldap://") && !l.starttls && !is_loopback_url(&l.url) {
                     warnings.push("directory.ldap: plain ldap:// to a remote server sends passwords in clear; use ldaps:// or starttls = true".into());
                 }
-                for (k, f) in [("user_filter", &l.user_filter), ("group_filter", &l.group_filter)] {
+                for (k, f) in [
+                    ("user_filter", &l.user_filter),
+                    ("group_filter", &l.group_filter),
+                ] {
                     if !f.contains("{uid}") && !f.contains("{dn}") {
-                        return Err((format!("directory.ldap.{k}"), "the filter must contain `{uid}`".into()));
+                        return Err((
+                            format!("directory.ldap.{k}"),
+                            "the filter must contain `{uid}`".into(),
+                        ));
                     }
                     if !f.starts_with('(') || !f.ends_with(')') {
-                        return Err((format!("directory.ldap.{k}"), "an LDAP filter must be enclosed in parentheses".into()));
+                        return Err((
+                            format!("directory.ldap.{k}"),
+                            "an LDAP filter must be enclosed in parentheses".into(),
+                        ));
                     }
                 }
-                let bind_password = l.bind_password.resolve(base).map_err(|r| ("directory.ldap.bind_password".to_string(), r))?;
+                let bind_password = l
+                    .bind_password
+                    .resolve(base)
+                    .map_err(|r| ("directory.ldap.bind_password".to_string(), r))?;
                 Directory::Ldap {
                     ldap: Box::new(Ldap {
                         url: l.url.clone(),
@@ -409,21 +463,34 @@ impl Config {
             }
         };
         if raw.blades.is_empty() {
-            return Err(("blades".into(), "configure at least one `[[blades]]`".into()));
+            return Err((
+                "blades".into(),
+                "configure at least one `[[blades]]`".into(),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, b) in raw.blades.iter().enumerate() {
             if !crate::commands::values::valid_name(&b.name) {
-                return Err((format!("blades[{i}].name"), format!("`{}`: blade names are lowercase letters, digits and `-`", b.name)));
+                return Err((
+                    format!("blades[{i}].name"),
+                    format!(
+                        "`{}`: blade names are lowercase letters, digits and `-`",
+                        b.name
+                    ),
+                ));
             }
             if !names.insert(b.name.clone()) {
-                return Err((format!("blades[{i}].name"), format!("`{}` is used by two blades", b.name)));
+                return Err((
+                    format!("blades[{i}].name"),
+                    format!("`{}` is used by two blades", b.name),
+                ));
             }
             let s = b.podman_socket.to_string_lossy();
             if s.starts_with("tcp:") || s.contains("://") && !s.starts_with("unix://") {
                 return Err((
                     format!("blades[{i}].podman_socket"),
-                    "a TCP Podman endpoint has no authentication; give the path of a Unix socket".into(),
+                    "a TCP Podman endpoint has no authentication; give the path of a Unix socket"
+                        .into(),
                 ));
             }
         }
@@ -442,19 +509,33 @@ impl Config {
         for (name, t) in &raw.templates {
             let k = format!("templates.{name}");
             if !crate::commands::values::valid_name(name) {
-                return Err((k, "template names are lowercase letters, digits and `-`".into()));
+                return Err((
+                    k,
+                    "template names are lowercase letters, digits and `-`".into(),
+                ));
             }
             if let Some(m) = &t.memory {
-                crate::commands::values::parse_size(m)
-                    .map_err(|_| (format!("{k}.memory"), format!("`{m}` is not a size like `8G`")))?;
+                crate::commands::values::parse_size(m).map_err(|_| {
+                    (
+                        format!("{k}.memory"),
+                        format!("`{m}` is not a size like `8G`"),
+                    )
+                })?;
             }
             if let Some(d) = &t.time {
-                crate::commands::values::parse_duration(d)
-                    .map_err(|_| (format!("{k}.time"), format!("`{d}` is not a duration like `2h`")))?;
+                crate::commands::values::parse_duration(d).map_err(|_| {
+                    (
+                        format!("{k}.time"),
+                        format!("`{d}` is not a duration like `2h`"),
+                    )
+                })?;
             }
             if let Some(c) = t.cpus {
                 if !(c > 0.0 && c <= 1024.0) {
-                    return Err((format!("{k}.cpus"), "must be more than 0 and at most 1024".into()));
+                    return Err((
+                        format!("{k}.cpus"),
+                        "must be more than 0 and at most 1024".into(),
+                    ));
                 }
             }
             if t.ports.contains(&0) {
@@ -474,7 +555,10 @@ impl Config {
             data_dir: base.join(raw.storage.data_dir),
             mattermost: Mattermost {
                 tokens,
-                url: raw.mattermost.url.map(|u| u.trim_end_matches('/').to_string()),
+                url: raw
+                    .mattermost
+                    .url
+                    .map(|u| u.trim_end_matches('/').to_string()),
                 bot_token,
                 linking: raw.mattermost.linking,
                 contact: raw.mattermost.contact,
@@ -514,7 +598,13 @@ fn check_url(key: &str, u: &str) -> Result<(), (String, String)> {
 }
 
 pub fn is_loopback_url(u: &str) -> bool {
-    reqwest::Url::parse(u).ok().and_then(|u| u.host_str().map(str::to_string)).is_some_and(|h| {
-        h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || h == "[::1]"
-    })
+    reqwest::Url::parse(u)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .is_some_and(|h| {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+                || h == "[::1]"
+        })
 }

@@ -31,9 +31,8 @@ impl SecretSource {
     pub fn resolve(&self, base: &Path) -> Result<Secret, String> {
         let v = match self {
             SecretSource::Inline(s) => s.clone(),
-            SecretSource::Env { env } => {
-                std::env::var(env).map_err(|_| format!("environment variable `{env}` is not set"))?
-            }
+            SecretSource::Env { env } => std::env::var(env)
+                .map_err(|_| format!("environment variable `{env}` is not set"))?,
             SecretSource::File { file } => {
                 let p = base.join(file);
                 std::fs::read_to_string(&p)

@@ -15,19 +15,21 @@ pub async fn run(app: &Arc<App>, _job: &QueuedJob) -> Result<String, JobError> {
     let mut lines = vec![render(Lang::En, "info.header", &[])];
     for (blade, client) in &app.blades {
         match client.info().await {
-            Ok(i) => {
-                lines.push(render(
-                    Lang::En,
-                    "info.blade_up",
-                    &[
-                        ("blade", blade.name.clone()),
-                        ("version", i.version),
-                        ("containers", i.containers.to_string()),
-                        ("images", i.images.to_string()),
-                    ],
-                ))
-            }
-            Err(e) => lines.push(render(Lang::En, "info.blade_down", &[("blade", blade.name.clone()), ("reason", e.to_string())])),
+            Ok(i) => lines.push(render(
+                Lang::En,
+                "info.blade_up",
+                &[
+                    ("blade", blade.name.clone()),
+                    ("version", i.version),
+                    ("containers", i.containers.to_string()),
+                    ("images", i.images.to_string()),
+                ],
+            )),
+            Err(e) => lines.push(render(
+                Lang::En,
+                "info.blade_down",
+                &[("blade", blade.name.clone()), ("reason", e.to_string())],
+            )),
         }
     }
     Ok(lines.join("\n"))

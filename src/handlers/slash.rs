@@ -20,17 +20,28 @@ pub async fn handle(app: &Arc<App>, form: SlashForm, request_id: &str) -> Reply 
         Ok(r) => r,
         Err(e) => {
             tracing::error!(request = request_id, error = ?e, "internal error handling a slash command");
-            Reply::new(request_id, render(Lang::En, "internal.error", &[("request", request_id.to_string())]), true)
+            Reply::new(
+                request_id,
+                render(
+                    Lang::En,
+                    "internal.error",
+                    &[("request", request_id.to_string())],
+                ),
+                true,
+            )
         }
     };
-    app.metrics.command_latency(&label, started.elapsed().as_secs_f64());
+    app.metrics
+        .command_latency(&label, started.elapsed().as_secs_f64());
     reply
 }
 
 async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> anyhow::Result<Reply> {
     let contact = app.cfg.mattermost.contact.clone();
     let Some(program) = Program::from_slash(&form.command) else {
-        let e = UserError::new("command.unknown_program").arg("command", form.command.chars().take(40).collect::<String>()).arg("contact", contact);
+        let e = UserError::new("command.unknown_program")
+            .arg("command", form.command.chars().take(40).collect::<String>())
+            .arg("contact", contact);
         return Ok(Reply::new(request_id, e.to_string(), true));
     };
     let linker = Linker {
@@ -82,14 +93,23 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
     let parsed = match commands::parse(program, &form.text) {
         Ok(p) => p,
         Err(e) => {
-            audit(format!("{}.?", label_of(program)), "rejected", Some(e.key.to_string())).await?;
+            audit(
+                format!("{}.?", label_of(program)),
+                "rejected",
+                Some(e.key.to_string()),
+            )
+            .await?;
             return Ok(Reply::new(request_id, e.to_string(), true));
         }
     };
     let inv = match parsed {
         Parsed::Help { program, topic } => {
             audit(format!("{}.help", label_of(program)), "ok", None).await?;
-            return Ok(Reply::new(request_id, commands::help_text(program, topic), true));
+            return Ok(Reply::new(
+                request_id,
+                commands::help_text(program, topic),
+                true,
+            ));
         }
         Parsed::Invocation(inv) => inv,
     };
@@ -118,12 +138,17 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
                 .await?;
             app.wake.notify_one();
             audit(action, "queued", None).await?;
-            let ack = UserError::new("command.accepted").arg("command", program.slash()).arg("sub", inv.sub).arg("request", request_id);
+            let ack = UserError::new("command.accepted")
+                .arg("command", program.slash())
+                .arg("sub", inv.sub)
+                .arg("request", request_id);
             Ok(Reply::new(request_id, ack.to_string(), false))
         }
         _ => {
             audit(action, "unavailable", None).await?;
-            let e = UserError::new("command.not_available").arg("command", program.slash()).arg("sub", inv.sub);
+            let e = UserError::new("command.not_available")
+                .arg("command", program.slash())
+                .arg("sub", inv.sub);
             Ok(Reply::new(request_id, e.to_string(), true))
         }
     }
@@ -136,7 +161,13 @@ fn label_of(p: Program) -> &'static str {
     }
 }
 
-fn reply_target(app: &App, form: &SlashForm, account: &Account, program: Program, inv: &Invocation) -> ReplyTarget {
+fn reply_target(
+    app: &App,
+    form: &SlashForm,
+    account: &Account,
+    program: Program,
+    inv: &Invocation,
+) -> ReplyTarget {
     let response_url = form
         .response_url
         .clone()
@@ -155,7 +186,11 @@ fn reply_target(app: &App, form: &SlashForm, account: &Account, program: Program
 }
 
 fn whoami(a: &Account) -> String {
-    let groups = if a.groups.is_empty() { "(none)".to_string() } else { a.groups.join(", ") };
+    let groups = if a.groups.is_empty() {
+        "(none)".to_string()
+    } else {
+        a.groups.join(", ")
+    };
     render(
         Lang::En,
         "whoami.text",
@@ -175,12 +210,20 @@ fn templates(app: &App, program: Program) -> String {
         return render(Lang::En, "templates.none", &[]);
     }
     let mut out = String::from("| template | image | CPUs | memory | GPUs | ");
-    out.push_str(if program == Program::Job { "time | comment |\n|---|---|---|---|---|---|---|\n" } else { "ports | comment |\n|---|---|---|---|---|---|---|\n" });
+    out.push_str(if program == Program::Job {
+        "time | comment |\n|---|---|---|---|---|---|---|\n"
+    } else {
+        "ports | comment |\n|---|---|---|---|---|---|---|\n"
+    });
     for (name, t) in &app.cfg.templates {
         let extra = if program == Program::Job {
             t.time.clone().unwrap_or_else(|| "-".into())
         } else {
-            t.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            t.ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         out.push_str(&format!(
             "| `{name}` | `{}` | {} | {} | {} | {} | {} |\n",

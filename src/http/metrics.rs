@@ -7,6 +7,9 @@ use std::sync::Mutex;
 /// Command latency buckets, seconds.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
+/// A gauge read at scrape time: name, help, and (labels, value) series.
+pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
@@ -23,7 +26,12 @@ struct Histogram {
 
 impl Metrics {
     pub fn request(&self, route: &str, status: u16) {
-        *self.requests.lock().unwrap().entry((route.to_string(), status)).or_default() += 1;
+        *self
+            .requests
+            .lock()
+            .unwrap()
+            .entry((route.to_string(), status))
+            .or_default() += 1;
     }
 
     pub fn command_latency(&self, command: &str, seconds: f64) {
@@ -39,32 +47,56 @@ impl Metrics {
     }
 
     pub fn incr(&self, name: &str) {
-        *self.counters.lock().unwrap().entry(name.to_string()).or_default() += 1;
+        *self
+            .counters
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default() += 1;
     }
 
     /// Render, with gauges supplied by the caller (they are read at scrape time).
-    pub fn render(&self, gauges: &[(&str, &str, Vec<(String, f64)>)]) -> String {
+    pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::new();
         out.push_str("# HELP shisa_http_requests_total HTTP requests by route and status.\n# TYPE shisa_http_requests_total counter\n");
         for ((route, status), n) in self.requests.lock().unwrap().iter() {
-            out.push_str(&format!("shisa_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}\n", esc(route)));
+            out.push_str(&format!(
+                "shisa_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}\n",
+                esc(route)
+            ));
         }
         out.push_str("# HELP shisa_command_duration_seconds Time to answer a slash command.\n# TYPE shisa_command_duration_seconds histogram\n");
         for (cmd, h) in self.latency.lock().unwrap().iter() {
             let c = esc(cmd);
             for (i, b) in BUCKETS.iter().enumerate() {
-                out.push_str(&format!("shisa_command_duration_seconds_bucket{{command=\"{c}\",le=\"{b}\"}} {}\n", h.counts[i]));
+                out.push_str(&format!(
+                    "shisa_command_duration_seconds_bucket{{command=\"{c}\",le=\"{b}\"}} {}\n",
+                    h.counts[i]
+                ));
             }
-            out.push_str(&format!("shisa_command_duration_seconds_bucket{{command=\"{c}\",le=\"+Inf\"}} {}\n", h.count));
-            out.push_str(&format!("shisa_command_duration_seconds_sum{{command=\"{c}\"}} {}\n", h.sum));
-            out.push_str(&format!("shisa_command_duration_seconds_count{{command=\"{c}\"}} {}\n", h.count));
+            out.push_str(&format!(
+                "shisa_command_duration_seconds_bucket{{command=\"{c}\",le=\"+Inf\"}} {}\n",
+                h.count
+            ));
+            out.push_str(&format!(
+                "shisa_command_duration_seconds_sum{{command=\"{c}\"}} {}\n",
+                h.sum
+            ));
+            out.push_str(&format!(
+                "shisa_command_duration_seconds_count{{command=\"{c}\"}} {}\n",
+                h.count
+            ));
         }
         let counters = self.counters.lock().unwrap();
         for (name, n) in counters.iter() {
-            out.push_str(&format!("# TYPE shisa_{name}_total counter\nshisa_{name}_total {n}\n"));
+            out.push_str(&format!(
+                "# TYPE shisa_{name}_total counter\nshisa_{name}_total {n}\n"
+            ));
         }
         for (name, help, series) in gauges {
-            out.push_str(&format!("# HELP shisa_{name} {help}\n# TYPE shisa_{name} gauge\n"));
+            out.push_str(&format!(
+                "# HELP shisa_{name} {help}\n# TYPE shisa_{name} gauge\n"
+            ));
             for (labels, v) in series {
                 if labels.is_empty() {
                     out.push_str(&format!("shisa_{name} {v}\n"));
@@ -78,5 +110,7 @@ impl Metrics {
 }
 
 pub fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
@@ -45,7 +47,11 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
     app.metrics.request(&route, resp.status().as_u16());
     resp
@@ -54,7 +60,12 @@ async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -
 fn request_id(headers: &HeaderMap, ext: Option<&RequestId>) -> String {
     ext.and_then(|r| r.header_value().to_str().ok())
         .or_else(|| headers.get("x-request-id").and_then(|v| v.to_str().ok()))
-        .map(|s| s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect())
+        .map(|s| {
+            s.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(64)
+                .collect()
+        })
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
@@ -71,7 +82,10 @@ async fn mattermost_hook(
     let form = match verify_and_parse(&headers, &body, &app.cfg.mattermost.tokens) {
         Ok(f) => f,
         Err(SlashError::Unauthorized) => {
-            return error_json(StatusCode::UNAUTHORIZED, "missing or wrong slash-command token")
+            return error_json(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong slash-command token",
+            )
         }
         Err(SlashError::Malformed(m)) => return error_json(StatusCode::BAD_REQUEST, &m),
     };
@@ -81,7 +95,12 @@ async fn mattermost_hook(
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {
-    let db = tokio::time::timeout(Duration::from_secs(2), app.store.call(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))).await;
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        app.store
+            .call(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))),
+    )
+    .await;
     match db {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response(),
@@ -93,7 +112,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let body = app.metrics.render(&[(
         "queue_jobs",
         "Jobs in the durable queue by state.",
-        vec![("state=\"queued\"".into(), queued as f64), ("state=\"running\"".into(), running as f64)],
+        vec![
+            ("state=\"queued\"".into(), queued as f64),
+            ("state=\"running\"".into(), running as f64),
+        ],
     )]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

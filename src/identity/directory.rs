@@ -19,7 +19,7 @@ pub enum DirectoryError {
 
 enum Source {
     Static { file: UsersFile },
-    Ldap(LdapDirectory),
+    Ldap(Box<LdapDirectory>),
 }
 
 pub struct Directory {
@@ -33,10 +33,22 @@ pub struct Directory {
 impl Directory {
     pub fn from_config(cfg: &config::Config) -> Result<Directory, String> {
         let (source, ttl) = match &cfg.directory {
-            config::Directory::Static { users_file, cache_seconds } => {
-                (Source::Static { file: UsersFile::load(users_file)? }, *cache_seconds)
-            }
-            config::Directory::Ldap { ldap, cache_seconds } => (Source::Ldap(LdapDirectory::new(ldap)), *cache_seconds),
+            config::Directory::Static {
+                users_file,
+                cache_seconds,
+            } => (
+                Source::Static {
+                    file: UsersFile::load(users_file)?,
+                },
+                *cache_seconds,
+            ),
+            config::Directory::Ldap {
+                ldap,
+                cache_seconds,
+            } => (
+                Source::Ldap(Box::new(LdapDirectory::new(ldap))),
+                *cache_seconds,
+            ),
         };
         Ok(Directory {
             source,
@@ -73,16 +85,22 @@ impl Directory {
             }),
             Source::Ldap(l) => l.lookup(uid, &self.roles).await?,
         };
-        self.cache.lock().unwrap().insert(uid.to_string(), (Instant::now(), found.clone()));
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(uid.to_string(), (Instant::now(), found.clone()));
         Ok(found)
     }
 
     /// The members of a group (for instructors' views).
     pub async fn members(&self, group: &str) -> Result<Vec<String>, DirectoryError> {
         match &self.source {
-            Source::Static { file } => {
-                Ok(file.groups.iter().filter(|g| g.name == group).flat_map(|g| g.members.clone()).collect())
-            }
+            Source::Static { file } => Ok(file
+                .groups
+                .iter()
+                .filter(|g| g.name == group)
+                .flat_map(|g| g.members.clone())
+                .collect()),
             Source::Ldap(l) => l.members(group).await,
         }
     }

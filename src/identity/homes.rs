@@ -10,7 +10,9 @@ pub fn ensure_home(account: &Account, data_dir: &Path) -> std::io::Result<bool> 
     let root = data_dir.join("home");
     let home = &account.home;
     let inside = home.starts_with(&root)
-        && home.components().all(|c| !matches!(c, Component::ParentDir))
+        && home
+            .components()
+            .all(|c| !matches!(c, Component::ParentDir))
         && home.parent() == Some(root.as_path());
     if !inside || home.exists() {
         return Ok(false);

@@ -49,7 +49,9 @@ impl LdapDirectory {
             .simple_bind(&self.cfg.bind_dn, self.cfg.bind_password.expose())
             .await
             .and_then(|r| r.success())
-            .map_err(|e| DirectoryError::Unavailable(format!("service bind as {}: {e}", self.cfg.bind_dn)))?;
+            .map_err(|e| {
+                DirectoryError::Unavailable(format!("service bind as {}: {e}", self.cfg.bind_dn))
+            })?;
         Ok(ldap)
     }
 
@@ -57,10 +59,21 @@ impl LdapDirectory {
         Duration::from_secs(self.cfg.timeout_seconds)
     }
 
-    async fn find_user(&self, ldap: &mut ldap3::Ldap, uid: &str) -> Result<Option<SearchEntry>, DirectoryError> {
+    async fn find_user(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        uid: &str,
+    ) -> Result<Option<SearchEntry>, DirectoryError> {
         let a = &self.cfg.attributes;
         let filter = self.cfg.user_filter.replace("{uid}", &ldap_escape(uid));
-        let attrs = vec![&a.uid, &a.uid_number, &a.gid_number, &a.home, &a.mail, &a.display_name];
+        let attrs = vec![
+            &a.uid,
+            &a.uid_number,
+            &a.gid_number,
+            &a.home,
+            &a.mail,
+            &a.display_name,
+        ];
         let (entries, _) = ldap
             .with_timeout(self.timeout())
             .search(&self.cfg.base_dn, Scope::Subtree, &filter, attrs)
@@ -70,12 +83,20 @@ impl LdapDirectory {
         // Exactly one entry or none: two entries for one uid is a directory error we refuse to guess about.
         match entries.len() {
             0 => Ok(None),
-            1 => Ok(Some(SearchEntry::construct(entries.into_iter().next().unwrap()))),
-            n => Err(DirectoryError::Unavailable(format!("{n} entries match uid {uid}"))),
+            1 => Ok(Some(SearchEntry::construct(
+                entries.into_iter().next().unwrap(),
+            ))),
+            n => Err(DirectoryError::Unavailable(format!(
+                "{n} entries match uid {uid}"
+            ))),
         }
     }
 
-    pub async fn lookup(&self, uid: &str, roles: &Roles) -> Result<Option<Account>, DirectoryError> {
+    pub async fn lookup(
+        &self,
+        uid: &str,
+        roles: &Roles,
+    ) -> Result<Option<Account>, DirectoryError> {
         let mut ldap = self.service_bind().await?;
         let Some(e) = self.find_user(&mut ldap, uid).await? else {
             let _ = ldap.unbind().await;
@@ -84,20 +105,37 @@ impl LdapDirectory {
         let a = &self.cfg.attributes;
         let get = |k: &str| e.attrs.get(k).and_then(|v| v.first()).cloned();
         let num = |k: &str| get(k).and_then(|v| v.parse::<u32>().ok());
-        let (Some(uid_number), Some(gid_number), Some(home)) = (num(&a.uid_number), num(&a.gid_number), get(&a.home)) else {
+        let (Some(uid_number), Some(gid_number), Some(home)) =
+            (num(&a.uid_number), num(&a.gid_number), get(&a.home))
+        else {
             let _ = ldap.unbind().await;
             return Ok(None); // not a POSIX account: it cannot own anything
         };
-        let gfilter = self.cfg.group_filter.replace("{uid}", &ldap_escape(uid)).replace("{dn}", &ldap_escape(&e.dn));
+        let gfilter = self
+            .cfg
+            .group_filter
+            .replace("{uid}", &ldap_escape(uid))
+            .replace("{dn}", &ldap_escape(&e.dn));
         let (gentries, _) = ldap
             .with_timeout(self.timeout())
-            .search(&self.cfg.group_base_dn, Scope::Subtree, &gfilter, vec![&a.group_name])
+            .search(
+                &self.cfg.group_base_dn,
+                Scope::Subtree,
+                &gfilter,
+                vec![&a.group_name],
+            )
             .await
             .and_then(|r| r.success())
             .map_err(|e| DirectoryError::Unavailable(format!("group search: {e}")))?;
         let mut groups: Vec<String> = gentries
             .into_iter()
-            .filter_map(|g| SearchEntry::construct(g).attrs.get(&a.group_name).and_then(|v| v.first()).cloned())
+            .filter_map(|g| {
+                SearchEntry::construct(g)
+                    .attrs
+                    .get(&a.group_name)
+                    .and_then(|v| v.first())
+                    .cloned()
+            })
             .collect();
         groups.sort();
         let _ = ldap.unbind().await;
@@ -115,17 +153,31 @@ impl LdapDirectory {
 
     pub async fn members(&self, group: &str) -> Result<Vec<String>, DirectoryError> {
         let mut ldap = self.service_bind().await?;
-        let filter = format!("(&(objectClass=posixGroup)({}={}))", self.cfg.attributes.group_name, ldap_escape(group));
+        let filter = format!(
+            "(&(objectClass=posixGroup)({}={}))",
+            self.cfg.attributes.group_name,
+            ldap_escape(group)
+        );
         let (entries, _) = ldap
             .with_timeout(self.timeout())
-            .search(&self.cfg.group_base_dn, Scope::Subtree, &filter, vec!["memberUid"])
+            .search(
+                &self.cfg.group_base_dn,
+                Scope::Subtree,
+                &filter,
+                vec!["memberUid"],
+            )
             .await
             .and_then(|r| r.success())
             .map_err(|e| DirectoryError::Unavailable(format!("group search: {e}")))?;
         let _ = ldap.unbind().await;
         Ok(entries
             .into_iter()
-            .flat_map(|e| SearchEntry::construct(e).attrs.remove("memberUid").unwrap_or_default())
+            .flat_map(|e| {
+                SearchEntry::construct(e)
+                    .attrs
+                    .remove("memberUid")
+                    .unwrap_or_default()
+            })
             .collect())
     }
 

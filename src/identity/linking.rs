@@ -30,10 +30,25 @@ impl From<UserError> for LinkError {
 }
 
 impl Linker<'_> {
-    pub async fn resolve(&self, mm_user_id: &str, mm_user_name: &str) -> Result<Account, LinkError> {
-        let unknown = || UserError::new("identity.unknown_user").arg("user", mm_user_name).arg("contact", self.contact);
-        let down = || LinkError::User(UserError::new("identity.directory_down").arg("contact", self.contact));
-        if let Some(uid) = self.store.link_of(mm_user_id).await.map_err(LinkError::Internal)? {
+    pub async fn resolve(
+        &self,
+        mm_user_id: &str,
+        mm_user_name: &str,
+    ) -> Result<Account, LinkError> {
+        let unknown = || {
+            UserError::new("identity.unknown_user")
+                .arg("user", mm_user_name)
+                .arg("contact", self.contact)
+        };
+        let down = || {
+            LinkError::User(UserError::new("identity.directory_down").arg("contact", self.contact))
+        };
+        if let Some(uid) = self
+            .store
+            .link_of(mm_user_id)
+            .await
+            .map_err(LinkError::Internal)?
+        {
             return match self.directory.lookup(&uid).await {
                 Ok(Some(a)) => Ok(a),
                 Ok(None) => Err(unknown().into()),
@@ -52,7 +67,10 @@ impl Linker<'_> {
                 })?;
                 // Mattermost stores the LDAP ID attribute in auth_data for LDAP users.
                 if u.auth_service != "ldap" || u.id != mm_user_id {
-                    return Err(UserError::new("identity.not_ldap").arg("user", mm_user_name).arg("contact", self.contact).into());
+                    return Err(UserError::new("identity.not_ldap")
+                        .arg("user", mm_user_name)
+                        .arg("contact", self.contact)
+                        .into());
                 }
                 u.auth_data.unwrap_or_default()
             }
@@ -69,7 +87,10 @@ impl Linker<'_> {
             Linking::Username => "username",
             Linking::MattermostLdap => "mattermost-ldap",
         };
-        self.store.link(mm_user_id, &account.uid, mm_user_name, mode).await.map_err(LinkError::Internal)?;
+        self.store
+            .link(mm_user_id, &account.uid, mm_user_name, mode)
+            .await
+            .map_err(LinkError::Internal)?;
         tracing::info!(uid = %account.uid, mode, "linked a Mattermost user");
         Ok(account)
     }

@@ -45,7 +45,12 @@ impl MattermostClient {
             .user_agent(concat!("shisa/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("reqwest client");
-        MattermostClient { http, url, bot_token, bot_user_id: Default::default() }
+        MattermostClient {
+            http,
+            url,
+            bot_token,
+            bot_user_id: Default::default(),
+        }
     }
 
     pub fn has_bot(&self) -> bool {
@@ -58,7 +63,9 @@ impl MattermostClient {
         for attempt in 0..ATTEMPTS {
             match self.http.post(url).json(reply).send().await {
                 Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) if matches!(r.status().as_u16(), 400 | 404) => return Err(PostError::Refused(r.status().as_u16())),
+                Ok(r) if matches!(r.status().as_u16(), 400 | 404) => {
+                    return Err(PostError::Refused(r.status().as_u16()))
+                }
                 Ok(r) => last = format!("HTTP {}", r.status()),
                 Err(e) => last = e.without_url().to_string(),
             }
@@ -78,7 +85,10 @@ impl MattermostClient {
         };
         let mut last = None;
         for attempt in 0..ATTEMPTS {
-            let mut req = self.http.request(method.clone(), format!("{base}/api/v4{path}")).bearer_auth(token.expose());
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{base}/api/v4{path}"))
+                .bearer_auth(token.expose());
             if let Some(b) = &body {
                 req = req.json(b);
             }
@@ -87,8 +97,20 @@ impl MattermostClient {
                 Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
                     anyhow::bail!("Mattermost {} {path}: HTTP {}", method, r.status())
                 }
-                Ok(r) => last = Some(anyhow::anyhow!("Mattermost {} {path}: HTTP {}", method, r.status())),
-                Err(e) => last = Some(anyhow::anyhow!("Mattermost {} {path}: {}", method, e.without_url())),
+                Ok(r) => {
+                    last = Some(anyhow::anyhow!(
+                        "Mattermost {} {path}: HTTP {}",
+                        method,
+                        r.status()
+                    ))
+                }
+                Err(e) => {
+                    last = Some(anyhow::anyhow!(
+                        "Mattermost {} {path}: {}",
+                        method,
+                        e.without_url()
+                    ))
+                }
             }
             tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
         }
@@ -96,12 +118,19 @@ impl MattermostClient {
     }
 
     pub async fn get_user(&self, user_id: &str) -> anyhow::Result<MmUser> {
-        let id = percent_encoding::utf8_percent_encode(user_id, percent_encoding::NON_ALPHANUMERIC).to_string();
-        self.api(reqwest::Method::GET, &format!("/users/{id}"), None).await
+        let id = percent_encoding::utf8_percent_encode(user_id, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+        self.api(reqwest::Method::GET, &format!("/users/{id}"), None)
+            .await
     }
 
     /// Send a direct message from the bot to a Mattermost user.
-    pub async fn direct_message(&self, user_id: &str, text: &str, props: &serde_json::Value) -> anyhow::Result<()> {
+    pub async fn direct_message(
+        &self,
+        user_id: &str,
+        text: &str,
+        props: &serde_json::Value,
+    ) -> anyhow::Result<()> {
         let me = self
             .bot_user_id
             .get_or_try_init(|| async {
@@ -113,7 +142,13 @@ impl MattermostClient {
         struct Channel {
             id: String,
         }
-        let ch: Channel = self.api(reqwest::Method::POST, "/channels/direct", Some(serde_json::json!([me, user_id]))).await?;
+        let ch: Channel = self
+            .api(
+                reqwest::Method::POST,
+                "/channels/direct",
+                Some(serde_json::json!([me, user_id])),
+            )
+            .await?;
         let _: serde_json::Value = self
             .api(
                 reqwest::Method::POST,

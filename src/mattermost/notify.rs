@@ -26,16 +26,33 @@ impl Notifier {
             if self.store.take_response_url(url).await? {
                 match self.client.post_response_url(url, reply).await {
                     Ok(()) => return Ok(Delivered::ResponseUrl),
-                    Err(PostError::Refused(code)) => tracing::info!(code, "response_url refused; falling back to a direct message"),
-                    Err(e) => tracing::warn!(error = %e, "response_url failed; falling back to a direct message"),
+                    Err(PostError::Refused(code)) => tracing::info!(
+                        code,
+                        "response_url refused; falling back to a direct message"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "response_url failed; falling back to a direct message")
+                    }
                 }
             }
         }
-        self.direct(&target.uid, target.mm_user_id.as_deref(), &reply.text, &reply.props).await
+        self.direct(
+            &target.uid,
+            target.mm_user_id.as_deref(),
+            &reply.text,
+            &reply.props,
+        )
+        .await
     }
 
     /// A notice for a user that is not the answer to a command (a build finished, a job ended).
-    pub async fn direct(&self, uid: &str, mm_user_id: Option<&str>, text: &str, props: &serde_json::Value) -> anyhow::Result<Delivered> {
+    pub async fn direct(
+        &self,
+        uid: &str,
+        mm_user_id: Option<&str>,
+        text: &str,
+        props: &serde_json::Value,
+    ) -> anyhow::Result<Delivered> {
         let mm_id = match mm_user_id {
             Some(id) => Some(id.to_string()),
             None => self.store.mm_user_of(uid).await?,
@@ -44,11 +61,15 @@ impl Notifier {
             if let Some(id) = &mm_id {
                 match self.client.direct_message(id, text, props).await {
                     Ok(()) => return Ok(Delivered::DirectMessage),
-                    Err(e) => tracing::warn!(error = %e, uid, "direct message failed; keeping it in the outbox"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, uid, "direct message failed; keeping it in the outbox")
+                    }
                 }
             }
         }
-        self.store.outbox_push(uid, mm_id.as_deref(), text, props).await?;
+        self.store
+            .outbox_push(uid, mm_id.as_deref(), text, props)
+            .await?;
         Ok(Delivered::Outbox)
     }
 }

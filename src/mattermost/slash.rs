@@ -49,7 +49,11 @@ pub enum SlashError {
 
 /// Decode and verify. The token may come in the form or as
 /// `Authorization: Token …`; either matching one configured token is enough.
-pub fn verify_and_parse(headers: &HeaderMap, body: &[u8], tokens: &[Secret]) -> Result<SlashForm, SlashError> {
+pub fn verify_and_parse(
+    headers: &HeaderMap,
+    body: &[u8],
+    tokens: &[Secret],
+) -> Result<SlashForm, SlashError> {
     let header_token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -61,18 +65,28 @@ pub fn verify_and_parse(headers: &HeaderMap, body: &[u8], tokens: &[Secret]) -> 
         #[serde(default)]
         token: Option<String>,
     }
-    let form_token = serde_html_form::from_bytes::<TokenOnly>(body).ok().and_then(|f| f.token);
-    let ok = header_token.is_some_and(|t| any_matches(tokens, t)) || form_token.as_deref().is_some_and(|t| any_matches(tokens, t));
+    let form_token = serde_html_form::from_bytes::<TokenOnly>(body)
+        .ok()
+        .and_then(|f| f.token);
+    let ok = header_token.is_some_and(|t| any_matches(tokens, t))
+        || form_token
+            .as_deref()
+            .is_some_and(|t| any_matches(tokens, t));
     if !ok {
         // A body we cannot even decode has no valid token either.
         return Err(SlashError::Unauthorized);
     }
-    let form: SlashForm = serde_html_form::from_bytes(body).map_err(|e| SlashError::Malformed(e.to_string()))?;
+    let form: SlashForm =
+        serde_html_form::from_bytes(body).map_err(|e| SlashError::Malformed(e.to_string()))?;
     if form.user_id.is_empty() || form.command.is_empty() {
-        return Err(SlashError::Malformed("`user_id` and `command` are required".into()));
+        return Err(SlashError::Malformed(
+            "`user_id` and `command` are required".into(),
+        ));
     }
     if form.text.len() > 4000 {
-        return Err(SlashError::Malformed("`text` is longer than 4000 bytes".into()));
+        return Err(SlashError::Malformed(
+            "`text` is longer than 4000 bytes".into(),
+        ));
     }
     Ok(form)
 }
@@ -83,7 +97,10 @@ pub fn verify_and_parse(headers: &HeaderMap, body: &[u8], tokens: &[Secret]) -> 
 pub fn acceptable_response_url(url: &str, mattermost_url: Option<&str>) -> bool {
     match mattermost_url {
         Some(base) => url.starts_with(&format!("{base}/hooks/commands/")),
-        None => (url.starts_with("http://") || url.starts_with("https://")) && crate::config::is_loopback_url(url),
+        None => {
+            (url.starts_with("http://") || url.starts_with("https://"))
+                && crate::config::is_loopback_url(url)
+        }
     }
 }
 
@@ -93,18 +110,28 @@ mod tests {
 
     fn fixture() -> Vec<u8> {
         // A copy of ../shared/fixtures (see tests/fixtures/README.md for provenance).
-        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mattermost/slash_command_request.reconstructed.form")).unwrap()
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/mattermost/slash_command_request.reconstructed.form"
+        ))
+        .unwrap()
     }
 
     #[test]
     fn fixture_form_with_repeated_mentions() {
-        let tokens = vec![Secret::new("other"), Secret::new("okwexkjpe7ygb8eq1ww58t483w")];
+        let tokens = vec![
+            Secret::new("other"),
+            Secret::new("okwexkjpe7ygb8eq1ww58t483w"),
+        ];
         let f = verify_and_parse(&HeaderMap::new(), fixture().trim_ascii_end(), &tokens).unwrap();
         assert_eq!(f.user_mentions, vec!["aaron.peterson", "aaron.medina"]);
         assert_eq!(f.channel_mentions_ids.len(), 2);
         assert_eq!(f.command, "/test");
         assert_eq!(f.text, "asd @aaron.peterson @aaron.medina ~saepe-5 ~aut-8");
-        assert_eq!(verify_and_parse(&HeaderMap::new(), &fixture(), &[Secret::new("nope")]), Err(SlashError::Unauthorized));
+        assert_eq!(
+            verify_and_parse(&HeaderMap::new(), &fixture(), &[Secret::new("nope")]),
+            Err(SlashError::Unauthorized)
+        );
     }
 
     #[test]
@@ -113,14 +140,26 @@ mod tests {
         h.insert("authorization", "Token abc".parse().unwrap());
         let body = b"user_id=u&command=%2Fcontainer&text=help";
         assert!(verify_and_parse(&h, body, &[Secret::new("abc")]).is_ok());
-        assert_eq!(verify_and_parse(&HeaderMap::new(), body, &[Secret::new("abc")]), Err(SlashError::Unauthorized));
+        assert_eq!(
+            verify_and_parse(&HeaderMap::new(), body, &[Secret::new("abc")]),
+            Err(SlashError::Unauthorized)
+        );
     }
 
     #[test]
     fn response_url_checks() {
-        assert!(acceptable_response_url("https://mm.example/hooks/commands/x", Some("https://mm.example")));
-        assert!(!acceptable_response_url("https://evil.example/hooks/commands/x", Some("https://mm.example")));
-        assert!(acceptable_response_url("http://127.0.0.1:5000/hooks/commands/x", None));
+        assert!(acceptable_response_url(
+            "https://mm.example/hooks/commands/x",
+            Some("https://mm.example")
+        ));
+        assert!(!acceptable_response_url(
+            "https://evil.example/hooks/commands/x",
+            Some("https://mm.example")
+        ));
+        assert!(acceptable_response_url(
+            "http://127.0.0.1:5000/hooks/commands/x",
+            None
+        ));
         assert!(!acceptable_response_url("http://10.0.0.1/x", None));
     }
 }

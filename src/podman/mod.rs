@@ -38,15 +38,26 @@ impl PodmanClient {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .expect("reqwest client");
-        PodmanClient { http, socket: socket.to_path_buf() }
+        PodmanClient {
+            http,
+            socket: socket.to_path_buf(),
+        }
     }
 
     fn unreachable(&self, e: reqwest::Error) -> PodmanError {
-        PodmanError::Unreachable { socket: self.socket.display().to_string(), reason: e.without_url().to_string() }
+        PodmanError::Unreachable {
+            socket: self.socket.display().to_string(),
+            reason: e.without_url().to_string(),
+        }
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, PodmanError> {
-        let r = self.http.get(format!("{API}{path}")).send().await.map_err(|e| self.unreachable(e))?;
+        let r = self
+            .http
+            .get(format!("{API}{path}"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         let status = r.status();
         if !status.is_success() {
             #[derive(Deserialize)]
@@ -54,18 +65,33 @@ impl PodmanClient {
                 #[serde(default)]
                 message: String,
             }
-            let message = r.json::<ErrBody>().await.map(|b| b.message).unwrap_or_default();
-            return Err(PodmanError::Api { status: status.as_u16(), message });
+            let message = r
+                .json::<ErrBody>()
+                .await
+                .map(|b| b.message)
+                .unwrap_or_default();
+            return Err(PodmanError::Api {
+                status: status.as_u16(),
+                message,
+            });
         }
         r.json().await.map_err(|e| self.unreachable(e))
     }
 
     pub async fn ping(&self) -> Result<(), PodmanError> {
-        let r = self.http.get("http://d/libpod/_ping").send().await.map_err(|e| self.unreachable(e))?;
+        let r = self
+            .http
+            .get("http://d/libpod/_ping")
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         if r.status().is_success() {
             Ok(())
         } else {
-            Err(PodmanError::Api { status: r.status().as_u16(), message: "ping failed".into() })
+            Err(PodmanError::Api {
+                status: r.status().as_u16(),
+                message: "ping failed".into(),
+            })
         }
     }
 
@@ -93,6 +119,10 @@ impl PodmanClient {
             number: u64,
         }
         let i: Info = self.get_json("/info").await?;
-        Ok(BladeInfo { version: i.version.version, containers: i.store.container_store.number, images: i.store.image_store.number })
+        Ok(BladeInfo {
+            version: i.version.version,
+            containers: i.store.container_store.number,
+            images: i.store.image_store.number,
+        })
     }
 }

@@ -18,7 +18,10 @@ pub struct Store {
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl Store {
@@ -28,13 +31,17 @@ impl Store {
         }
         let mut conn = Connection::open(path)?;
         Self::prepare(&mut conn)?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     pub fn open_in_memory() -> anyhow::Result<Store> {
         let mut conn = Connection::open_in_memory()?;
         Self::prepare(&mut conn)?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     fn prepare(conn: &mut Connection) -> anyhow::Result<()> {
@@ -62,19 +69,38 @@ impl Store {
     }
 
     /// Synchronous access, for the CLI and tests.
-    pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> anyhow::Result<T> {
         let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut c).map_err(Into::into)
     }
 
     pub async fn link_of(&self, mm_user_id: &str) -> anyhow::Result<Option<String>> {
         let id = mm_user_id.to_string();
-        self.call(move |c| c.query_row("SELECT uid FROM links WHERE mm_user_id = ?1", [id], |r| r.get(0)).optional())
-            .await
+        self.call(move |c| {
+            c.query_row("SELECT uid FROM links WHERE mm_user_id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+        .await
     }
 
-    pub async fn link(&self, mm_user_id: &str, uid: &str, mm_username: &str, mode: &str) -> anyhow::Result<()> {
-        let (a, b, c_, d) = (mm_user_id.to_string(), uid.to_string(), mm_username.to_string(), mode.to_string());
+    pub async fn link(
+        &self,
+        mm_user_id: &str,
+        uid: &str,
+        mm_username: &str,
+        mode: &str,
+    ) -> anyhow::Result<()> {
+        let (a, b, c_, d) = (
+            mm_user_id.to_string(),
+            uid.to_string(),
+            mm_username.to_string(),
+            mode.to_string(),
+        );
         self.call(move |c| {
             c.execute(
                 "INSERT INTO links(mm_user_id, uid, mm_username, mode, linked_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -90,8 +116,12 @@ impl Store {
     pub async fn mm_user_of(&self, uid: &str) -> anyhow::Result<Option<String>> {
         let uid = uid.to_string();
         self.call(move |c| {
-            c.query_row("SELECT mm_user_id FROM links WHERE uid = ?1 ORDER BY linked_at DESC LIMIT 1", [uid], |r| r.get(0))
-                .optional()
+            c.query_row(
+                "SELECT mm_user_id FROM links WHERE uid = ?1 ORDER BY linked_at DESC LIMIT 1",
+                [uid],
+                |r| r.get(0),
+            )
+            .optional()
         })
         .await
     }
@@ -103,15 +133,27 @@ impl Store {
         self.call(move |c| {
             let tx = c.transaction()?;
             let now = now();
-            tx.execute("INSERT OR IGNORE INTO response_urls(url, first_seen, uses) VALUES (?1, ?2, 0)", rusqlite::params![url, now])?;
-            let (first, uses): (i64, i64) =
-                tx.query_row("SELECT first_seen, uses FROM response_urls WHERE url = ?1", [&url], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            tx.execute(
+                "INSERT OR IGNORE INTO response_urls(url, first_seen, uses) VALUES (?1, ?2, 0)",
+                rusqlite::params![url, now],
+            )?;
+            let (first, uses): (i64, i64) = tx.query_row(
+                "SELECT first_seen, uses FROM response_urls WHERE url = ?1",
+                [&url],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             // Keep a margin on the 30 minutes: a post in flight at 29:59 would be refused.
             let ok = uses < 5 && now - first < 29 * 60;
             if ok {
-                tx.execute("UPDATE response_urls SET uses = uses + 1 WHERE url = ?1", [&url])?;
+                tx.execute(
+                    "UPDATE response_urls SET uses = uses + 1 WHERE url = ?1",
+                    [&url],
+                )?;
             }
-            tx.execute("DELETE FROM response_urls WHERE first_seen < ?1", [now - 3600])?;
+            tx.execute(
+                "DELETE FROM response_urls WHERE first_seen < ?1",
+                [now - 3600],
+            )?;
             tx.commit()?;
             Ok(ok)
         })
@@ -122,7 +164,10 @@ impl Store {
     pub async fn register_response_url(&self, url: &str) -> anyhow::Result<()> {
         let url = url.to_string();
         self.call(move |c| {
-            c.execute("INSERT OR IGNORE INTO response_urls(url, first_seen, uses) VALUES (?1, ?2, 0)", rusqlite::params![url, now()])
+            c.execute(
+                "INSERT OR IGNORE INTO response_urls(url, first_seen, uses) VALUES (?1, ?2, 0)",
+                rusqlite::params![url, now()],
+            )
         })
         .await?;
         Ok(())

@@ -15,8 +15,19 @@ pub struct OutboxMessage {
 }
 
 impl Store {
-    pub async fn outbox_push(&self, recipient: &str, mm_user_id: Option<&str>, message: &str, props: &serde_json::Value) -> anyhow::Result<()> {
-        let v = (recipient.to_string(), mm_user_id.map(str::to_string), message.to_string(), props.to_string());
+    pub async fn outbox_push(
+        &self,
+        recipient: &str,
+        mm_user_id: Option<&str>,
+        message: &str,
+        props: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let v = (
+            recipient.to_string(),
+            mm_user_id.map(str::to_string),
+            message.to_string(),
+            props.to_string(),
+        );
         self.call(move |c| {
             c.execute(
                 "INSERT INTO outbox(recipient, mm_user_id, message, props, created_at) VALUES (?1,?2,?3,?4,?5)",

@@ -52,7 +52,8 @@ impl Store {
             j.payload.to_string(),
             j.owner.to_string(),
             j.request_id.to_string(),
-            j.reply.map(|r| serde_json::to_string(&r).unwrap_or_default()),
+            j.reply
+                .map(|r| serde_json::to_string(&r).unwrap_or_default()),
             j.max_attempts,
         );
         self.call(move |c| {
@@ -96,21 +97,34 @@ impl Store {
         .await
     }
 
-    pub async fn finish(&self, id: i64, outcome: Outcome, error: Option<&str>) -> anyhow::Result<()> {
+    pub async fn finish(
+        &self,
+        id: i64,
+        outcome: Outcome,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
         let state = match outcome {
             Outcome::Done => "done",
             Outcome::Failed => "failed",
         };
         let err = error.map(str::to_string);
         self.call(move |c| {
-            c.execute("UPDATE queue SET state = ?1, last_error = ?2, updated_at = ?3 WHERE id = ?4", params![state, err, now(), id])
+            c.execute(
+                "UPDATE queue SET state = ?1, last_error = ?2, updated_at = ?3 WHERE id = ?4",
+                params![state, err, now(), id],
+            )
         })
         .await?;
         Ok(())
     }
 
     /// Put a job back for another attempt after `delay_seconds`.
-    pub async fn retry_later(&self, id: i64, error: &str, delay_seconds: i64) -> anyhow::Result<()> {
+    pub async fn retry_later(
+        &self,
+        id: i64,
+        error: &str,
+        delay_seconds: i64,
+    ) -> anyhow::Result<()> {
         let err = error.to_string();
         self.call(move |c| {
             let t = now();
@@ -125,7 +139,13 @@ impl Store {
 
     /// After a crash or an unclean stop: jobs left `running` go back to the queue.
     pub async fn recover(&self) -> anyhow::Result<usize> {
-        self.call(|c| c.execute("UPDATE queue SET state = 'queued', updated_at = ?1 WHERE state = 'running'", [now()])).await
+        self.call(|c| {
+            c.execute(
+                "UPDATE queue SET state = 'queued', updated_at = ?1 WHERE state = 'running'",
+                [now()],
+            )
+        })
+        .await
     }
 
     /// Put one claimed job back untouched (graceful shutdown), giving back its attempt.
@@ -153,8 +173,12 @@ impl Store {
 
     pub fn job_state(&self, request_id: &str) -> anyhow::Result<Option<(String, u32)>> {
         self.with(|c| {
-            c.query_row("SELECT state, attempts FROM queue WHERE request_id = ?1", [request_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
+            c.query_row(
+                "SELECT state, attempts FROM queue WHERE request_id = ?1",
+                [request_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
         })
     }
 }
@@ -167,12 +191,25 @@ mod tests {
     async fn claim_finish_recover() {
         let s = Store::open_in_memory().unwrap();
         let id = s
-            .enqueue(NewJob { kind: "k", payload: serde_json::json!({"a": 1}), owner: "alice", request_id: "r1", reply: None, max_attempts: 3 })
+            .enqueue(NewJob {
+                kind: "k",
+                payload: serde_json::json!({"a": 1}),
+                owner: "alice",
+                request_id: "r1",
+                reply: None,
+                max_attempts: 3,
+            })
             .await
             .unwrap();
         let j = s.claim().await.unwrap().unwrap();
-        assert_eq!((j.id, j.attempts, j.payload["a"].as_i64()), (id, 1, Some(1)));
-        assert!(s.claim().await.unwrap().is_none(), "a running job is not claimed twice");
+        assert_eq!(
+            (j.id, j.attempts, j.payload["a"].as_i64()),
+            (id, 1, Some(1))
+        );
+        assert!(
+            s.claim().await.unwrap().is_none(),
+            "a running job is not claimed twice"
+        );
         assert_eq!(s.recover().await.unwrap(), 1);
         let j = s.claim().await.unwrap().unwrap();
         assert_eq!(j.attempts, 2);

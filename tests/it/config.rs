@@ -10,9 +10,18 @@ use crate::harness::{config_text, repo, run_root, Opts};
 fn example_config_is_valid_as_it_is() {
     let cfg = Config::load(&repo().join("deploy/shisa.example.toml")).unwrap();
     assert_eq!(cfg.listen.to_string(), "127.0.0.1:8470");
-    assert_eq!(cfg.blades[0].podman_socket, Path::new("/run/podman/podman.sock"));
-    assert!(cfg.warnings.iter().any(|w| w.contains("username")), "check-config warns about username linking");
-    assert!(matches!(cfg.directory, shisa::config::Directory::Static { .. }));
+    assert_eq!(
+        cfg.blades[0].podman_socket,
+        Path::new("/run/podman/podman.sock")
+    );
+    assert!(
+        cfg.warnings.iter().any(|w| w.contains("username")),
+        "check-config warns about username linking"
+    );
+    assert!(matches!(
+        cfg.directory,
+        shisa::config::Directory::Static { .. }
+    ));
 }
 
 fn err_of(text: &str) -> String {
@@ -31,30 +40,81 @@ fn base() -> String {
 fn errors_name_the_key_and_the_reason() {
     let b = base();
     let cases: Vec<(String, &str, &str)> = vec![
-        (b.replace("[server]\n", "[server]\nlisen = 1\n"), "server.lisen", "unknown field `lisen`, expected one of `listen`"),
-        (b.replace("listen = \"127.0.0.1:0\"", "listen = \"nowhere\""), "server.listen", "not an address"),
-        (b.replace("tokens = [\"test-container-token\", \"test-job-token\"]", "tokens = []"), "mattermost.tokens", "at least one"),
         (
-            b.replace("tokens = [\"test-container-token\", \"test-job-token\"]", "tokens = [\"a\", { env = \"SHISA_TEST_SURELY_UNSET\" }]"),
+            b.replace("[server]\n", "[server]\nlisen = 1\n"),
+            "server.lisen",
+            "unknown field `lisen`, expected one of `listen`",
+        ),
+        (
+            b.replace("listen = \"127.0.0.1:0\"", "listen = \"nowhere\""),
+            "server.listen",
+            "not an address",
+        ),
+        (
+            b.replace(
+                "tokens = [\"test-container-token\", \"test-job-token\"]",
+                "tokens = []",
+            ),
+            "mattermost.tokens",
+            "at least one",
+        ),
+        (
+            b.replace(
+                "tokens = [\"test-container-token\", \"test-job-token\"]",
+                "tokens = [\"a\", { env = \"SHISA_TEST_SURELY_UNSET\" }]",
+            ),
             "mattermost.tokens[1]",
             "SHISA_TEST_SURELY_UNSET",
         ),
-        (b.replace("linking = \"username\"", "linking = \"mattermost-ldap\""), "mattermost.linking", "mattermost.url"),
-        (b.replace("linking = \"username\"", "linking = \"trust-me\""), "mattermost.linking", "unknown variant"),
-        (b.replace("demo-users.toml", "missing-users.toml"), "directory.users_file", "cannot read"),
-        (b.replace("source = \"static\"", "source = \"ldap\""), "directory.ldap", "[directory.ldap]"),
         (
-            b.replace(&format!("podman_socket = {:?}", run_root().join("no-podman.sock").display().to_string()), "podman_socket = \"tcp://10.0.0.2:8080\""),
+            b.replace("linking = \"username\"", "linking = \"mattermost-ldap\""),
+            "mattermost.linking",
+            "mattermost.url",
+        ),
+        (
+            b.replace("linking = \"username\"", "linking = \"trust-me\""),
+            "mattermost.linking",
+            "unknown variant",
+        ),
+        (
+            b.replace("demo-users.toml", "missing-users.toml"),
+            "directory.users_file",
+            "cannot read",
+        ),
+        (
+            b.replace("source = \"static\"", "source = \"ldap\""),
+            "directory.ldap",
+            "[directory.ldap]",
+        ),
+        (
+            b.replace(
+                &format!(
+                    "podman_socket = {:?}",
+                    run_root().join("no-podman.sock").display().to_string()
+                ),
+                "podman_socket = \"tcp://10.0.0.2:8080\"",
+            ),
             "blades[0].podman_socket",
             "no authentication",
         ),
-        (b.replace("memory = \"512M\"", "memory = \"lots\""), "templates.busybox.memory", "`lots`"),
-        (b.replace("cpus = 1\n", "cpus = \"one\"\n"), "templates.busybox.cpus", "invalid type"),
+        (
+            b.replace("memory = \"512M\"", "memory = \"lots\""),
+            "templates.busybox.memory",
+            "`lots`",
+        ),
+        (
+            b.replace("cpus = 1\n", "cpus = \"one\"\n"),
+            "templates.busybox.cpus",
+            "invalid type",
+        ),
         ("[server\n".to_string(), "(syntax)", "TOML parse error"),
     ];
     for (text, key, reason) in cases {
         let e = err_of(&text);
-        assert!(e.starts_with(&format!("{key}: ")), "expected key {key}, got: {e}");
+        assert!(
+            e.starts_with(&format!("{key}: ")),
+            "expected key {key}, got: {e}"
+        );
         assert!(e.contains(reason), "expected {reason:?} in: {e}");
     }
 }
@@ -71,21 +131,41 @@ fn secrets_from_env_and_file() {
     );
     let cfg = Config::from_str(&text, &dir.path().join("c.toml")).unwrap();
     assert!(cfg.mattermost.tokens[0].matches("from-env"));
-    assert!(cfg.mattermost.tokens[1].matches("from-file"), "trailing newline of a secret file is dropped");
-    assert!(!format!("{:?}", cfg.mattermost).contains("from-env"), "secrets never appear in Debug output");
+    assert!(
+        cfg.mattermost.tokens[1].matches("from-file"),
+        "trailing newline of a secret file is dropped"
+    );
+    assert!(
+        !format!("{:?}", cfg.mattermost).contains("from-env"),
+        "secrets never appear in Debug output"
+    );
 }
 
 #[test]
 fn check_config_command() {
     let bin = env!("CARGO_BIN_EXE_shisa");
-    let ok = std::process::Command::new(bin).args(["check-config", "--config"]).arg(repo().join("deploy/shisa.example.toml")).output().unwrap();
+    let ok = std::process::Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(repo().join("deploy/shisa.example.toml"))
+        .output()
+        .unwrap();
     assert!(ok.status.success());
     assert!(String::from_utf8_lossy(&ok.stderr).contains("warning: mattermost.linking"));
     let p = run_root().join("bad.toml");
-    std::fs::write(&p, base().replace("listen = \"127.0.0.1:0\"", "listen = \"nowhere\"")).unwrap();
-    let bad = std::process::Command::new(bin).args(["check-config", "--config"]).arg(&p).output().unwrap();
+    std::fs::write(
+        &p,
+        base().replace("listen = \"127.0.0.1:0\"", "listen = \"nowhere\""),
+    )
+    .unwrap();
+    let bad = std::process::Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("server.listen: `nowhere` is not an address"));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("server.listen: `nowhere` is not an address")
+    );
 }
 
 #[test]
@@ -96,23 +176,34 @@ fn migrations_on_a_fresh_and_an_existing_database() {
     let fresh = dir.path().join("fresh.db");
     shisa::store::Store::open(&fresh).unwrap();
     let c = Connection::open(&fresh).unwrap();
-    let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(v, 2);
-    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
     // Existing at version 1, with data.
     let old = dir.path().join("old.db");
     {
         let mut c = Connection::open(&old).unwrap();
-        shisa::store::migrations::migrations().to_version(&mut c, 1).unwrap();
+        shisa::store::migrations::migrations()
+            .to_version(&mut c, 1)
+            .unwrap();
         c.execute("INSERT INTO audit(at, actor, action, outcome) VALUES (1, 'alice', 'container.ps', 'ok')", []).unwrap();
     }
     let store = shisa::store::Store::open(&old).unwrap();
     let rows = store.audit_entries(Some("alice")).unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].action.as_str(), rows[0].role.as_str()), ("container.ps", ""));
+    assert_eq!(
+        (rows[0].action.as_str(), rows[0].role.as_str()),
+        ("container.ps", "")
+    );
     let c = Connection::open(&old).unwrap();
-    let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(v, 2);
     // Opening again is a no-op.
     shisa::store::Store::open(&old).unwrap();

@@ -23,7 +23,13 @@ pub fn repo() -> PathBuf {
 /// One temp root per test run.
 pub fn run_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| tempfile::Builder::new().prefix("shisa-it-").tempdir().unwrap().keep())
+    ROOT.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("shisa-it-")
+            .tempdir()
+            .unwrap()
+            .keep()
+    })
 }
 
 pub fn demo_users() -> UsersFile {
@@ -52,7 +58,11 @@ fn spawn_daemon(mut cmd: Command) -> u32 {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
@@ -153,8 +163,16 @@ pub const TOKEN: &str = "test-container-token";
 pub const TOKEN2: &str = "test-job-token";
 
 pub fn config_text(o: &Opts, data_dir: &Path) -> String {
-    let tokens = if o.tokens.is_empty() { vec![TOKEN.to_string(), TOKEN2.to_string()] } else { o.tokens.clone() };
-    let tokens = tokens.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ");
+    let tokens = if o.tokens.is_empty() {
+        vec![TOKEN.to_string(), TOKEN2.to_string()]
+    } else {
+        o.tokens.clone()
+    };
+    let tokens = tokens
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut s = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = 2\n[storage]\ndata_dir = {:?}\n[mattermost]\ntokens = [{tokens}]\nlinking = {:?}\ncontact = \"the test admins\"\ntimeout_seconds = 3\n",
         data_dir.display().to_string(),
@@ -179,8 +197,15 @@ pub fn config_text(o: &Opts, data_dir: &Path) -> String {
             ))
         }
     }
-    let sock = if o.podman { podman().to_path_buf() } else { run_root().join("no-podman.sock") };
-    s.push_str(&format!("[[blades]]\nname = \"local\"\npodman_socket = {:?}\naddress = \"127.0.0.1\"\n", sock.display().to_string()));
+    let sock = if o.podman {
+        podman().to_path_buf()
+    } else {
+        run_root().join("no-podman.sock")
+    };
+    s.push_str(&format!(
+        "[[blades]]\nname = \"local\"\npodman_socket = {:?}\naddress = \"127.0.0.1\"\n",
+        sock.display().to_string()
+    ));
     s.push_str("[templates.busybox]\nimage = \"localhost/busybox:latest\"\ncpus = 1\nmemory = \"512M\"\ncomment = \"tiny\"\n");
     s
 }
@@ -196,7 +221,10 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(o: Opts) -> Stack {
-        let data_dir = o.data_dir.clone().unwrap_or_else(|| tempfile::tempdir_in(run_root()).unwrap().keep());
+        let data_dir = o
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| tempfile::tempdir_in(run_root()).unwrap().keep());
         let path = data_dir.with_extension("toml");
         std::fs::write(&path, config_text(&o, &data_dir)).unwrap();
         Self::start_with(&path, data_dir).await
@@ -212,7 +240,13 @@ impl Stack {
         let handle = tokio::spawn(shisa::cli::serve::serve_on(cfg, listener, async move {
             let _ = rx.await;
         }));
-        Stack { cfg: for_chat, addr, data_dir, stop: Some(tx), handle: Some(handle) }
+        Stack {
+            cfg: for_chat,
+            addr,
+            data_dir,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -222,7 +256,9 @@ impl Stack {
     /// What `shisa chat --as USER LINE` does.
     pub async fn chat(&self, user: &str, line: &str) -> Vec<Reply> {
         let id = shisa::cli::chat::demo_user_id(&demo_users(), user);
-        shisa::cli::chat::send(&self.cfg, user, &id, line, Duration::from_secs(20), |_| {}).await.unwrap()
+        shisa::cli::chat::send(&self.cfg, user, &id, line, Duration::from_secs(20), |_| {})
+            .await
+            .unwrap()
     }
 
     /// The final reply's text.
@@ -249,8 +285,14 @@ impl Stack {
 
 /// `application/x-www-form-urlencoded`, keys in the given order (repeats allowed).
 pub fn form(pairs: &[(&str, &str)]) -> String {
-    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
-    pairs.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&")
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// A protocol-faithful fake of the Mattermost REST API parts shisa uses:
@@ -269,30 +311,63 @@ impl FakeMattermost {
         use axum::http::{HeaderMap, StatusCode};
         use axum::routing::{get, post};
         use axum::Json;
-        let fake = FakeMattermost { users: Arc::new(Mutex::new(users)), posts: Default::default(), token: token.into() };
+        let fake = FakeMattermost {
+            users: Arc::new(Mutex::new(users)),
+            posts: Default::default(),
+            token: token.into(),
+        };
         fn authed(f: &FakeMattermost, h: &HeaderMap) -> bool {
-            h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {}", f.token))
+            h.get("authorization").and_then(|v| v.to_str().ok())
+                == Some(&format!("Bearer {}", f.token))
         }
-        async fn user(State(f): State<FakeMattermost>, h: HeaderMap, AxPath(id): AxPath<String>) -> Result<Json<serde_json::Value>, StatusCode> {
+        async fn user(
+            State(f): State<FakeMattermost>,
+            h: HeaderMap,
+            AxPath(id): AxPath<String>,
+        ) -> Result<Json<serde_json::Value>, StatusCode> {
             if !authed(&f, &h) {
                 return Err(StatusCode::UNAUTHORIZED);
             }
-            let id = if id == "me" { "botuser000000000000000000b".to_string() } else { id };
+            let id = if id == "me" {
+                "botuser000000000000000000b".to_string()
+            } else {
+                id
+            };
             if id == "botuser000000000000000000b" {
-                return Ok(Json(serde_json::json!({"id": id, "username": "shisa", "auth_service": ""})));
+                return Ok(Json(
+                    serde_json::json!({"id": id, "username": "shisa", "auth_service": ""}),
+                ));
             }
-            f.users.lock().unwrap().iter().find(|u| u["id"] == id.as_str()).cloned().map(Json).ok_or(StatusCode::NOT_FOUND)
+            f.users
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|u| u["id"] == id.as_str())
+                .cloned()
+                .map(Json)
+                .ok_or(StatusCode::NOT_FOUND)
         }
-        async fn direct(State(f): State<FakeMattermost>, h: HeaderMap, Json(ids): Json<Vec<String>>) -> Result<(StatusCode, Json<serde_json::Value>), StatusCode> {
+        async fn direct(
+            State(f): State<FakeMattermost>,
+            h: HeaderMap,
+            Json(ids): Json<Vec<String>>,
+        ) -> Result<(StatusCode, Json<serde_json::Value>), StatusCode> {
             if !authed(&f, &h) {
                 return Err(StatusCode::UNAUTHORIZED);
             }
             if ids.len() != 2 || ids[0] != "botuser000000000000000000b" {
                 return Err(StatusCode::BAD_REQUEST);
             }
-            Ok((StatusCode::CREATED, Json(serde_json::json!({"id": format!("dm-{}", ids[1]), "type": "D"}))))
+            Ok((
+                StatusCode::CREATED,
+                Json(serde_json::json!({"id": format!("dm-{}", ids[1]), "type": "D"})),
+            ))
         }
-        async fn posts(State(f): State<FakeMattermost>, h: HeaderMap, Json(p): Json<serde_json::Value>) -> Result<(StatusCode, Json<serde_json::Value>), StatusCode> {
+        async fn posts(
+            State(f): State<FakeMattermost>,
+            h: HeaderMap,
+            Json(p): Json<serde_json::Value>,
+        ) -> Result<(StatusCode, Json<serde_json::Value>), StatusCode> {
             if !authed(&f, &h) {
                 return Err(StatusCode::UNAUTHORIZED);
             }

@@ -8,8 +8,15 @@ use shisa::identity::Role;
 use crate::harness::{config_text, demo_users, run_root, shared_data_dir, Dir, Opts};
 
 fn directory(d: Dir) -> Directory {
-    let o = Opts { directory: d, ..Default::default() };
-    let p = tempfile::NamedTempFile::new_in(run_root()).unwrap().into_temp_path().keep().unwrap();
+    let o = Opts {
+        directory: d,
+        ..Default::default()
+    };
+    let p = tempfile::NamedTempFile::new_in(run_root())
+        .unwrap()
+        .into_temp_path()
+        .keep()
+        .unwrap();
     std::fs::write(&p, config_text(&o, &shared_data_dir())).unwrap();
     let cfg = Config::load(&p).unwrap();
     Directory::from_config(&cfg).unwrap()
@@ -28,7 +35,10 @@ async fn static_and_ldap_directories_agree_on_every_demo_user() {
     let alice = ld.lookup("alice").await.unwrap().unwrap();
     assert_eq!((alice.uid_number, alice.role), (20001, Role::Student));
     assert_eq!(alice.groups, vec!["ai-course", "students"]);
-    assert_eq!(ld.lookup("sensei").await.unwrap().unwrap().role, Role::Instructor);
+    assert_eq!(
+        ld.lookup("sensei").await.unwrap().unwrap().role,
+        Role::Instructor
+    );
     assert_eq!(ld.lookup("admin").await.unwrap().unwrap().role, Role::Admin);
     assert_eq!(ld.lookup("nobody").await.unwrap(), None);
     assert_eq!(st.lookup("nobody").await.unwrap(), None);
@@ -67,6 +77,9 @@ async fn passwords_checked_by_bind_and_empty_refused() {
     let ld = directory(Dir::Ldap);
     assert!(ld.verify_password("alice", "alice-demo").await.unwrap());
     assert!(!ld.verify_password("alice", "wrong").await.unwrap());
-    assert!(!ld.verify_password("alice", "").await.unwrap(), "an empty password is an anonymous bind, never a login");
+    assert!(
+        !ld.verify_password("alice", "").await.unwrap(),
+        "an empty password is an anonymous bind, never a login"
+    );
     assert!(!ld.verify_password("nobody", "x").await.unwrap());
 }

@@ -19,7 +19,10 @@ fn alice_form(token: &str, text: &str) -> String {
 }
 
 async fn post(stack: &Stack, body: String, auth: Option<&str>) -> reqwest::Response {
-    let mut r = http().post(stack.url("/hooks/mattermost")).header("content-type", "application/x-www-form-urlencoded").body(body);
+    let mut r = http()
+        .post(stack.url("/hooks/mattermost"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
     if let Some(a) = auth {
         r = r.header("authorization", a);
     }
@@ -40,7 +43,12 @@ async fn tokens_verified_in_form_or_header_and_failures_record_nothing() {
         assert!(v["text"].as_str().unwrap().contains("/container run"));
     }
     // Header token only.
-    let r = post(&s, alice_form("", "help").replace("token=&", ""), Some(&format!("Token {TOKEN}"))).await;
+    let r = post(
+        &s,
+        alice_form("", "help").replace("token=&", ""),
+        Some(&format!("Token {TOKEN}")),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let before = s.store().audit_entries(None).unwrap().len();
     // Wrong, missing, and a prefix of the right one.
@@ -48,12 +56,19 @@ async fn tokens_verified_in_form_or_header_and_failures_record_nothing() {
         (alice_form("wrong", "help"), None),
         (alice_form("", "help"), None),
         (alice_form(&TOKEN[..5], "help"), Some("Token nope")),
-        (alice_form("wrong", "help"), Some("Bearer test-container-token")),
+        (
+            alice_form("wrong", "help"),
+            Some("Bearer test-container-token"),
+        ),
     ] {
         let r = post(&s, body, auth).await;
         assert_eq!(r.status(), 401);
     }
-    assert_eq!(s.store().audit_entries(None).unwrap().len(), before, "a request with a bad token records nothing");
+    assert_eq!(
+        s.store().audit_entries(None).unwrap().len(),
+        before,
+        "a request with a bad token records nothing"
+    );
     s.stop().await;
 }
 
@@ -72,14 +87,25 @@ async fn malformed_and_oversize_bodies() {
 
 #[tokio::test]
 async fn the_reconstructed_mattermost_form_with_repeated_mention_keys() {
-    let body = std::fs::read_to_string(crate::harness::repo().join("tests/fixtures/mattermost/slash_command_request.reconstructed.form")).unwrap();
-    let s = Stack::start(Opts { tokens: vec!["okwexkjpe7ygb8eq1ww58t483w".into()], ..Default::default() }).await;
+    let body = std::fs::read_to_string(
+        crate::harness::repo()
+            .join("tests/fixtures/mattermost/slash_command_request.reconstructed.form"),
+    )
+    .unwrap();
+    let s = Stack::start(Opts {
+        tokens: vec!["okwexkjpe7ygb8eq1ww58t483w".into()],
+        ..Default::default()
+    })
+    .await;
     // Its user is not a department account, and /test is not our command: a clear answer, 200.
     let r = post(&s, body.trim().to_string(), None).await;
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     let text = v["text"].as_str().unwrap();
-    assert!(text.contains("`/test`") && text.contains("/container"), "{text}");
+    assert!(
+        text.contains("`/test`") && text.contains("/container"),
+        "{text}"
+    );
     s.stop().await;
 }
 
@@ -87,7 +113,10 @@ async fn the_reconstructed_mattermost_form_with_repeated_mention_keys() {
 async fn users_roles_and_answers() {
     let s = Stack::start(Opts::default()).await;
     let t = s.say("alice", "/container whoami").await;
-    assert!(t.contains("`alice` (uid 20001, gid 20001), role **student**"), "{t}");
+    assert!(
+        t.contains("`alice` (uid 20001, gid 20001), role **student**"),
+        "{t}"
+    );
     // The home directory is created on first use, as its owner, 0700.
     let home = s.data_dir.join("home/alice");
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -96,13 +125,25 @@ async fn users_roles_and_answers() {
     if unsafe { libc::geteuid() } == 0 {
         assert_eq!((m.uid(), m.gid()), (20001, 20001));
     }
-    assert!(s.say("sensei", "/job whoami").await.contains("role **instructor**"));
-    assert!(s.say("admin", "/container whoami").await.contains("role **admin**"));
+    assert!(s
+        .say("sensei", "/job whoami")
+        .await
+        .contains("role **instructor**"));
+    assert!(s
+        .say("admin", "/container whoami")
+        .await
+        .contains("role **admin**"));
     // Japanese-keyboard input.
-    assert!(s.say("bob", "/container ｗｈｏａｍｉ").await.contains("`bob`"));
+    assert!(s
+        .say("bob", "/container ｗｈｏａｍｉ")
+        .await
+        .contains("`bob`"));
     // Unknown user.
     let t = s.say("mallory", "/container whoami").await;
-    assert!(t.contains("not linked") && t.contains("the test admins"), "{t}");
+    assert!(
+        t.contains("not linked") && t.contains("the test admins"),
+        "{t}"
+    );
     // Bad input: the reply explains, nothing is queued.
     let t = s.say("alice", "/container rnu myimg").await;
     assert!(t.contains("Did you mean `run`?"), "{t}");
@@ -128,7 +169,10 @@ async fn the_audit_trail_records_who_did_what_and_how_it_ended() {
     s.say("mallory", "/container ps").await;
     s.say("bob", "/container help run").await;
     let rows = s.store().audit_entries(None).unwrap();
-    let view: Vec<_> = rows.iter().map(|r| (r.actor.as_str(), r.action.as_str(), r.outcome.as_str())).collect();
+    let view: Vec<_> = rows
+        .iter()
+        .map(|r| (r.actor.as_str(), r.action.as_str(), r.outcome.as_str()))
+        .collect();
     assert_eq!(
         view,
         vec![
@@ -140,7 +184,9 @@ async fn the_audit_trail_records_who_did_what_and_how_it_ended() {
     );
     assert_eq!(rows[0].role, "student");
     assert_eq!(rows[1].detail.as_deref(), Some("grammar.bad_value"));
-    assert!(rows.iter().all(|r| r.request_id.as_deref().is_some_and(|id| id.len() >= 32)));
+    assert!(rows
+        .iter()
+        .all(|r| r.request_id.as_deref().is_some_and(|id| id.len() >= 32)));
     s.stop().await;
 }
 
@@ -149,11 +195,30 @@ async fn metrics_and_health() {
     let s = Stack::start(Opts::default()).await;
     s.say("alice", "/container whoami").await;
     post(&s, alice_form("wrong", "help"), None).await;
-    assert_eq!(http().get(s.url("/healthz")).send().await.unwrap().status(), 200);
-    let m = http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains("shisa_http_requests_total{route=\"/hooks/mattermost\",status=\"200\"} 1"), "{m}");
-    assert!(m.contains("shisa_http_requests_total{route=\"/hooks/mattermost\",status=\"401\"} 1"), "{m}");
-    assert!(m.contains("shisa_command_duration_seconds_count{command=\"container\"} 1"), "{m}");
+    assert_eq!(
+        http().get(s.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    let m = http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("shisa_http_requests_total{route=\"/hooks/mattermost\",status=\"200\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("shisa_http_requests_total{route=\"/hooks/mattermost\",status=\"401\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("shisa_command_duration_seconds_count{command=\"container\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("shisa_queue_jobs{state=\"queued\"} 0"), "{m}");
     s.stop().await;
 }
@@ -173,14 +238,29 @@ async fn mattermost_ldap_linking_asks_mattermost_and_links_by_user_id() {
         ..Default::default()
     })
     .await;
-    assert!(s.say("alice", "/container whoami").await.contains("`alice` (uid 20001"));
+    assert!(s
+        .say("alice", "/container whoami")
+        .await
+        .contains("`alice` (uid 20001"));
     // Linked by id: a renamed Mattermost user stays alice.
     fake.users.lock().unwrap()[0]["username"] = "alice-renamed".into();
     let id = shisa::cli::chat::demo_user_id(&crate::harness::demo_users(), "alice");
-    let r = shisa::cli::chat::send(&s.cfg, "alice-renamed", &id, "/container whoami", std::time::Duration::from_secs(10), |_| {}).await.unwrap();
+    let r = shisa::cli::chat::send(
+        &s.cfg,
+        "alice-renamed",
+        &id,
+        "/container whoami",
+        std::time::Duration::from_secs(10),
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert!(r[0].text.contains("`alice` (uid 20001"));
     // Not an LDAP login: refused with a reason.
     let t = s.say("bob", "/container whoami").await;
-    assert!(t.contains("does not sign in through the department directory"), "{t}");
+    assert!(
+        t.contains("does not sign in through the department directory"),
+        "{t}"
+    );
     s.stop().await;
 }
