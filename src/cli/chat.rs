@@ -76,8 +76,8 @@ pub fn run(
         Duration::from_secs(timeout),
         |r| {
             use std::io::Write;
-        // A closed pipe (`| head`) is not an error worth a panic.
-        let _ = writeln!(std::io::stdout(), "{}\n", r.text);
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{}\n", r.text);
         },
     ))?;
     match replies.last() {
