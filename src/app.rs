@@ -21,6 +21,8 @@ pub struct App {
     pub blades: Vec<(crate::config::Blade, PodmanClient)>,
     /// The names of groups that confer roles; they are not course groups.
     pub role_groups: Vec<String>,
+    /// Who gets the GPUs.
+    pub allocator: Arc<dyn crate::containers::allocator::Allocator>,
     /// Wakes idle workers when a job is queued.
     pub wake: tokio::sync::Notify,
 }
@@ -56,7 +58,11 @@ impl App {
             .chain(cfg.roles.instructor_groups.iter())
             .cloned()
             .collect();
+        let allocator = Arc::new(crate::containers::allocator::LocalAllocator {
+            store: store.clone(),
+        });
         Ok(Arc::new(App {
+            allocator,
             store,
             directory,
             mattermost,
@@ -67,5 +73,12 @@ impl App {
             wake: tokio::sync::Notify::new(),
             cfg,
         }))
+    }
+
+    pub fn podman(&self, blade: &str) -> Option<&PodmanClient> {
+        self.blades
+            .iter()
+            .find(|(b, _)| b.name == blade)
+            .map(|(_, c)| c)
     }
 }

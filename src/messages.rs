@@ -50,6 +50,57 @@ pub static EN: &[(&str, &str)] = &[
     ("value.path", "expected a relative path inside your home directory, without `..`"),
     ("value.id", "expected an identifier of letters, digits, `-` and `_`"),
     ("value.choice", "expected one of {choices}"),
+    // images
+    ("image.invalid", "`{image}` is not an image reference I can use. Write `myimg`, `myimg:1`, `bob/myimg:1` (shared with you) or `localhost/NAME` (the admins' images)."),
+    ("image.not_allowed", "`{image}` comes from outside the department and is not on the admins' list of allowed images. Build your own image, or ask {contact} to allow it."),
+    ("image.not_found", "There is no image `{image}` on the blade. `/container images` lists yours; `/container templates` has ready-made ones."),
+    // containers
+    ("limits.request", "You asked for {asked} {what}; one container may have at most {max}. Ask for less."),
+    ("limits.total", "That would take you over your limit of {max} {what}. You now hold {holding}. Stop or remove something (`/container ps --all`) first."),
+    ("home.unusable", "Your home directory `{home}` cannot be mounted (it must be a directory you own under the department's home base). Ask {contact}."),
+    ("container.name_taken_running", "You already have a container called `{name}`, and it is running. Pick another `--name`, or `/container rm --force {name}` first."),
+    ("container.name_taken_stopped", "You already have a container called `{name}` ({state}). Use `/container start {name}` to run it again, or `/container rm {name}` to replace it."),
+    ("container.no_ports", "No host port is free on `{blade}` right now. Try again later, or ask {contact}."),
+    ("container.gpus_busy", "All {total} GPUs on `{blade}` are in use. Add `--wait` to queue for one; I will message you when your container starts."),
+    ("container.no_gpus", "`{blade}` has no GPUs. Leave out `--gpus`, or ask {contact} which blade has them."),
+    ("container.env_reserved", "`{name}` is set by shisa and cannot be given with `--env`."),
+    ("container.template_unknown", "There is no template `{template}`. Templates: {templates}."),
+    ("container.need_image", "Say which image to run, or use `--template`: `/container run myimg`."),
+    ("container.not_found", "You have no container called `{name}`. `/container ps --all` lists yours."),
+    ("container.only_admins_user", "`--user` is for admins."),
+    ("container.started", "Container `{name}` is running on `{blade}` ({image}; {cpus} CPUs, {memory} memory{gpus})."),
+    ("container.gpus_shared", ", GPU {devices} shared with other containers"),
+    ("container.gpus_exclusive", ", GPU {devices}"),
+    ("container.waiting", "All GPUs on `{blade}` are busy. Your container `{name}` is number {position} in the queue; I will send you a message when it starts."),
+    ("container.start_failed", "Container `{name}` could not start: {reason}. Nothing was left behind."),
+    ("container.stopped", "Container `{name}` is stopped; its GPUs and CPUs are free again. `/container start {name}` runs it again."),
+    ("container.already_stopped", "Container `{name}` is not running."),
+    ("container.already_running", "Container `{name}` is already running."),
+    ("container.removed", "Container `{name}` is removed; its ports, address and GPUs are free."),
+    ("container.running_use_force", "Container `{name}` is running. Stop it first, or use `/container rm --force {name}`."),
+    ("container.not_running_exec", "Container `{name}` is not running; `/container start {name}` first."),
+    ("container.died", "Your container `{name}` on `{blade}` stopped on its own with exit code {code}{oom}. Last lines of its output:
+```
+{tail}
+```"),
+    ("container.died_oom", ", because it ran out of memory (limit {memory}; ask for more with `--memory`)"),
+    ("container.died_sigkill", " (killed: SIGKILL, which with a memory limit of {memory} most likely means it ran out of memory; ask for more with `--memory`)"),
+    ("container.expired", "Your GPU container `{name}` reached its maximum lifetime and was stopped so others can use the GPU. `/container start {name}` starts it again."),
+    ("container.staff_action", "An admin (`{actor}`) did `{action}` on your container `{name}`."),
+    ("container.busy", "Container `{name}` is busy ({state}); try again in a moment."),
+    ("container.ps_empty", "You have no containers. Start one with `/container run IMAGE`, or see `/container templates`."),
+    ("container.exec_result", "`{cmd}` in `{name}` exited with code {code}{note}:
+```
+{output}
+```"),
+    ("container.exec_timeout", "`{cmd}` in `{name}` was still running after {seconds} s and was cut off. Output so far:
+```
+{output}
+```"),
+    ("container.logs", "Last {lines} lines of `{name}`:
+```
+{output}
+```"),
     // identity
     ("identity.unknown_user", "Your Mattermost account `{user}` is not linked to a department account, so I cannot act for you. Ask the shisa admins ({contact}) to link it."),
     ("identity.not_ldap", "Your Mattermost account `{user}` does not sign in through the department directory (LDAP), so I cannot tell which department account is yours. Sign in to Mattermost with your department account, or ask {contact}."),

@@ -67,6 +67,11 @@ async fn worker(n: usize, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
 async fn execute(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
     match job.kind.as_str() {
         handlers::info::KIND => handlers::info::run(app, job).await,
+        handlers::containers::RUN => handlers::containers::run_job(app, job).await,
+        handlers::containers::STOP => handlers::containers::stop_job(app, job).await,
+        handlers::containers::START => handlers::containers::start_job(app, job).await,
+        handlers::containers::RM => handlers::containers::rm_job(app, job).await,
+        handlers::containers::EXEC => handlers::containers::exec_job(app, job).await,
         other => Err(JobError::Retry(anyhow::anyhow!(
             "no handler for job kind {other}"
         ))),
@@ -108,7 +113,8 @@ pub async fn process(app: &Arc<App>, job: QueuedJob) {
             (Some(t), Outcome::Failed, "failed", Some(e.to_string()))
         }
     };
-    if let (Some(text), Some(target)) = (text, &job.reply) {
+    // An empty answer means there is nobody to tell (the thing was removed meanwhile).
+    if let (Some(text), Some(target)) = (text.filter(|t| !t.is_empty()), &job.reply) {
         let reply = Reply::new(&job.request_id, text, true);
         match app.notifier.reply(target, &reply).await {
             Ok(how) => tracing::info!(?how, "answer delivered"),

@@ -69,7 +69,8 @@ pub async fn serve_on(
         tracing::info!(recovered, "re-queued work left running by the previous run");
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let workers = crate::worker::spawn(app.clone(), rx);
+    let mut workers = crate::worker::spawn(app.clone(), rx.clone());
+    workers.extend(crate::handlers::events::spawn(app.clone(), rx));
     tracing::info!(%listen, "shisa is listening");
     axum::serve(listener, crate::http::router(app.clone()))
         .with_graceful_shutdown(stop)

@@ -29,6 +29,12 @@ pub struct RawConfig {
     pub templates: BTreeMap<String, Template>,
     #[serde(default)]
     pub queue: Queue,
+    #[serde(default)]
+    pub containers: Containers,
+    #[serde(default)]
+    pub images: Images,
+    #[serde(default)]
+    pub limits: BTreeMap<String, Limits>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -204,6 +210,106 @@ pub struct Blade {
     pub podman_socket: PathBuf,
     /// The host name users are told to connect to for published ports.
     pub address: String,
+    /// Host ports leased to containers, inclusive. The default sits above the
+    /// kernel's ephemeral range (32768-60999), so the blade's own outgoing
+    /// connections never take a leased port.
+    #[serde(default = "default_port_range")]
+    pub port_range: [u16; 2],
+    /// GPU indexes this blade has, as CDI device names `GPU_KIND=INDEX`.
+    #[serde(default)]
+    pub gpus: Vec<String>,
+    /// The CDI kind of the GPUs (`nvidia.com/gpu` with NVIDIA's toolkit).
+    #[serde(default = "default_gpu_kind")]
+    pub gpu_kind: String,
+    /// How many containers may share one GPU; 1 means exclusive (the default).
+    #[serde(default = "one")]
+    pub gpu_share: u32,
+}
+
+fn default_port_range() -> [u16; 2] {
+    [61000, 64999]
+}
+fn default_gpu_kind() -> String {
+    "nvidia.com/gpu".into()
+}
+fn one() -> u32 {
+    1
+}
+
+/// How containers are made: applies to every blade.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Containers {
+    /// Home directories must lie directly under this directory to be mounted
+    /// (default: DATA_DIR/home, where the static directory puts them).
+    pub home_base: Option<PathBuf>,
+    /// Processes per container.
+    pub pids_limit: i64,
+    /// Seconds a container gets to stop before it is killed.
+    pub stop_timeout: u64,
+    /// Seconds an `exec` may run before it is cut off.
+    pub exec_timeout: u64,
+}
+
+impl Default for Containers {
+    fn default() -> Self {
+        Containers {
+            home_base: None,
+            pids_limit: 1024,
+            stop_timeout: 10,
+            exec_timeout: 20,
+        }
+    }
+}
+
+/// Which images from outside the department may be run.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Images {
+    /// Full references (`docker.io/library/python:3.12`), or prefixes ending
+    /// in `*` (`docker.io/pytorch/*`). Nothing else external runs.
+    pub allow: Vec<String>,
+}
+
+/// Limits for one role: per request, and totals per user.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Given when the request names none.
+    pub default_cpus: f64,
+    pub default_memory: String,
+    /// Most one container may ask for.
+    pub max_cpus: f64,
+    pub max_memory: String,
+    pub max_gpus: u32,
+    pub max_ports: u32,
+    /// Most one user may hold at once (containers and ports: existing; CPUs, memory, GPUs: running).
+    pub total_containers: u32,
+    pub total_cpus: f64,
+    pub total_memory: String,
+    pub total_gpus: u32,
+    pub total_ports: u32,
+    /// A GPU container is stopped after this long (`1d`, `12h`).
+    pub gpu_lifetime: String,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            default_cpus: 1.0,
+            default_memory: "2G".into(),
+            max_cpus: 4.0,
+            max_memory: "16G".into(),
+            max_gpus: 1,
+            max_ports: 5,
+            total_containers: 5,
+            total_cpus: 8.0,
+            total_memory: "32G".into(),
+            total_gpus: 1,
+            total_ports: 10,
+            gpu_lifetime: "1d".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -255,6 +361,10 @@ pub struct Config {
     pub blades: Vec<Blade>,
     pub templates: BTreeMap<String, Template>,
     pub queue: Queue,
+    pub containers: Containers,
+    pub home_base: PathBuf,
+    pub images: Images,
+    pub limits: BTreeMap<String, Limits>,
     /// Things that are allowed but worth an admin's attention.
     pub warnings: Vec<String>,
 }
@@ -494,7 +604,7 @@ impl Config {
                 ));
             }
         }
-        let blades = raw
+        let blades: Vec<Blade> = raw
             .blades
             .into_iter()
             .map(|mut b| {
@@ -542,6 +652,79 @@ impl Config {
                 return Err((format!("{k}.ports"), "port 0 is not a port".into()));
             }
         }
+        for (i, b) in blades.iter().enumerate() {
+            if b.port_range[0] == 0 || b.port_range[0] > b.port_range[1] {
+                return Err((
+                    format!("blades[{i}].port_range"),
+                    "give [first, last] with 0 < first <= last".into(),
+                ));
+            }
+            if b.port_range[0] <= 60999 && b.port_range[1] >= 32768 {
+                warnings.push(format!("blades[{i}].port_range overlaps the kernel's ephemeral range 32768-60999; leased ports may collide with outgoing connections"));
+            }
+            if b.gpu_share == 0 {
+                return Err((
+                    format!("blades[{i}].gpu_share"),
+                    "must be at least 1".into(),
+                ));
+            }
+            for g in &b.gpus {
+                if g.is_empty()
+                    || !g
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err((
+                        format!("blades[{i}].gpus"),
+                        format!("`{g}` is not a device index or name"),
+                    ));
+                }
+            }
+        }
+        for pat in &raw.images.allow {
+            let body = pat.strip_suffix('*').unwrap_or(pat);
+            if body.is_empty()
+                || body.contains('*')
+                || !body
+                    .split('/')
+                    .next()
+                    .is_some_and(|h| h.contains('.') || h.contains(':') || h == "localhost")
+            {
+                return Err(("images.allow".into(), format!("`{pat}`: give a full reference starting with a registry host, optionally ending in `*`")));
+            }
+        }
+        for (role, l) in &raw.limits {
+            let k = format!("limits.{role}");
+            if !["student", "instructor", "admin"].contains(&role.as_str()) {
+                return Err((k, "roles are `student`, `instructor` and `admin`".into()));
+            }
+            for (f, v) in [
+                ("default_memory", &l.default_memory),
+                ("max_memory", &l.max_memory),
+                ("total_memory", &l.total_memory),
+            ] {
+                crate::commands::values::parse_size(v)
+                    .map_err(|_| (format!("{k}.{f}"), format!("`{v}` is not a size like `8G`")))?;
+            }
+            crate::commands::values::parse_duration(&l.gpu_lifetime).map_err(|_| {
+                (
+                    format!("{k}.gpu_lifetime"),
+                    format!("`{}` is not a duration like `1d`", l.gpu_lifetime),
+                )
+            })?;
+            for (f, v) in [
+                ("default_cpus", l.default_cpus),
+                ("max_cpus", l.max_cpus),
+                ("total_cpus", l.total_cpus),
+            ] {
+                if !(v > 0.0 && v <= 1024.0) {
+                    return Err((
+                        format!("{k}.{f}"),
+                        "must be more than 0 and at most 1024".into(),
+                    ));
+                }
+            }
+        }
         if raw.queue.workers == 0 || raw.queue.workers > 64 {
             return Err(("queue.workers".into(), "must be from 1 to 64".into()));
         }
@@ -552,7 +735,7 @@ impl Config {
             path: path.to_path_buf(),
             listen,
             server: raw.server,
-            data_dir: base.join(raw.storage.data_dir),
+            data_dir: base.join(&raw.storage.data_dir),
             mattermost: Mattermost {
                 tokens,
                 url: raw
@@ -569,8 +752,26 @@ impl Config {
             blades,
             templates: raw.templates,
             queue: raw.queue,
+            home_base: raw
+                .containers
+                .home_base
+                .as_ref()
+                .map(|h| base.join(h))
+                .unwrap_or_else(|| base.join(&raw.storage.data_dir).join("home")),
+            containers: raw.containers,
+            images: raw.images,
+            limits: raw.limits,
             warnings,
         })
+    }
+
+    /// The limits for a role (defaults when the role has no table).
+    pub fn limits_for(&self, role: crate::identity::Role) -> Limits {
+        self.limits.get(role.as_str()).cloned().unwrap_or_default()
+    }
+
+    pub fn blade(&self, name: &str) -> Option<&Blade> {
+        self.blades.iter().find(|b| b.name == name)
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -72,7 +72,10 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
     if let Err(e) = crate::identity::homes::ensure_home(&account, &app.cfg.data_dir) {
         tracing::warn!(uid = %account.uid, error = %e, "could not create the home directory");
     }
-    let audit = |action: String, outcome: &'static str, detail: Option<String>| {
+    let audit_res = |action: String,
+                     outcome: &'static str,
+                     detail: Option<String>,
+                     resource: Option<String>| {
         let app = app.clone();
         let account = account.clone();
         let request_id = request_id.to_string();
@@ -83,12 +86,15 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
                     actor: &account.uid,
                     role: account.role.as_str(),
                     action: &action,
-                    resource: None,
+                    resource: resource.as_deref(),
                     outcome,
                     detail: detail.as_deref(),
                 })
                 .await
         }
+    };
+    let audit = |action: String, outcome: &'static str, detail: Option<String>| {
+        audit_res(action, outcome, detail, None)
     };
     let parsed = match commands::parse(program, &form.text) {
         Ok(p) => p,
@@ -122,6 +128,15 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
         (_, "templates") => {
             audit(action, "ok", None).await?;
             Ok(Reply::new(request_id, templates(app, program), true))
+        }
+        (
+            Program::Container,
+            "run" | "ps" | "logs" | "exec" | "stop" | "start" | "rm" | "inspect",
+        ) => {
+            let target = reply_target(app, form, &account, program, &inv);
+            let h = super::containers::handle(app, &account, &inv, target, request_id).await?;
+            audit_res(action, h.outcome, None, h.resource).await?;
+            Ok(h.reply)
         }
         (Program::Container, "info") => {
             let target = reply_target(app, form, &account, program, &inv);

@@ -95,6 +95,314 @@ impl PodmanClient {
         }
     }
 
+    async fn check(&self, r: reqwest::Response) -> Result<reqwest::Response, PodmanError> {
+        let status = r.status();
+        if status.is_success() || status.as_u16() == 304 {
+            return Ok(r);
+        }
+        #[derive(Deserialize)]
+        struct ErrBody {
+            #[serde(default)]
+            message: String,
+        }
+        let message = r
+            .json::<ErrBody>()
+            .await
+            .map(|b| b.message)
+            .unwrap_or_default();
+        Err(PodmanError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    fn url(path: &str, segment: &str, rest: &str) -> String {
+        format!("{API}{path}/{}{rest}", enc(segment))
+    }
+
+    /// Does the image exist on this blade? (`GET /images/{name}/exists`: 204 or 404.)
+    pub async fn image_exists(&self, reference: &str) -> Result<bool, PodmanError> {
+        let r = self
+            .http
+            .get(Self::url("/images", reference, "/exists"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        match r.status().as_u16() {
+            204 => Ok(true),
+            404 => Ok(false),
+            _ => self.check(r).await.map(|_| false),
+        }
+    }
+
+    /// `POST /containers/create` with a libpod SpecGenerator body; returns the id.
+    pub async fn create(&self, spec: &serde_json::Value) -> Result<String, PodmanError> {
+        #[derive(Deserialize)]
+        struct Created {
+            #[serde(rename = "Id")]
+            id: String,
+        }
+        let r = self
+            .http
+            .post(format!("{API}/containers/create"))
+            .json(spec)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let c: Created = self
+            .check(r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(c.id)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), PodmanError> {
+        let r = self
+            .http
+            .post(Self::url("/containers", id, "/start"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check(r).await.map(|_| ())
+    }
+
+    pub async fn stop(&self, id: &str, timeout: u64) -> Result<(), PodmanError> {
+        let r = self
+            .http
+            .post(Self::url(
+                "/containers",
+                id,
+                &format!("/stop?timeout={timeout}"),
+            ))
+            .timeout(Duration::from_secs(timeout + 30))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check(r).await.map(|_| ())
+    }
+
+    /// Remove; a container that is already gone is not an error.
+    pub async fn remove(&self, id: &str, force: bool) -> Result<(), PodmanError> {
+        let r = self
+            .http
+            .delete(Self::url(
+                "/containers",
+                id,
+                &format!("?force={force}&v=true"),
+            ))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if r.status().as_u16() == 404 {
+            return Ok(());
+        }
+        self.check(r).await.map(|_| ())
+    }
+
+    pub async fn inspect(&self, id: &str) -> Result<Option<ContainerState>, PodmanError> {
+        #[derive(Deserialize)]
+        struct Inspect {
+            #[serde(rename = "State")]
+            state: State,
+        }
+        #[derive(Deserialize)]
+        struct State {
+            #[serde(rename = "Status")]
+            status: String,
+            #[serde(rename = "Running")]
+            running: bool,
+            #[serde(rename = "ExitCode", default)]
+            exit_code: i32,
+            #[serde(rename = "OOMKilled", default)]
+            oom_killed: bool,
+        }
+        let r = self
+            .http
+            .get(Self::url("/containers", id, "/json"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if r.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let i: Inspect = self
+            .check(r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(Some(ContainerState {
+            status: i.state.status,
+            running: i.state.running,
+            exit_code: i.state.exit_code,
+            oom_killed: i.state.oom_killed,
+        }))
+    }
+
+    /// The last `tail` lines of output (stdout and stderr interleaved).
+    pub async fn logs(&self, id: &str, tail: u32) -> Result<String, PodmanError> {
+        let r = self
+            .http
+            .get(Self::url(
+                "/containers",
+                id,
+                &format!("/logs?stdout=true&stderr=true&follow=false&tail={tail}"),
+            ))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let body = self
+            .check(r)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(demux(&body, usize::MAX).0)
+    }
+
+    /// Run a command in a running container as `user`, bounded in time and output.
+    pub async fn exec(&self, id: &str, e: &ExecRequest<'_>) -> Result<ExecResult, PodmanError> {
+        #[derive(Deserialize)]
+        struct Created {
+            #[serde(rename = "Id")]
+            id: String,
+        }
+        let body = serde_json::json!({
+            "AttachStdout": true, "AttachStderr": true, "AttachStdin": false, "Tty": false,
+            "Cmd": e.cmd, "Env": e.env, "WorkingDir": e.workdir, "User": e.user, "Privileged": false,
+        });
+        let r = self
+            .http
+            .post(Self::url("/containers", id, "/exec"))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let c: Created = self
+            .check(r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let start = self
+            .http
+            .post(Self::url("/exec", &c.id, "/start"))
+            .json(&serde_json::json!({"Detach": false, "Tty": false}))
+            .timeout(e.timeout + Duration::from_secs(5))
+            .send();
+        // Drain everything (a writer blocked on a full pipe would never exit) but keep only the tail.
+        let mut dm = Demux::new(e.max_output);
+        let mut timed_out = false;
+        let read = async {
+            use futures_util::StreamExt;
+            let r = start.await.map_err(|e| self.unreachable(e))?;
+            let r = self.check(r).await?;
+            let mut s = r.bytes_stream();
+            while let Some(chunk) = s.next().await {
+                match chunk {
+                    Ok(c) => dm.push(&c),
+                    Err(_) => break,
+                }
+            }
+            Ok::<_, PodmanError>(())
+        };
+        match tokio::time::timeout(e.timeout, read).await {
+            Ok(r) => r?,
+            Err(_) => timed_out = true,
+        }
+        let (output, truncated) = dm.finish();
+        #[derive(Deserialize)]
+        struct ExecInspect {
+            #[serde(rename = "ExitCode", default)]
+            exit_code: Option<i32>,
+            #[serde(rename = "Running", default)]
+            running: bool,
+        }
+        let r = self
+            .http
+            .get(Self::url("/exec", &c.id, "/json"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let ins: ExecInspect = self
+            .check(r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(ExecResult {
+            exit_code: if ins.running { None } else { ins.exit_code },
+            output,
+            truncated,
+            timed_out: timed_out || ins.running,
+        })
+    }
+
+    /// Containers with a label, for reconciliation: (id, name, state, labels).
+    pub async fn list_labelled(&self, label: &str) -> Result<Vec<Listed>, PodmanError> {
+        let filters = serde_json::json!({"label": [label]}).to_string();
+        let r = self
+            .http
+            .get(format!("{API}/containers/json"))
+            .query(&[("all", "true"), ("filters", filters.as_str())])
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check(r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| self.unreachable(e))
+    }
+
+    /// The stream of `died` events for shisa's containers (newline-delimited JSON).
+    pub async fn died_events(
+        &self,
+        label: &str,
+    ) -> Result<impl futures_util::Stream<Item = DiedEvent> + use<>, PodmanError> {
+        use futures_util::StreamExt;
+        let filters =
+            serde_json::json!({"type": ["container"], "event": ["died"], "label": [label]})
+                .to_string();
+        let client = reqwest::Client::builder()
+            .unix_socket(self.socket.as_path())
+            .build()
+            .expect("client");
+        let r = client
+            .get(format!("{API}/events"))
+            .query(&[("stream", "true"), ("filters", filters.as_str())])
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let r = self.check(r).await?;
+        let mut pending = Vec::<u8>::new();
+        Ok(r.bytes_stream().flat_map(move |chunk| {
+            let mut out = Vec::new();
+            if let Ok(c) = chunk {
+                pending.extend_from_slice(&c);
+                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=nl).collect();
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) {
+                        let attrs = &v["Actor"]["Attributes"];
+                        out.push(DiedEvent {
+                            id: v["Actor"]["ID"]
+                                .as_str()
+                                .or(v["id"].as_str())
+                                .unwrap_or_default()
+                                .to_string(),
+                            exit_code: attrs["containerExitCode"]
+                                .as_str()
+                                .and_then(|s| s.parse().ok()),
+                        });
+                    }
+                }
+            }
+            futures_util::stream::iter(out)
+        }))
+    }
+
     /// `GET /libpod/info`: version and counts.
     pub async fn info(&self) -> Result<BladeInfo, PodmanError> {
         #[derive(Deserialize)]
@@ -124,5 +432,183 @@ impl PodmanClient {
             containers: i.store.container_store.number,
             images: i.store.image_store.number,
         })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerState {
+    pub status: String,
+    pub running: bool,
+    pub exit_code: i32,
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Listed {
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "Names", default)]
+    pub names: Vec<String>,
+    #[serde(rename = "State", default)]
+    pub state: String,
+    #[serde(rename = "Labels", default)]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiedEvent {
+    pub id: String,
+    pub exit_code: Option<i32>,
+}
+
+pub struct ExecRequest<'a> {
+    pub cmd: &'a [String],
+    pub env: Vec<String>,
+    pub workdir: &'a str,
+    pub user: &'a str,
+    pub timeout: Duration,
+    pub max_output: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecResult {
+    pub exit_code: Option<i32>,
+    pub output: String,
+    pub truncated: bool,
+    pub timed_out: bool,
+}
+
+fn enc(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Incremental version of [`demux`] for streams: frames may span chunks;
+/// only the last `max` bytes of payload are kept.
+pub struct Demux {
+    max: usize,
+    header: Vec<u8>,
+    remaining: usize,
+    framed: Option<bool>,
+    out: std::collections::VecDeque<u8>,
+    dropped: bool,
+}
+
+impl Demux {
+    pub fn new(max: usize) -> Self {
+        Demux {
+            max,
+            header: Vec::with_capacity(8),
+            remaining: 0,
+            framed: None,
+            out: Default::default(),
+            dropped: false,
+        }
+    }
+
+    fn keep(&mut self, b: &[u8]) {
+        self.out.extend(b);
+        if self.out.len() > self.max {
+            let n = self.out.len() - self.max;
+            self.out.drain(..n);
+            self.dropped = true;
+        }
+    }
+
+    pub fn push(&mut self, mut b: &[u8]) {
+        if self.framed.is_none() && !b.is_empty() {
+            self.framed = Some(matches!(b[0], 0..=2));
+        }
+        if self.framed == Some(false) {
+            self.keep(b);
+            return;
+        }
+        while !b.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(b.len());
+                let (now, rest) = b.split_at(n);
+                self.keep(now);
+                self.remaining -= n;
+                b = rest;
+                continue;
+            }
+            let need = 8 - self.header.len();
+            let n = need.min(b.len());
+            self.header.extend_from_slice(&b[..n]);
+            b = &b[n..];
+            if self.header.len() == 8 {
+                self.remaining = u32::from_be_bytes([
+                    self.header[4],
+                    self.header[5],
+                    self.header[6],
+                    self.header[7],
+                ]) as usize;
+                self.header.clear();
+            }
+        }
+    }
+
+    pub fn finish(self) -> (String, bool) {
+        let v: Vec<u8> = self.out.into_iter().collect();
+        (String::from_utf8_lossy(&v).into_owned(), self.dropped)
+    }
+}
+
+/// Undo the Docker stream framing (8-byte header: stream, 0, 0, 0, u32 BE
+/// length). Keeps at most `max` bytes of output; says whether it cut.
+/// Bytes that are not framed (a TTY stream) are taken as they are.
+pub fn demux(buf: &[u8], max: usize) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut i = 0;
+    // Frames start with a stream byte 0-2; text output never starts that way.
+    let framed = buf.first().is_some_and(|b| matches!(b, 0..=2));
+    if !framed {
+        out.extend_from_slice(buf);
+    } else {
+        while i + 8 <= buf.len() {
+            let len = u32::from_be_bytes([buf[i + 4], buf[i + 5], buf[i + 6], buf[i + 7]]) as usize;
+            let end = (i + 8).saturating_add(len).min(buf.len());
+            out.extend_from_slice(&buf[i + 8..end]);
+            i = end;
+        }
+    }
+    let truncated = out.len() > max;
+    if truncated {
+        // Keep the end: the last lines matter most.
+        out.drain(..out.len() - max);
+    }
+    (String::from_utf8_lossy(&out).into_owned(), truncated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn demux_frames() {
+        let mut b = vec![1, 0, 0, 0, 0, 0, 0, 3];
+        b.extend_from_slice(b"ab\n");
+        b.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 2]);
+        b.extend_from_slice(b"e\n");
+        assert_eq!(demux(&b, 100), ("ab\ne\n".into(), false));
+        assert_eq!(demux(&b, 2), ("e\n".into(), true));
+        // A frame claiming more than there is does not panic.
+        assert_eq!(demux(&[1, 0, 0, 0, 255, 255, 255, 255, b'x'], 10).0, "x");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn incremental_demux_matches_whole(b in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(2u8), proptest::num::u8::ANY], 0..200), cut in 0usize..200, max in 1usize..64) {
+            let cut = cut.min(b.len());
+            let mut d = Demux::new(max);
+            d.push(&b[..cut]);
+            d.push(&b[cut..]);
+            proptest::prop_assert_eq!(d.finish(), demux(&b, max));
+        }
+
+        #[test]
+        fn demux_never_panics(b in proptest::collection::vec(proptest::num::u8::ANY, 0..64), max in 0usize..32) {
+            let _ = demux(&b, max);
+        }
     }
 }

@@ -70,6 +70,55 @@ CREATE TABLE response_urls (
 ALTER TABLE audit ADD COLUMN role TEXT NOT NULL DEFAULT '';
 "#,
         ),
+        M::up(
+            r#"
+-- Containers: ownership lives here (and in labels), never in parsed names.
+CREATE TABLE containers (
+    id           INTEGER PRIMARY KEY,
+    owner        TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    blade        TEXT NOT NULL,
+    podman_name  TEXT NOT NULL,
+    podman_id    TEXT,
+    image        TEXT NOT NULL,
+    command      TEXT NOT NULL DEFAULT '[]',
+    env          TEXT NOT NULL DEFAULT '{}',
+    cpus_milli   INTEGER NOT NULL,
+    memory       INTEGER NOT NULL,
+    gpus         INTEGER NOT NULL DEFAULT 0,
+    private      INTEGER NOT NULL DEFAULT 0,
+    state        TEXT NOT NULL CHECK (state IN ('pending','waiting','running','stopping','exited','removing')),
+    exit_code    INTEGER,
+    oom          INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    started_at   INTEGER,
+    expires_at   INTEGER,
+    UNIQUE (owner, name),
+    UNIQUE (blade, podman_name)
+);
+CREATE INDEX containers_state ON containers(blade, state);
+
+-- A host port belongs to at most one container; `bad` marks ports Podman could not bind.
+CREATE TABLE port_leases (
+    blade          TEXT NOT NULL,
+    port           INTEGER NOT NULL,
+    container_id   INTEGER REFERENCES containers(id) ON DELETE CASCADE,
+    container_port INTEGER,
+    proto          TEXT NOT NULL DEFAULT 'tcp',
+    bad            INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (blade, port)
+);
+CREATE INDEX port_leases_container ON port_leases(container_id);
+
+-- The local allocator's ledger (blades that are not Slurm nodes).
+CREATE TABLE gpu_leases (
+    blade        TEXT NOT NULL,
+    gpu          TEXT NOT NULL,
+    container_id INTEGER NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+    PRIMARY KEY (blade, gpu, container_id)
+);
+"#,
+        ),
     ])
 }
 

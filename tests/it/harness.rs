@@ -157,6 +157,11 @@ pub struct Opts {
     pub podman: bool,
     pub tokens: Vec<String>,
     pub data_dir: Option<PathBuf>,
+    /// GPU indexes of the blade (a fake CDI kind, see `fake_gpus`).
+    pub gpus: Vec<String>,
+    pub gpu_share: u32,
+    /// Extra TOML appended to the configuration (limits, templates).
+    pub extra: String,
 }
 
 pub const TOKEN: &str = "test-container-token";
@@ -206,6 +211,21 @@ pub fn config_text(o: &Opts, data_dir: &Path) -> String {
         "[[blades]]\nname = \"local\"\npodman_socket = {:?}\naddress = \"127.0.0.1\"\n",
         sock.display().to_string()
     ));
+    // Each stack gets its own host ports: stacks run in parallel against one Podman.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let first = 61000 + n * 40;
+    s.push_str(&format!("port_range = [{first}, {}]\n", first + 39));
+    if !o.gpus.is_empty() {
+        fake_gpus();
+        s.push_str(&format!(
+            "gpus = {:?}\ngpu_kind = \"shisa.test/gpu\"\ngpu_share = {}\n",
+            o.gpus,
+            o.gpu_share.max(1)
+        ));
+    }
+    s.push_str(&o.extra);
+    s.push('\n');
     s.push_str("[templates.busybox]\nimage = \"localhost/busybox:latest\"\ncpus = 1\nmemory = \"512M\"\ncomment = \"tiny\"\n");
     s
 }
@@ -387,4 +407,56 @@ impl FakeMattermost {
         tokio::spawn(async move { axum::serve(l, app).await });
         (fake, url)
     }
+}
+
+/// A fake GPU vendor for CDI: `shisa.test/gpu=0` and `=1` are character
+/// devices (like /dev/null) that appear in a container given them, so the
+/// whole GPU path is testable without a GPU (shared/docs/stack-notes.md).
+pub fn fake_gpus() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        std::fs::create_dir_all("/etc/cdi").unwrap();
+        let mut spec = String::from("cdiVersion: \"0.3.0\"\nkind: \"shisa.test/gpu\"\ndevices:\n");
+        for i in 0..2 {
+            let dev = format!("/dev/shisa-test-gpu{i}");
+            if !Path::new(&dev).exists() {
+                let st = Command::new("mknod").args(["-m", "666", &dev, "c", "1", "3"]).status().unwrap();
+                assert!(st.success(), "mknod {dev}");
+            }
+            spec.push_str(&format!("  - name: \"{i}\"\n    containerEdits:\n      deviceNodes:\n        - path: {dev}\n"));
+        }
+        std::fs::write("/etc/cdi/shisa-test.yaml", spec).unwrap();
+    });
+}
+
+/// Test images, built FROM scratch with the static busybox: `localhost/busybox`
+/// (an admin image) and `localhost/alice/tools:1` (alice's own).
+pub fn test_images() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let sock = podman();
+        let dir = run_root().join("image");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy("/bin/busybox", dir.join("busybox")).expect("busybox-static");
+        // A real image has /etc/passwd (Podman adds the user's entry to it).
+        std::fs::write(dir.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(dir.join("group"), "root:x:0:\n").unwrap();
+        std::fs::write(
+            dir.join("Containerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN [\"/bin/mkdir\", \"-p\", \"/tmp\", \"/etc\", \"/root\"]\nRUN [\"/bin/chmod\", \"1777\", \"/tmp\"]\nCOPY passwd /etc/passwd\nCOPY group /etc/group\nCMD [\"/bin/sh\"]\n",
+        )
+        .unwrap();
+        let podman_dir = sock.parent().unwrap();
+        let out = Command::new("podman")
+            .env("CONTAINERS_CONF", podman_dir.join("containers.conf"))
+            .arg("--root")
+            .arg(podman_dir.join("root"))
+            .arg("--runroot")
+            .arg(podman_dir.join("runroot"))
+            .args(["build", "-q", "-t", "localhost/busybox:latest", "-t", "localhost/alice/tools:1", "-t", "localhost/bob/tools:1"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "podman build: {}", String::from_utf8_lossy(&out.stderr));
+    });
 }

@@ -2,6 +2,7 @@
 //! Slurm) started once per run by `harness`, fakes only for what cannot run here.
 
 mod config;
+mod containers;
 mod harness;
 mod identity;
 mod queue;

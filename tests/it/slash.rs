@@ -152,7 +152,9 @@ async fn users_roles_and_answers() {
     let t = s.say("alice", "/job submit --image x").await;
     assert!(t.contains("`--script` or `-- CMD`"), "{t}");
     // Not built yet: says so.
-    let t = s.say("alice", "/container run myimg").await;
+    let t = s
+        .say("alice", "/job submit --image myimg -- python3 train.py")
+        .await;
     assert!(t.contains("not available yet"), "{t}");
     // Templates from the config.
     let t = s.say("alice", "/container templates").await;

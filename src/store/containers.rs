@@ -1,0 +1,418 @@
+//! Container rows and their port leases.
+
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+use serde::Serialize;
+
+use super::{now, Store};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerRow {
+    pub id: i64,
+    pub owner: String,
+    pub name: String,
+    pub blade: String,
+    pub podman_name: String,
+    pub podman_id: Option<String>,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cpus_milli: u32,
+    pub memory: u64,
+    pub gpus: u32,
+    pub private: bool,
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub oom: bool,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PortLease {
+    pub port: u16,
+    pub container_port: u16,
+    pub proto: String,
+}
+
+const COLS: &str = "id, owner, name, blade, podman_name, podman_id, image, command, env, cpus_milli, memory, gpus, private, state, exit_code, oom, created_at, started_at, expires_at";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<ContainerRow> {
+    let command: String = r.get(7)?;
+    let env: String = r.get(8)?;
+    Ok(ContainerRow {
+        id: r.get(0)?,
+        owner: r.get(1)?,
+        name: r.get(2)?,
+        blade: r.get(3)?,
+        podman_name: r.get(4)?,
+        podman_id: r.get(5)?,
+        image: r.get(6)?,
+        command: serde_json::from_str(&command).unwrap_or_default(),
+        env: serde_json::from_str(&env).unwrap_or_default(),
+        cpus_milli: r.get(9)?,
+        memory: r.get::<_, i64>(10)? as u64,
+        gpus: r.get(11)?,
+        private: r.get(12)?,
+        state: r.get(13)?,
+        exit_code: r.get(14)?,
+        oom: r.get(15)?,
+        created_at: r.get(16)?,
+        started_at: r.get(17)?,
+        expires_at: r.get(18)?,
+    })
+}
+
+/// What a user holds now, for per-user totals (and for telling them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Holdings {
+    pub containers: u32,
+    pub cpus_milli: u32,
+    pub memory: u64,
+    pub gpus: u32,
+    pub ports: u32,
+}
+
+pub struct NewContainer {
+    pub owner: String,
+    pub name: String,
+    pub blade: String,
+    pub podman_name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cpus_milli: u32,
+    pub memory: u64,
+    pub gpus: u32,
+    pub private: bool,
+    pub state: &'static str,
+    /// (container port, protocol) to publish.
+    pub ports: Vec<(u16, String)>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum InsertError {
+    NameTaken { state: String },
+    NoPorts,
+}
+
+/// States in which a container holds CPUs, memory and GPUs.
+pub const ACTIVE: &str = "('pending','running','stopping')";
+
+impl Store {
+    pub fn holdings_tx(tx: &Transaction<'_>, owner: &str) -> rusqlite::Result<Holdings> {
+        let (containers, cpus, memory, gpus): (u32, i64, i64, i64) = tx.query_row(
+            &format!(
+                "SELECT COUNT(*),
+                        COALESCE(SUM(CASE WHEN state IN {ACTIVE} THEN cpus_milli END), 0),
+                        COALESCE(SUM(CASE WHEN state IN {ACTIVE} THEN memory END), 0),
+                        COALESCE(SUM(CASE WHEN state IN {ACTIVE} THEN gpus END), 0)
+                 FROM containers WHERE owner = ?1"
+            ),
+            [owner],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let ports: u32 = tx.query_row(
+            "SELECT COUNT(*) FROM port_leases p JOIN containers c ON c.id = p.container_id WHERE c.owner = ?1",
+            [owner],
+            |r| r.get(0),
+        )?;
+        Ok(Holdings {
+            containers,
+            cpus_milli: cpus as u32,
+            memory: memory as u64,
+            gpus: gpus as u32,
+            ports,
+        })
+    }
+
+    pub async fn holdings(&self, owner: &str) -> anyhow::Result<Holdings> {
+        let owner = owner.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            Self::holdings_tx(&tx, &owner)
+        })
+        .await
+    }
+
+    /// Lease free host ports on a blade for a container, inside `tx`.
+    pub fn lease_ports_tx(
+        tx: &Transaction<'_>,
+        blade: &str,
+        range: [u16; 2],
+        container_id: i64,
+        wanted: &[(u16, String)],
+    ) -> rusqlite::Result<bool> {
+        let used: std::collections::HashSet<u16> = {
+            let mut st = tx.prepare("SELECT port FROM port_leases WHERE blade = ?1")?;
+            let v = st
+                .query_map([blade], |r| r.get::<_, u16>(0))?
+                .collect::<Result<_, _>>()?;
+            v
+        };
+        let mut free = (range[0]..=range[1]).filter(|p| !used.contains(p));
+        for (cport, proto) in wanted {
+            let Some(p) = free.next() else {
+                return Ok(false);
+            };
+            tx.execute(
+                "INSERT INTO port_leases(blade, port, container_id, container_port, proto) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![blade, p, container_id, cport, proto],
+            )?;
+        }
+        Ok(true)
+    }
+
+    /// Record a container and lease its ports in one transaction. `check`
+    /// sees the owner's holdings first and may refuse (limits).
+    pub async fn insert_container<E: Send + 'static>(
+        &self,
+        n: NewContainer,
+        range: [u16; 2],
+        check: impl FnOnce(&Holdings, &Transaction<'_>) -> Result<(), E> + Send + 'static,
+    ) -> anyhow::Result<Result<ContainerRow, Result<InsertError, E>>> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            if let Some(state) =
+                tx.query_row("SELECT state FROM containers WHERE owner = ?1 AND name = ?2", params![n.owner, n.name], |r| r.get::<_, String>(0)).optional()?
+            {
+                return Ok(Err(Ok(InsertError::NameTaken { state })));
+            }
+            let h = Self::holdings_tx(&tx, &n.owner)?;
+            if let Err(e) = check(&h, &tx) {
+                return Ok(Err(Err(e)));
+            }
+            tx.execute(
+                "INSERT INTO containers(owner, name, blade, podman_name, image, command, env, cpus_milli, memory, gpus, private, state, created_at)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
+                params![
+                    n.owner,
+                    n.name,
+                    n.blade,
+                    n.podman_name,
+                    n.image,
+                    serde_json::to_string(&n.command).unwrap_or_default(),
+                    serde_json::to_string(&n.env).unwrap_or_default(),
+                    n.cpus_milli,
+                    n.memory as i64,
+                    n.gpus,
+                    n.private,
+                    n.state,
+                    now()
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            if !Self::lease_ports_tx(&tx, &n.blade, range, id, &n.ports)? {
+                return Ok(Err(Ok(InsertError::NoPorts)));
+            }
+            let r = tx.query_row(&format!("SELECT {COLS} FROM containers WHERE id = ?1"), [id], row)?;
+            tx.commit()?;
+            Ok(Ok(r))
+        })
+        .await
+    }
+
+    pub async fn container(&self, id: i64) -> anyhow::Result<Option<ContainerRow>> {
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {COLS} FROM containers WHERE id = ?1"),
+                [id],
+                row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn container_by_name(
+        &self,
+        owner: &str,
+        name: &str,
+    ) -> anyhow::Result<Option<ContainerRow>> {
+        let (o, n) = (owner.to_string(), name.to_string());
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {COLS} FROM containers WHERE owner = ?1 AND name = ?2"),
+                [o, n],
+                row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn container_by_podman_id(
+        &self,
+        blade: &str,
+        podman_id: &str,
+    ) -> anyhow::Result<Option<ContainerRow>> {
+        let (b, p) = (blade.to_string(), podman_id.to_string());
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {COLS} FROM containers WHERE blade = ?1 AND podman_id = ?2"),
+                [b, p],
+                row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// `owners`: whose containers; `all`: include exited ones.
+    pub async fn containers_of(
+        &self,
+        owners: Vec<String>,
+        all: bool,
+    ) -> anyhow::Result<Vec<ContainerRow>> {
+        self.call(move |c| {
+            let mut out = Vec::new();
+            let mut st = c.prepare(&format!("SELECT {COLS} FROM containers WHERE owner = ?1 AND (?2 OR state != 'exited') ORDER BY owner, name"))?;
+            for o in owners {
+                for r in st.query_map(params![o, all], row)? {
+                    out.push(r?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn containers_in_state(
+        &self,
+        blade: &str,
+        state: &str,
+    ) -> anyhow::Result<Vec<ContainerRow>> {
+        let (b, s) = (blade.to_string(), state.to_string());
+        self.call(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {COLS} FROM containers WHERE blade = ?1 AND state = ?2 ORDER BY id"
+            ))?;
+            let v = st.query_map([b, s], row)?.collect();
+            v
+        })
+        .await
+    }
+
+    pub async fn expired_containers(&self) -> anyhow::Result<Vec<ContainerRow>> {
+        self.call(|c| {
+            let mut st = c.prepare(&format!("SELECT {COLS} FROM containers WHERE state = 'running' AND expires_at IS NOT NULL AND expires_at <= ?1"))?;
+            let v = st.query_map([now()], row)?.collect();
+            v
+        })
+        .await
+    }
+
+    pub async fn ports_of(&self, id: i64) -> anyhow::Result<Vec<PortLease>> {
+        self.call(move |c| {
+            let mut st = c.prepare("SELECT port, container_port, proto FROM port_leases WHERE container_id = ?1 ORDER BY container_port, port")?;
+            let v = st.query_map([id], |r| Ok(PortLease { port: r.get(0)?, container_port: r.get(1)?, proto: r.get(2)? }))?.collect();
+            v
+        })
+        .await
+    }
+
+    /// Podman could not bind `port`: keep it out of use and lease another for the same container port.
+    pub async fn replace_bad_port(
+        &self,
+        blade: &str,
+        range: [u16; 2],
+        port: u16,
+    ) -> anyhow::Result<bool> {
+        let b = blade.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let lease: Option<(i64, u16, String)> = tx
+                .query_row("SELECT container_id, container_port, proto FROM port_leases WHERE blade = ?1 AND port = ?2", params![b, port], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            let Some((cid, cport, proto)) = lease else { return Ok(false) };
+            tx.execute("UPDATE port_leases SET container_id = NULL, container_port = NULL, bad = 1 WHERE blade = ?1 AND port = ?2", params![b, port])?;
+            let ok = Self::lease_ports_tx(&tx, &b, range, cid, &[(cport, proto)])?;
+            if ok {
+                tx.commit()?;
+            }
+            Ok(ok)
+        })
+        .await
+    }
+
+    pub async fn set_container_state(&self, id: i64, state: &str) -> anyhow::Result<()> {
+        let s = state.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE containers SET state = ?1 WHERE id = ?2",
+                params![s, id],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_podman_id(&self, id: i64, podman_id: &str) -> anyhow::Result<()> {
+        let p = podman_id.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE containers SET podman_id = ?1 WHERE id = ?2",
+                params![p, id],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_running(&self, id: i64, lifetime: Option<i64>) -> anyhow::Result<()> {
+        self.call(move |c| {
+            let t = now();
+            c.execute(
+                "UPDATE containers SET state = 'running', started_at = ?1, expires_at = ?2, exit_code = NULL, oom = 0 WHERE id = ?3",
+                params![t, lifetime.map(|l| t + l), id],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn clear_expiry(&self, id: i64) -> anyhow::Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE containers SET expires_at = NULL WHERE id = ?1",
+                [id],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_exited(
+        &self,
+        id: i64,
+        exit_code: Option<i32>,
+        oom: bool,
+    ) -> anyhow::Result<()> {
+        self.call(move |c| {
+            c.execute("UPDATE containers SET state = 'exited', exit_code = ?1, oom = ?2, expires_at = NULL WHERE id = ?3", params![exit_code, oom, id])
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Forget a container; its port and GPU leases go with it (ON DELETE CASCADE).
+    pub async fn delete_container(&self, id: i64) -> anyhow::Result<()> {
+        self.call(move |c| c.execute("DELETE FROM containers WHERE id = ?1", [id]))
+            .await?;
+        Ok(())
+    }
+
+    /// Position (1-based) of a waiting container in its blade's queue.
+    pub async fn waiting_position(&self, id: i64) -> anyhow::Result<u32> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM containers w, containers me WHERE me.id = ?1 AND w.blade = me.blade AND w.state = 'waiting' AND w.id <= me.id",
+                [id],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+}

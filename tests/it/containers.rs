@@ -1,0 +1,455 @@
+//! `/container` against real Podman: ports, ownership, what runs inside,
+//! limits, GPUs through a fake CDI vendor, totals, and deaths reported.
+
+use std::time::Duration;
+
+use crate::harness::{test_images, Opts, Stack};
+
+async fn stack(o: Opts) -> Stack {
+    test_images();
+    Stack::start(Opts { podman: true, ..o }).await
+}
+
+/// The host port from a `PORT/tcp -> HOST:PORT` line.
+fn host_port(reply: &str, cport: u16) -> u16 {
+    let prefix = format!("{cport}/tcp -> 127.0.0.1:");
+    let line = reply
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no port line in: {reply}"));
+    line[prefix.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn http_get(port: u16) -> Option<String> {
+    for _ in 0..50 {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/")).await {
+            return r.text().await.ok();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+async fn outbox_wait(s: &Stack, user: &str, needle: &str) -> String {
+    let mut seen = Vec::new();
+    for _ in 0..150 {
+        for m in s.store().outbox_take(user).unwrap() {
+            seen.push(m.message);
+        }
+        if let Some(m) = seen.iter().find(|m| m.contains(needle)) {
+            return m.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no DM for {user} containing {needle:?}; got {seen:?}");
+}
+
+#[tokio::test]
+async fn run_publishes_a_port_answered_over_http_and_the_rest_of_the_lifecycle() {
+    let s = stack(Opts::default()).await;
+    let cmd = "/container run --name web-http --port 80 localhost/busybox -- sh -c 'echo hello from $(id -un) > $HOME/index.html; echo started; exec httpd -f -p 80 -h $HOME'";
+    let r = s.chat("alice", cmd).await;
+    assert!(!r[0].is_final(), "acknowledged first: {r:?}");
+    let t = &r.last().unwrap().text;
+    assert!(
+        t.contains("Container `web-http` is running on `local`"),
+        "{t}"
+    );
+    let port = host_port(t, 80);
+    assert!((61000..65000).contains(&port));
+    // Port 80 inside, bound by an unprivileged process; reachable from outside.
+    assert_eq!(http_get(port).await.as_deref(), Some("hello from alice\n"));
+    let ps = s.say("alice", "/container ps").await;
+    assert!(
+        ps.contains("`web-http` | running | `busybox:latest`")
+            && ps.contains(&format!("80/tcp -> 127.0.0.1:{port}")),
+        "{ps}"
+    );
+    let logs = s.say("alice", "/container logs web-http").await;
+    assert!(logs.contains("started"), "{logs}");
+    let ins = s.say("alice", "/container inspect web-http").await;
+    assert!(
+        ins.contains("state: running (Podman: running)") && ins.contains("1 CPUs, 2G memory"),
+        "{ins}"
+    );
+    // Name taken: says what to do instead, creates nothing.
+    let t = s
+        .say("alice", "/container run --name web-http localhost/busybox")
+        .await;
+    assert!(
+        t.contains("already have a container called `web-http`, and it is running"),
+        "{t}"
+    );
+    assert!(s
+        .say("alice", "/container stop web-http")
+        .await
+        .contains("is stopped"));
+    let t = s
+        .say("alice", "/container run --name web-http localhost/busybox")
+        .await;
+    assert!(
+        t.contains("`/container start web-http`") && t.contains("`/container rm web-http`"),
+        "{t}"
+    );
+    assert!(
+        s.say("alice", "/container ps")
+            .await
+            .contains("no containers"),
+        "exited ones are hidden without --all"
+    );
+    assert!(s
+        .say("alice", "/container ps --all")
+        .await
+        .contains("exited"));
+    let t = s.say("alice", "/container start web-http").await;
+    assert_eq!(host_port(&t, 80), port, "the lease survives a stop");
+    assert_eq!(http_get(port).await.as_deref(), Some("hello from alice\n"));
+    let t = s.say("alice", "/container rm web-http").await;
+    assert!(t.contains("is running") && t.contains("--force"), "{t}");
+    assert!(s
+        .say("alice", "/container rm --force web-http")
+        .await
+        .contains("is removed"));
+    assert_eq!(
+        s.store().holdings("alice").await.unwrap(),
+        Default::default(),
+        "nothing held after rm"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn nobody_else_can_see_or_touch_a_container_but_admins_who_are_audited() {
+    let s = stack(Opts::default()).await;
+    let t = s
+        .say(
+            "alice",
+            "/container run --name own-1 localhost/alice/tools:1 -- sleep 600",
+        )
+        .await;
+    assert!(t.contains("is running"), "{t}");
+    for cmd in [
+        "stop own-1",
+        "start own-1",
+        "logs own-1",
+        "inspect own-1",
+        "rm --force own-1",
+        "exec own-1 -- id",
+    ] {
+        let t = s.say("bob", &format!("/container {cmd}")).await;
+        assert!(
+            t.contains("You have no container called `own-1`"),
+            "bob: {cmd}: {t}"
+        );
+    }
+    assert!(s
+        .say("bob", "/container ps --all")
+        .await
+        .contains("no containers"));
+    assert!(s
+        .say("bob", "/container ps --user alice")
+        .await
+        .contains("for admins"));
+    // Another user's image is not runnable without sharing.
+    let t = s.say("bob", "/container run alice/tools:1").await;
+    assert!(t.contains("There is no image `alice/tools:1`"), "{t}");
+    // The instructor sees course members read-only; cannot act.
+    let t = s.say("sensei", "/container ps --group ai-course").await;
+    assert!(t.contains("| alice | `own-1` | running"), "{t}");
+    assert!(s
+        .say("sensei", "/container stop --user alice own-1")
+        .await
+        .contains("for admins"));
+    assert!(s
+        .say("bob", "/container ps --group ai-course")
+        .await
+        .contains("instructors of that group"));
+    // An admin may act; the owner is told, and the audit says who.
+    assert!(s
+        .say("admin", "/container stop --user alice own-1")
+        .await
+        .contains("is stopped"));
+    outbox_wait(
+        &s,
+        "alice",
+        "An admin (`admin`) did `stop` on your container `own-1`",
+    )
+    .await;
+    let audit = s.store().audit_entries(Some("admin")).unwrap();
+    assert!(audit
+        .iter()
+        .any(|a| a.action == "container.stop"
+            && a.resource.as_deref() == Some("container:alice/own-1")));
+    assert!(s
+        .say("alice", "/container rm own-1")
+        .await
+        .contains("removed"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn what_runs_inside_is_the_owner_never_root() {
+    let s = stack(Opts::default()).await;
+    let t = s.say("alice", "/container run --name inside-1 --memory 256M --cpus 0.5 localhost/busybox -- sleep 600").await;
+    assert!(t.contains("0.5 CPUs, 256M memory"), "{t}");
+    let ex = |c: &'static str| {
+        let s = &s;
+        async move {
+            s.say("alice", &format!("/container exec inside-1 -- sh -c '{c}'"))
+                .await
+        }
+    };
+    let t = ex("id -u; id -g; echo $HOME; pwd").await;
+    let home = s.data_dir.join("home/alice").display().to_string();
+    assert!(
+        t.contains(&format!(
+            "exited with code 0:\n```\n20001\n20001\n{home}\n{home}\n"
+        )),
+        "{t}"
+    );
+    assert!(ex("grep ^alice: /etc/passwd")
+        .await
+        .contains(&format!("alice:*:20001:20001:Alice Student:{home}:/bin/sh")));
+    let t = ex("grep -E \"^(CapEff|NoNewPrivs)\" /proc/self/status").await;
+    assert!(
+        t.contains("CapEff:\t0000000000000000") && t.contains("NoNewPrivs:\t1"),
+        "{t}"
+    );
+    assert!(ex("echo $NVIDIA_VISIBLE_DEVICES").await.contains("void"));
+    // The home mount is nosuid,nodev; a file written there belongs to the owner on the host.
+    let t = ex("grep \" $HOME \" /proc/mounts").await;
+    assert!(t.contains("nosuid") && t.contains("nodev"), "{t}");
+    let t = ex("mkdir -p $HOME/bin && cp /bin/busybox $HOME/bin/id && chmod 4755 $HOME/bin/id && echo data > $HOME/written && ls -l $HOME/bin/id").await;
+    assert!(t.contains("exited with code 0"), "{t}");
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(s.data_dir.join("home/alice/written")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (20001, 20001));
+    let m = std::fs::metadata(s.data_dir.join("home/alice/bin/id")).unwrap();
+    assert_eq!(
+        m.uid(),
+        20001,
+        "a setuid file can only ever be setuid to its owner, never root"
+    );
+    // Running it inside does not gain privileges (nosuid + no-new-privileges).
+    let t = ex("$HOME/bin/id -u").await;
+    assert!(t.contains("\n20001\n"), "{t}");
+    // Limits are in the container's cgroup (v1 or v2 paths).
+    let t = ex("cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max").await;
+    assert!(t.contains("268435456"), "{t}");
+    let t = ex("cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu.max").await;
+    assert!(t.contains("50000"), "{t}");
+    // exec: exit code shown, bounded output.
+    assert!(ex("exit 3").await.contains("exited with code 3"));
+    let t = ex("yes | head -c 100000").await;
+    assert!(
+        t.contains("cut to its last 3000 bytes"),
+        "{}",
+        &t[..200.min(t.len())]
+    );
+    // NVIDIA_* and HOME from users are refused.
+    let t = s
+        .say(
+            "alice",
+            "/container run --env NVIDIA_VISIBLE_DEVICES=all localhost/busybox",
+        )
+        .await;
+    assert!(
+        t.contains("`NVIDIA_VISIBLE_DEVICES` is set by shisa"),
+        "{t}"
+    );
+    s.say("alice", "/container rm --force inside-1").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn gpus_exclusive_exhaustion_wait_queue_and_release_on_stop() {
+    let extra = "[limits.student]\ntotal_gpus = 2\nmax_gpus = 2\n".to_string();
+    let s = stack(Opts {
+        gpus: vec!["0".into(), "1".into()],
+        extra,
+        ..Default::default()
+    })
+    .await;
+    let t = s
+        .say(
+            "alice",
+            "/container run --name g-a --gpu localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(t.contains("GPU shisa.test/gpu=0)"), "{t}");
+    let t = s.say("alice", "/container exec g-a -- ls /dev").await;
+    assert!(
+        t.contains("shisa-test-gpu0") && !t.contains("shisa-test-gpu1"),
+        "only its own GPU: {t}"
+    );
+    let t = s
+        .say(
+            "bob",
+            "/container run --name g-b --gpus 1 localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(t.contains("GPU shisa.test/gpu=1)"), "{t}");
+    let t = s
+        .say(
+            "carol",
+            "/container run --name g-c --gpu localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(
+        t.contains("All 2 GPUs on `local` are in use") && t.contains("--wait"),
+        "{t}"
+    );
+    assert!(
+        s.say("carol", "/container ps --all")
+            .await
+            .contains("no containers"),
+        "refused: nothing created"
+    );
+    let t = s
+        .say(
+            "carol",
+            "/container run --name g-c --gpu --wait localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(t.contains("number 1 in the queue"), "{t}");
+    assert!(s
+        .say("carol", "/container ps")
+        .await
+        .contains("`g-c` | waiting"));
+    // alice stops: her GPU goes to carol, who is told by DM.
+    assert!(s
+        .say("alice", "/container stop g-a")
+        .await
+        .contains("stopped"));
+    let dm = outbox_wait(&s, "carol", "Container `g-c` is running").await;
+    assert!(dm.contains("GPU shisa.test/gpu=0"), "{dm}");
+    // Starting alice's again finds no GPU.
+    let t = s.say("alice", "/container start g-a").await;
+    assert!(t.contains("All 2 GPUs"), "{t}");
+    // A container without --gpus never gets one; no GPUs asked of a GPU-less request.
+    let t = s.say("alice", "/container exec g-b -- ls /dev").await;
+    assert!(t.contains("no container"), "bob's, not alice's: {t}");
+    for (u, n) in [("alice", "g-a"), ("bob", "g-b"), ("carol", "g-c")] {
+        s.say(u, &format!("/container rm --force {n}")).await;
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn gpus_shared_mode_says_so() {
+    let s = stack(Opts {
+        gpus: vec!["0".into()],
+        gpu_share: 2,
+        ..Default::default()
+    })
+    .await;
+    let t = s
+        .say(
+            "alice",
+            "/container run --name sh-a --gpu localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(t.contains("GPU shisa.test/gpu=0)"), "{t}");
+    let t = s
+        .say(
+            "bob",
+            "/container run --name sh-b --gpu localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(t.contains("shared with other containers"), "{t}");
+    let t = s
+        .say(
+            "carol",
+            "/container run --name sh-c --gpu localhost/busybox",
+        )
+        .await;
+    assert!(t.contains("All 2 GPUs"), "share 2 of 1 GPU: {t}");
+    s.say("alice", "/container rm --force sh-a").await;
+    s.say("bob", "/container rm --force sh-b").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn per_user_totals_and_per_request_limits() {
+    let extra = "[limits.student]\ntotal_containers = 2\nmax_memory = \"1G\"\n".to_string();
+    let s = stack(Opts {
+        extra,
+        ..Default::default()
+    })
+    .await;
+    assert!(s
+        .say(
+            "alice",
+            "/container run --name t-1 localhost/busybox -- sleep 600"
+        )
+        .await
+        .contains("running"));
+    assert!(s
+        .say(
+            "alice",
+            "/container run --name t-2 --memory 512M localhost/busybox -- sleep 600"
+        )
+        .await
+        .contains("running"));
+    let t = s
+        .say(
+            "alice",
+            "/container run --name t-3 localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(
+        t.contains("limit of 2 containers")
+            && t.contains("You now hold 2 containers, 2 CPUs, 1.5G memory"),
+        "{t}"
+    );
+    let t = s
+        .say("bob", "/container run --memory 2G localhost/busybox")
+        .await;
+    assert!(
+        t.contains("You asked for 2G memory; one container may have at most 1G"),
+        "{t}"
+    );
+    // Bad input changes nothing.
+    let t = s
+        .say("bob", "/container run --name x-1 localhost/nothere")
+        .await;
+    assert!(t.contains("There is no image `localhost/nothere`"), "{t}");
+    let t = s
+        .say("bob", "/container run --port 99999 localhost/busybox")
+        .await;
+    assert!(t.contains("`99999`"), "{t}");
+    assert_eq!(s.store().holdings("bob").await.unwrap(), Default::default());
+    s.say("alice", "/container rm --force t-1").await;
+    s.say("alice", "/container rm --force t-2").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_container_killed_for_memory_is_reported_by_dm() {
+    let s = stack(Opts::default()).await;
+    let t = s.say("alice", "/container run --name oom-1 --memory 16M localhost/busybox -- sh -c 'echo filling; a=$(head -c 200000000 /dev/zero | tr \"\\0\" x); echo survived'").await;
+    assert!(t.contains("is running"), "{t}");
+    let dm = outbox_wait(&s, "alice", "`oom-1`").await;
+    assert!(
+        dm.contains("stopped on its own with exit code 137")
+            && dm.contains("16M")
+            && dm.contains("ran out of memory"),
+        "{dm}"
+    );
+    assert!(
+        dm.contains("filling"),
+        "the last log lines are included: {dm}"
+    );
+    let ps = s.say("alice", "/container ps --all").await;
+    assert!(
+        ps.contains("exited (out of memory)") || ps.contains("exited (137)"),
+        "{ps}"
+    );
+    s.say("alice", "/container rm oom-1").await;
+    s.stop().await;
+}
