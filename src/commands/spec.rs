@@ -138,7 +138,7 @@ const ALL: FlagSpec = flag("all", Kind::Switch, "include stopped and finished on
 const TAIL: FlagSpec = flag(
     "tail",
     Kind::Count { min: 1, max: 10000 },
-    "only the last N lines (default 100)",
+    "only the last N lines (default 50)",
 );
 const NAME_ARG: ArgSpec = ArgSpec {
     name: "NAME",

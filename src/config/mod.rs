@@ -249,6 +249,8 @@ pub struct Containers {
     pub stop_timeout: u64,
     /// Seconds an `exec` may run before it is cut off.
     pub exec_timeout: u64,
+    /// Seconds between sweeps for GPU containers past their lifetime.
+    pub sweep_seconds: u64,
 }
 
 impl Default for Containers {
@@ -258,6 +260,7 @@ impl Default for Containers {
             pids_limit: 1024,
             stop_timeout: 10,
             exec_timeout: 20,
+            sweep_seconds: 30,
         }
     }
 }

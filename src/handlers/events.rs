@@ -132,7 +132,7 @@ pub async fn on_died(
 
 async fn expiry_loop(app: &Arc<App>) {
     loop {
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(app.cfg.containers.sweep_seconds.max(1))).await;
         if let Err(e) = stop_expired(app).await {
             tracing::error!(error = %e, "stopping expired containers");
         }

@@ -341,6 +341,81 @@ async fn gpus_exclusive_exhaustion_wait_queue_and_release_on_stop() {
 }
 
 #[tokio::test]
+async fn gpu_containers_are_stopped_after_their_lifetime() {
+    let extra =
+        "[limits.student]\ngpu_lifetime = \"2s\"\n[containers]\nsweep_seconds = 1\n".to_string();
+    let s = stack(Opts {
+        gpus: vec!["0".into()],
+        extra,
+        ..Default::default()
+    })
+    .await;
+    let t = s
+        .say(
+            "alice",
+            "/container run --name life-1 --gpu localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(t.contains("GPU shisa.test/gpu=0"), "{t}");
+    let dm = outbox_wait(&s, "alice", "maximum lifetime").await;
+    assert!(dm.contains("`life-1`"), "{dm}");
+    assert!(s
+        .say("alice", "/container ps --all")
+        .await
+        .contains("`life-1` | exited"));
+    // Its GPU is free again.
+    assert!(s
+        .say(
+            "bob",
+            "/container run --name life-2 --gpu localhost/busybox -- sleep 600"
+        )
+        .await
+        .contains("GPU shisa.test/gpu=0"));
+    s.say("alice", "/container rm life-1").await;
+    s.say("bob", "/container rm --force life-2").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn templates_and_private_ports() {
+    let extra = "[templates.web]\nimage = \"localhost/busybox:latest\"\ncpus = 0.5\nmemory = \"128M\"\nports = [8080]\ncommand = [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/tmp\"]\ncomment = \"a web server\"\n".to_string();
+    let s = stack(Opts {
+        extra,
+        ..Default::default()
+    })
+    .await;
+    assert!(s
+        .say("alice", "/container templates")
+        .await
+        .contains("| `web` | `localhost/busybox:latest` | 0.5 | 128M | 0 | 8080 | a web server |"));
+    let t = s
+        .say(
+            "alice",
+            "/container run --template web --name tpl-1 --private",
+        )
+        .await;
+    assert!(t.contains("0.5 CPUs, 128M memory"), "{t}");
+    let port = host_port(t.as_str(), 8080);
+    assert!(
+        t.contains(&format!(
+            "(private: `ssh -L {port}:127.0.0.1:{port} 127.0.0.1`)"
+        )),
+        "{t}"
+    );
+    assert!(
+        http_get(port).await.is_some(),
+        "reachable on the blade's loopback"
+    );
+    let t = s.say("alice", "/container run --template nope").await;
+    assert!(
+        t.contains("There is no template `nope`. Templates: `busybox`, `web`"),
+        "{t}"
+    );
+    s.say("alice", "/container rm --force tpl-1").await;
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn gpus_shared_mode_says_so() {
     let s = stack(Opts {
         gpus: vec!["0".into()],
