@@ -19,18 +19,38 @@ mkdir -p "$STATE"
 stop() { [ -f "$STATE/$1.pid" ] && kill "$(cat "$STATE/$1.pid")" 2>/dev/null || true; rm -f "$STATE/$1.pid"; }
 
 # 1. Podman API service, unless one already answers.
-if ! curl -sf --unix-socket /run/podman/podman.sock http://d/libpod/_ping >/dev/null 2>&1; then
-  mkdir -p /run/podman
-  cat > "$STATE/containers.conf" <<CONF
+cat > "$STATE/containers.conf" <<CONF
 [containers]
 default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
 [engine]
 runtime = "runc"
 CONF
+if ! curl -sf --unix-socket /run/podman/podman.sock http://d/libpod/_ping >/dev/null 2>&1; then
+  mkdir -p /run/podman
   CONTAINERS_CONF="$STATE/containers.conf" nohup podman system service --time=0 unix:///run/podman/podman.sock \
     >"$STATE/podman.log" 2>&1 &
   echo $! >"$STATE/podman.pid"
   for _ in $(seq 50); do curl -sf --unix-socket /run/podman/podman.sock http://d/libpod/_ping >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+
+# A tiny admin image for the `busybox` template: FROM scratch with Debian's static busybox.
+if ! podman image exists localhost/busybox:latest; then
+  IMG=$(mktemp -d)
+  cp /bin/busybox "$IMG/busybox"
+  printf 'root:x:0:0:root:/root:/bin/sh\n' >"$IMG/passwd"
+  printf 'root:x:0:\n' >"$IMG/group"
+  cat >"$IMG/Containerfile" <<'CF'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN ["/bin/mkdir", "-p", "/tmp", "/etc", "/root"]
+RUN ["/bin/chmod", "1777", "/tmp"]
+COPY passwd /etc/passwd
+COPY group /etc/group
+CMD ["/bin/sh"]
+CF
+  CONTAINERS_CONF="$STATE/containers.conf" podman build -q -t localhost/busybox:latest "$IMG" >/dev/null
+  rm -rf "$IMG"
 fi
 
 # 2. The configuration: the example, with the directory switched to the throwaway LDAP.
@@ -90,6 +110,7 @@ shisa is running on http://127.0.0.1:8470 (logs: $STATE/shisa.log).
 Try it as the demo student alice:
 
   $BIN chat --config $STATE/shisa.toml --as alice "/container help"
+  $BIN chat --config $STATE/shisa.toml --as alice "/container run --name web --port 80 --template busybox -- httpd -f -p 80 -h /tmp"
 
 Other demo users: bob, carol, sensei (instructor), admin. Stop everything with:
   kill \$(cat $STATE/*.pid)
