@@ -20,13 +20,24 @@ fn podman_cli() -> Command {
     let sock = harness::podman();
     let dir = sock.parent().unwrap();
     let mut c = Command::new("podman");
-    c.env("CONTAINERS_CONF", dir.join("containers.conf")).arg("--root").arg(dir.join("root")).arg("--runroot").arg(dir.join("runroot"));
+    c.env("CONTAINERS_CONF", dir.join("containers.conf"))
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("runroot"));
     c
 }
 
 fn remove_all() {
-    let out = podman_cli().args(["rm", "-af", "-t", "0"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = podman_cli()
+        .args(["rm", "-af", "-t", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -36,22 +47,44 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let n: usize = std::env::var("SHISA_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+    let n: usize = std::env::var("SHISA_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
     test_images();
     remove_all();
     // Baseline: n × `podman run -d`, one after another, same image, same limits.
     let t0 = Instant::now();
     for i in 0..n {
         let out = podman_cli()
-            .args(["run", "-d", "--name", &format!("bench-podman-{i}"), "--memory", "64m", "--cpus", "0.1", "localhost/busybox:latest", "sleep", "3600"])
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &format!("bench-podman-{i}"),
+                "--memory",
+                "64m",
+                "--cpus",
+                "0.1",
+                "localhost/busybox:latest",
+                "sleep",
+                "3600",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let podman = t0.elapsed();
     remove_all();
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (shisa, mut acks) = rt.block_on(async {
         let extra = "[limits.student]\ntotal_containers = 1000\ntotal_cpus = 1000\ntotal_memory = \"1000G\"\n[queue]\nworkers = 1\n".to_string();
         let data_dir = tempfile::tempdir_in(run_root()).unwrap().keep();
@@ -100,8 +133,20 @@ fn main() {
     remove_all();
     println!("containers: {n}");
     println!("podman run -d (sequential): {:.2} s", podman.as_secs_f64());
-    println!("shisa /container run (1 worker): {:.2} s", shisa.as_secs_f64());
-    println!("ratio shisa/podman: {:.3}", shisa.as_secs_f64() / podman.as_secs_f64());
-    println!("ack latency p50: {:.1} ms", pct(&mut acks, 0.5).as_secs_f64() * 1000.0);
-    println!("ack latency p99: {:.1} ms", pct(&mut acks, 0.99).as_secs_f64() * 1000.0);
+    println!(
+        "shisa /container run (1 worker): {:.2} s",
+        shisa.as_secs_f64()
+    );
+    println!(
+        "ratio shisa/podman: {:.3}",
+        shisa.as_secs_f64() / podman.as_secs_f64()
+    );
+    println!(
+        "ack latency p50: {:.1} ms",
+        pct(&mut acks, 0.5).as_secs_f64() * 1000.0
+    );
+    println!(
+        "ack latency p99: {:.1} ms",
+        pct(&mut acks, 0.99).as_secs_f64() * 1000.0
+    );
 }

@@ -18,7 +18,7 @@ use crate::messages::{render, Lang, UserError};
 use crate::ownership::{authorize, Action, Decision, ResourceRef};
 use crate::podman::{ExecRequest, PodmanError};
 use crate::store::containers::{ContainerRow, InsertError, NewContainer};
-use crate::store::queue::{NewJob, QueuedJob, ReplyTarget};
+use crate::store::queue::{NewJob, OwnedJob, QueuedJob, ReplyTarget};
 
 use super::JobError;
 
@@ -415,9 +415,17 @@ async fn run(
     };
     let nports = new.ports.len() as u32;
     let lim = limits.clone();
+    let job = (state == "pending").then(|| OwnedJob {
+        kind: RUN.into(),
+        payload: serde_json::json!({}),
+        owner: caller.uid.clone(),
+        request_id: request.into(),
+        reply: Some(target.clone()),
+        max_attempts: cfg.queue.max_attempts,
+    });
     let inserted = app
         .store
-        .insert_container(new, blade.port_range, move |h, _| {
+        .insert_container(new, job, blade.port_range, move |h, _| {
             containers::check_limits(&lim, h, cpus_milli, memory, gpus, nports)
         })
         .await?;
@@ -457,15 +465,7 @@ async fn run(
             resource: res,
         });
     }
-    enqueue(
-        app,
-        RUN,
-        serde_json::json!({"container": row.id}),
-        &caller.uid,
-        request,
-        target,
-    )
-    .await?;
+    app.wake.notify_one();
     Ok(Handled {
         reply: accepted(request, "run"),
         outcome: "queued",

@@ -168,6 +168,7 @@ impl Store {
     pub async fn insert_container<E: Send + 'static>(
         &self,
         n: NewContainer,
+        job: Option<super::queue::OwnedJob>,
         range: [u16; 2],
         check: impl FnOnce(&Holdings, &Transaction<'_>) -> Result<(), E> + Send + 'static,
     ) -> anyhow::Result<Result<ContainerRow, Result<InsertError, E>>> {
@@ -204,6 +205,11 @@ impl Store {
             let id = tx.last_insert_rowid();
             if !Self::lease_ports_tx(&tx, &n.blade, range, id, &n.ports)? {
                 return Ok(Err(Ok(InsertError::NoPorts)));
+            }
+            // The work is queued in the same transaction: a crash leaves either both or neither.
+            if let Some(mut j) = job {
+                j.payload["container"] = serde_json::json!(id);
+                super::queue::enqueue_tx(&tx, &j)?;
             }
             let r = tx.query_row(&format!("SELECT {COLS} FROM containers WHERE id = ?1"), [id], row)?;
             tx.commit()?;

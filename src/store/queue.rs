@@ -45,6 +45,35 @@ pub struct NewJob<'a> {
     pub max_attempts: u32,
 }
 
+/// A job to queue in the same transaction as other work.
+#[derive(Debug, Clone)]
+pub struct OwnedJob {
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub owner: String,
+    pub request_id: String,
+    pub reply: Option<ReplyTarget>,
+    pub max_attempts: u32,
+}
+
+pub fn enqueue_tx(c: &rusqlite::Connection, j: &OwnedJob) -> rusqlite::Result<i64> {
+    let t = now();
+    c.execute(
+        "INSERT INTO queue(kind, payload, owner, request_id, reply, state, max_attempts, run_after, created_at, updated_at)
+         VALUES (?1,?2,?3,?4,?5,'queued',?6,?7,?7,?7)",
+        params![
+            j.kind,
+            j.payload.to_string(),
+            j.owner,
+            j.request_id,
+            j.reply.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default()),
+            j.max_attempts,
+            t
+        ],
+    )?;
+    Ok(c.last_insert_rowid())
+}
+
 impl Store {
     pub async fn enqueue(&self, j: NewJob<'_>) -> anyhow::Result<i64> {
         let v = (
