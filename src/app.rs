@@ -23,6 +23,8 @@ pub struct App {
     pub role_groups: Vec<String>,
     /// Who gets the GPUs.
     pub allocator: Arc<dyn crate::containers::allocator::Allocator>,
+    /// Which blades answer.
+    pub health: crate::blades::HealthBoard,
     /// Wakes idle workers when a job is queued.
     pub wake: tokio::sync::Notify,
 }
@@ -71,6 +73,7 @@ impl App {
             blades,
             role_groups,
             wake: tokio::sync::Notify::new(),
+            health: Default::default(),
             cfg,
         }))
     }

@@ -7,6 +7,7 @@
 //! `store`) talk to the outside world.
 
 pub mod app;
+pub mod blades;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -101,6 +101,16 @@ pub static EN: &[(&str, &str)] = &[
 ```
 {output}
 ```"),
+    // blades
+    ("blades.none_up", "No blade is available right now (all are down or drained), so nothing was started. Try again in a few minutes; {contact} have been told by the monitoring."),
+    ("blades.full", "Every blade that has this image is full right now. Try fewer `--cpus` or less `--memory`, or again later."),
+    ("blades.no_ip_pool", "No blade has an IP pool for `--ip`. Leave it out, or ask {contact}."),
+    ("blades.ip_exhausted", "All {total} addresses of `{blade}`'s IP pool are in use. Remove a container of yours that has one (`/container ps`), or ask {contact}."),
+    ("blades.ip_exhausted_admin", "All {total} addresses of `{blade}`'s IP pool are in use: {holders}."),
+    ("blades.unknown", "There is no blade `{blade}`. Blades: {blades}."),
+    ("blades.drained", "Blade `{blade}` is drained: no new containers go there (running ones stay). `/container drain --undo {blade}` reverses it."),
+    ("blades.undrained", "Blade `{blade}` takes new containers again."),
+    ("container.removed_outside", "Your container `{name}` on `{blade}` was removed outside shisa (by hand or by the blade); its ports, address and GPUs are released."),
     // identity
     ("identity.unknown_user", "Your Mattermost account `{user}` is not linked to a department account, so I cannot act for you. Ask the shisa admins ({contact}) to link it."),
     ("identity.not_ldap", "Your Mattermost account `{user}` does not sign in through the department directory (LDAP), so I cannot tell which department account is yours. Sign in to Mattermost with your department account, or ask {contact}."),

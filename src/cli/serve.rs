@@ -68,9 +68,11 @@ pub async fn serve_on(
     if recovered > 0 {
         tracing::info!(recovered, "re-queued work left running by the previous run");
     }
+    crate::blades::check_all(&app).await;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut workers = crate::worker::spawn(app.clone(), rx.clone());
-    workers.extend(crate::handlers::events::spawn(app.clone(), rx));
+    workers.extend(crate::handlers::events::spawn(app.clone(), rx.clone()));
+    workers.extend(crate::blades::spawn(app.clone(), rx));
     tracing::info!(%listen, "shisa is listening");
     axum::serve(listener, crate::http::router(app.clone()))
         .with_graceful_shutdown(stop)

@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub images: Images,
     #[serde(default)]
     pub limits: BTreeMap<String, Limits>,
+    #[serde(default)]
+    pub reconcile: Reconcile,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -207,7 +209,20 @@ impl Default for Roles {
 pub struct Blade {
     pub name: String,
     /// The blade's libpod socket: a Unix socket path (`/run/podman/podman.sock`).
+    /// For a blade reached over SSH, the local end of the tunnel (default: DATA_DIR/tunnels/NAME.sock).
+    #[serde(default)]
     pub podman_socket: PathBuf,
+    /// Reach the blade's socket through SSH instead of locally.
+    #[serde(default)]
+    pub ssh: Option<SshBlade>,
+    /// Capacity for placement: CPUs and memory shisa may hand out on this blade (unset: no limit).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// Addresses for `run --ip`, on a Podman network of their own.
+    #[serde(default)]
+    pub ip_pool: Option<IpPool>,
     /// The host name users are told to connect to for published ports.
     pub address: String,
     /// Host ports leased to containers, inclusive. The default sits above the
@@ -224,6 +239,92 @@ pub struct Blade {
     /// How many containers may share one GPU; 1 means exclusive (the default).
     #[serde(default = "one")]
     pub gpu_share: u32,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SshBlade {
+    pub host: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    pub user: String,
+    /// The private key; on the blade, `authorized_keys` should restrict it to
+    /// forwarding: `restrict,port-forwarding,command="/bin/false" ssh-ed25519 ...`.
+    pub key_file: PathBuf,
+    /// Known host keys (host keys are always checked).
+    pub known_hosts: PathBuf,
+    #[serde(default = "default_remote_socket")]
+    pub remote_socket: String,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_remote_socket() -> String {
+    "/run/podman/podman.sock".into()
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct IpPool {
+    /// The Podman network shisa creates for the pool.
+    pub network: String,
+    /// Any prefix length, e.g. `10.90.0.0/24`; the first address is the gateway.
+    pub subnet: String,
+}
+
+impl IpPool {
+    /// (network address, prefix length) if the subnet parses.
+    pub fn parse(&self) -> Option<(std::net::Ipv4Addr, u8)> {
+        let (a, p) = self.subnet.split_once('/')?;
+        let a: std::net::Ipv4Addr = a.parse().ok()?;
+        let p: u8 = p.parse().ok()?;
+        if !(8..=30).contains(&p) {
+            return None;
+        }
+        let mask = u32::MAX << (32 - p);
+        (u32::from(a) & !mask == 0).then_some((a, p))
+    }
+
+    /// Addresses containers may get: all hosts but the gateway (the first).
+    pub fn hosts(&self) -> Vec<std::net::Ipv4Addr> {
+        let Some((a, p)) = self.parse() else {
+            return Vec::new();
+        };
+        let base = u32::from(a);
+        let size = 1u32 << (32 - p);
+        (2..size - 1)
+            .map(|i| std::net::Ipv4Addr::from(base + i))
+            .collect()
+    }
+
+    pub fn gateway(&self) -> Option<std::net::Ipv4Addr> {
+        self.parse()
+            .map(|(a, _)| std::net::Ipv4Addr::from(u32::from(a) + 1))
+    }
+}
+
+/// Keeping the database and the blades in agreement.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reconcile {
+    /// Seconds between reconciliations (also run at start).
+    pub interval_seconds: u64,
+    /// Seconds between health checks of each blade.
+    pub health_seconds: u64,
+    /// Remove containers labelled as shisa's that the database does not know
+    /// (false: only report them in the log and /metrics).
+    pub remove_unknown: bool,
+}
+
+impl Default for Reconcile {
+    fn default() -> Self {
+        Reconcile {
+            interval_seconds: 60,
+            health_seconds: 10,
+            remove_unknown: false,
+        }
+    }
 }
 
 fn default_port_range() -> [u16; 2] {
@@ -368,6 +469,7 @@ pub struct Config {
     pub home_base: PathBuf,
     pub images: Images,
     pub limits: BTreeMap<String, Limits>,
+    pub reconcile: Reconcile,
     /// Things that are allowed but worth an admin's attention.
     pub warnings: Vec<String>,
 }
@@ -599,6 +701,37 @@ impl Config {
                 ));
             }
             let s = b.podman_socket.to_string_lossy();
+            if b.ssh.is_none() && s.is_empty() {
+                return Err((
+                    format!("blades[{i}]"),
+                    "give `podman_socket` (a local Unix socket) or an `ssh` table".into(),
+                ));
+            }
+            if let Some(p) = &b.ip_pool {
+                if p.parse().is_none() {
+                    return Err((
+                        format!("blades[{i}].ip_pool.subnet"),
+                        format!(
+                            "`{}` is not an IPv4 network like `10.90.0.0/24` (prefix 8 to 30)",
+                            p.subnet
+                        ),
+                    ));
+                }
+                if !crate::commands::values::valid_name(&p.network) {
+                    return Err((
+                        format!("blades[{i}].ip_pool.network"),
+                        "network names are lowercase letters, digits and `-`".into(),
+                    ));
+                }
+            }
+            if let Some(m) = &b.memory {
+                crate::commands::values::parse_size(m).map_err(|_| {
+                    (
+                        format!("blades[{i}].memory"),
+                        format!("`{m}` is not a size like `256G`"),
+                    )
+                })?;
+            }
             if s.starts_with("tcp:") || s.contains("://") && !s.starts_with("unix://") {
                 return Err((
                     format!("blades[{i}].podman_socket"),
@@ -616,6 +749,16 @@ impl Config {
                     b.podman_socket = PathBuf::from(p);
                 }
                 b.podman_socket = base.join(&b.podman_socket);
+                if b.ssh.is_some() && s.is_empty() {
+                    b.podman_socket = base
+                        .join(&raw.storage.data_dir)
+                        .join("tunnels")
+                        .join(format!("{}.sock", b.name));
+                }
+                if let Some(ssh) = &mut b.ssh {
+                    ssh.key_file = base.join(&ssh.key_file);
+                    ssh.known_hosts = base.join(&ssh.known_hosts);
+                }
                 b
             })
             .collect();
@@ -764,6 +907,7 @@ impl Config {
             containers: raw.containers,
             images: raw.images,
             limits: raw.limits,
+            reconcile: raw.reconcile,
             warnings,
         })
     }

@@ -169,6 +169,7 @@ pub fn spec(
     ports: &[PortLease],
     devices: &[String],
     blade: &Blade,
+    ip: Option<&str>,
 ) -> serde_json::Value {
     let home = owner.home.display().to_string();
     let mut env: BTreeMap<String, String> = c.env.clone();
@@ -227,6 +228,9 @@ pub fn spec(
     });
     if !c.command.is_empty() {
         spec["command"] = serde_json::json!(c.command);
+    }
+    if let (Some(ip), Some(pool)) = (ip, &blade.ip_pool) {
+        spec["Networks"] = serde_json::json!({ pool.network.clone(): {"static_ips": [ip]} });
     }
     spec
 }

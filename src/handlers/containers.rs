@@ -275,33 +275,6 @@ async fn run(
             ));
         }
     }
-    // One blade in the embedded default; placement across blades comes with the blades issue.
-    let (blade, client) = (&app.blades[0].0, &app.blades[0].1);
-    match client.image_exists(&image.reference).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return Ok(user_err(
-                request,
-                UserError::new("image.not_found").arg("image", &raw_image),
-            ))
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "blade unreachable while checking an image");
-            return Ok(user_err(
-                request,
-                UserError::new("command.failed")
-                    .arg("command", "/container")
-                    .arg("sub", "run")
-                    .arg(
-                        "reason",
-                        format!(
-                            "the blade `{}` is not answering; try again in a minute",
-                            blade.name
-                        ),
-                    ),
-            ));
-        }
-    }
     let limits = cfg.limits_for(caller.role);
     let name = match inv.text("name") {
         Some(n) => n.to_string(),
@@ -362,14 +335,6 @@ async fn run(
         .filter(|c| !c.is_empty())
         .or_else(|| template.map(|t| t.command.clone()))
         .unwrap_or_default();
-    if gpus > 0 && blade.gpus.is_empty() {
-        return Ok(user_err(
-            request,
-            UserError::new("container.no_gpus")
-                .arg("blade", &blade.name)
-                .arg("contact", contact),
-        ));
-    }
     if let Err(e) = containers::check_limits(
         &limits,
         &app.store.holdings(&caller.uid).await?,
@@ -384,20 +349,32 @@ async fn run(
         return Ok(user_err(request, e));
     }
     // GPUs now, or a place in the queue with --wait.
-    let mut state = "pending";
-    if gpus > 0 && app.allocator.free(blade).await? < gpus {
-        if inv.has("wait") {
-            state = "waiting";
-        } else {
-            let total = blade.gpus.len() as u32 * blade.gpu_share;
-            return Ok(user_err(
-                request,
-                UserError::new("container.gpus_busy")
-                    .arg("blade", &blade.name)
-                    .arg("total", total.to_string()),
-            ));
+    let want_ip = inv.has("ip");
+    let placed = crate::blades::place(
+        app,
+        &crate::blades::PlaceRequest {
+            image: &image.reference,
+            gpus,
+            cpus_milli,
+            memory,
+            wait: inv.has("wait"),
+            ip: want_ip,
+        },
+    )
+    .await?;
+    let (blade, state) = match placed {
+        Ok(crate::blades::Placement::Now(b)) => (b, "pending"),
+        Ok(crate::blades::Placement::Wait(b)) => (b, "waiting"),
+        Err(e) => {
+            let e = if e.key == "image.not_found" {
+                UserError::new("image.not_found").arg("image", &raw_image)
+            } else {
+                e
+            };
+            return Ok(user_err(request, e));
         }
-    }
+    };
+    let blade = &blade;
     let new = NewContainer {
         owner: caller.uid.clone(),
         name: name.clone(),
@@ -412,6 +389,11 @@ async fn run(
         private: inv.has("private"),
         state,
         ports,
+        ip_hosts: if want_ip {
+            blade.ip_pool.as_ref().map(|p| p.hosts())
+        } else {
+            None
+        },
     };
     let nports = new.ports.len() as u32;
     let lim = limits.clone();
@@ -441,6 +423,32 @@ async fn run(
                 request,
                 UserError::new(key).arg("name", &name).arg("state", state),
             ));
+        }
+        Err(Ok(InsertError::NoIp)) => {
+            let pool = blade
+                .ip_pool
+                .as_ref()
+                .map(|p| p.hosts().len())
+                .unwrap_or(0)
+                .to_string();
+            let e = if caller.role == Role::Admin {
+                let holders = app.store.ip_holders(&blade.name).await?;
+                let list = holders
+                    .iter()
+                    .map(|(ip, o, n)| format!("{ip} {o}/{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                UserError::new("blades.ip_exhausted_admin")
+                    .arg("blade", &blade.name)
+                    .arg("total", pool)
+                    .arg("holders", list)
+            } else {
+                UserError::new("blades.ip_exhausted")
+                    .arg("blade", &blade.name)
+                    .arg("total", pool)
+                    .arg("contact", contact)
+            };
+            return Ok(user_err(request, e));
         }
         Err(Ok(InsertError::NoPorts)) => {
             return Ok(user_err(
@@ -746,6 +754,20 @@ pub async fn run_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError
     };
     let (blade, client) = blade_of(app, &row.blade).map_err(JobError::Retry)?;
     let blade = blade.clone();
+    if row.state == "running" {
+        // A retry after a crash that came after the start: it is done, say so.
+        if let Some(pid) = &row.podman_id {
+            if client
+                .inspect(pid)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.running)
+            {
+                return Ok(started_text(app, &row, &blade, None).await);
+            }
+        }
+    }
     let owner = match owner_of(app, &row).await {
         Ok(o) => o,
         Err(JobError::User(e)) => {
@@ -786,6 +808,19 @@ pub async fn run_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError
         .as_ref()
         .map(|g| g.devices.clone())
         .unwrap_or_default();
+    let ip = app.store.ip_of(row.id).await.map_err(JobError::Retry)?;
+    if let (Some(_), Some(pool)) = (&ip, &blade.ip_pool) {
+        if let Err(e) = client
+            .ensure_network(
+                &pool.network,
+                &pool.subnet,
+                &pool.gateway().map(|g| g.to_string()).unwrap_or_default(),
+            )
+            .await
+        {
+            return Err(retry_or_fail(job, e));
+        }
+    }
     let fail = |reason: String| {
         UserError::new("container.start_failed")
             .arg("name", &row.name)
@@ -794,7 +829,15 @@ pub async fn run_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError
     let mut started = None;
     for _ in 0..5 {
         let ports = app.store.ports_of(row.id).await.map_err(JobError::Retry)?;
-        let spec = containers::spec(&row, &owner, &app.cfg.containers, &ports, &devices, &blade);
+        let spec = containers::spec(
+            &row,
+            &owner,
+            &app.cfg.containers,
+            &ports,
+            &devices,
+            &blade,
+            ip.as_deref(),
+        );
         let created = match client.create(&spec).await {
             Err(PodmanError::Api { status: 409, .. }) => {
                 // Left over from a run interrupted between create and record: replace it.
@@ -913,6 +956,9 @@ async fn started_text(
         t.push('\n');
         t.push_str(&containers::port_lines(&ports, blade, row.private));
     }
+    if let Ok(Some(ip)) = app.store.ip_of(row.id).await {
+        t.push_str(&format!("\naddress: {ip}"));
+    }
     t
 }
 
@@ -997,7 +1043,7 @@ pub async fn stop_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobErro
     else {
         return Ok(String::new());
     };
-    if row.state != "running" {
+    if row.state != "running" && row.state != "stopping" {
         return Ok(UserError::new("container.already_stopped")
             .arg("name", &row.name)
             .to_string());

@@ -2,6 +2,7 @@
 //! resolves the caller, parses, authorises, records, and either answers at
 //! once or queues the work and acknowledges.
 
+pub mod blades;
 pub mod containers;
 pub mod events;
 pub mod info;

@@ -138,6 +138,34 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
             audit_res(action, h.outcome, None, h.resource).await?;
             Ok(h.reply)
         }
+        (Program::Container, "blades") => {
+            audit(action, "ok", None).await?;
+            Ok(Reply::new(
+                request_id,
+                super::blades::blades(app).await?,
+                true,
+            ))
+        }
+        (Program::Container, "drain") => {
+            let r = super::blades::drain(app, &account, &inv).await?;
+            let blade = inv.arg_text("BLADE").map(|b| format!("blade:{b}"));
+            match r {
+                Ok(t) => {
+                    audit_res(
+                        action,
+                        "ok",
+                        inv.has("undo").then(|| "undo".to_string()),
+                        blade,
+                    )
+                    .await?;
+                    Ok(Reply::new(request_id, t, true))
+                }
+                Err(e) => {
+                    audit_res(action, "denied", Some(e.key.to_string()), blade).await?;
+                    Ok(Reply::new(request_id, e.to_string(), true))
+                }
+            }
+        }
         (Program::Container, "info") => {
             let target = reply_target(app, form, &account, program, &inv);
             // In the database before the acknowledgement goes out.

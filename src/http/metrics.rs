@@ -15,6 +15,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     counters: Mutex<BTreeMap<String, u64>>,
+    labeled: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 #[derive(Default, Clone)]
@@ -55,6 +56,16 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// A counter with labels, e.g. `incr_labeled("reconcile_repairs", "blade=\"b1\",kind=\"exited\"")`.
+    pub fn incr_labeled(&self, name: &str, labels: &str) {
+        *self
+            .labeled
+            .lock()
+            .unwrap()
+            .entry((name.to_string(), labels.to_string()))
+            .or_default() += 1;
+    }
+
     /// Render, with gauges supplied by the caller (they are read at scrape time).
     pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::new();
@@ -92,6 +103,14 @@ impl Metrics {
             out.push_str(&format!(
                 "# TYPE shisa_{name}_total counter\nshisa_{name}_total {n}\n"
             ));
+        }
+        let mut last = String::new();
+        for ((name, labels), n) in self.labeled.lock().unwrap().iter() {
+            if *name != last {
+                out.push_str(&format!("# TYPE shisa_{name}_total counter\n"));
+                last = name.clone();
+            }
+            out.push_str(&format!("shisa_{name}_total{{{labels}}} {n}\n"));
         }
         for (name, help, series) in gauges {
             out.push_str(&format!(

@@ -109,13 +109,15 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let (queued, running) = app.store.queue_depth().await.unwrap_or((-1, -1));
-    let body = app.metrics.render(&[(
+    let mut gauges = vec![(
         "queue_jobs",
         "Jobs in the durable queue by state.",
         vec![
             ("state=\"queued\"".into(), queued as f64),
             ("state=\"running\"".into(), running as f64),
         ],
-    )]);
+    )];
+    gauges.extend(crate::handlers::blades::gauges(&app).await);
+    let body = app.metrics.render(&gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -403,6 +403,36 @@ impl PodmanClient {
         }))
     }
 
+    /// Create a bridge network for an IP pool unless it exists.
+    pub async fn ensure_network(
+        &self,
+        name: &str,
+        subnet: &str,
+        gateway: &str,
+    ) -> Result<(), PodmanError> {
+        let r = self
+            .http
+            .get(Self::url("/networks", name, "/exists"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if r.status().as_u16() == 204 {
+            return Ok(());
+        }
+        let body = serde_json::json!({"name": name, "driver": "bridge", "subnets": [{"subnet": subnet, "gateway": gateway}], "labels": {"shisa.managed": "true"}});
+        let r = self
+            .http
+            .post(format!("{API}/networks/create"))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if r.status().as_u16() == 409 {
+            return Ok(()); // created meanwhile
+        }
+        self.check(r).await.map(|_| ())
+    }
+
     /// `GET /libpod/info`: version and counts.
     pub async fn info(&self) -> Result<BladeInfo, PodmanError> {
         #[derive(Deserialize)]

@@ -88,12 +88,15 @@ pub struct NewContainer {
     pub state: &'static str,
     /// (container port, protocol) to publish.
     pub ports: Vec<(u16, String)>,
+    /// Lease one of these addresses (`run --ip`).
+    pub ip_hosts: Option<Vec<std::net::Ipv4Addr>>,
 }
 
 #[derive(Debug, PartialEq)]
 pub enum InsertError {
     NameTaken { state: String },
     NoPorts,
+    NoIp,
 }
 
 /// States in which a container holds CPUs, memory and GPUs.
@@ -205,6 +208,11 @@ impl Store {
             let id = tx.last_insert_rowid();
             if !Self::lease_ports_tx(&tx, &n.blade, range, id, &n.ports)? {
                 return Ok(Err(Ok(InsertError::NoPorts)));
+            }
+            if let Some(hosts) = &n.ip_hosts {
+                if Self::lease_ip_tx(&tx, &n.blade, hosts, id)?.is_none() {
+                    return Ok(Err(Ok(InsertError::NoIp)));
+                }
             }
             // The work is queued in the same transaction: a crash leaves either both or neither.
             if let Some(mut j) = job {

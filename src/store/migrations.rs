@@ -119,6 +119,25 @@ CREATE TABLE gpu_leases (
 );
 "#,
         ),
+        M::up(
+            r#"
+-- Blades an admin has drained: no new placement.
+CREATE TABLE blade_drains (
+    blade  TEXT PRIMARY KEY,
+    actor  TEXT NOT NULL,
+    at     INTEGER NOT NULL
+);
+
+-- `run --ip` leases, same rules as ports.
+CREATE TABLE ip_leases (
+    blade        TEXT NOT NULL,
+    ip           TEXT NOT NULL,
+    container_id INTEGER NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+    PRIMARY KEY (blade, ip)
+);
+CREATE INDEX ip_leases_container ON ip_leases(container_id);
+"#,
+        ),
     ])
 }
 

@@ -2,6 +2,7 @@
 //! blocking threads so the async runtime never waits on disk.
 
 pub mod audit;
+pub mod blades;
 pub mod containers;
 pub mod migrations;
 pub mod outbox;

@@ -162,6 +162,8 @@ pub struct Opts {
     pub gpu_share: u32,
     /// Extra TOML appended to the configuration (limits, templates).
     pub extra: String,
+    /// Replaces the one local blade: `[[blades]]` tables of the test's own.
+    pub blades: Option<String>,
 }
 
 pub const TOKEN: &str = "test-container-token";
@@ -202,27 +204,32 @@ pub fn config_text(o: &Opts, data_dir: &Path) -> String {
             ))
         }
     }
-    let sock = if o.podman {
-        podman().to_path_buf()
+    if let Some(b) = &o.blades {
+        s.push_str(b);
+        s.push('\n');
     } else {
-        run_root().join("no-podman.sock")
-    };
-    s.push_str(&format!(
-        "[[blades]]\nname = \"local\"\npodman_socket = {:?}\naddress = \"127.0.0.1\"\n",
-        sock.display().to_string()
-    ));
-    // Each stack gets its own host ports: stacks run in parallel against one Podman.
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let first = 61000 + n * 40;
-    s.push_str(&format!("port_range = [{first}, {}]\n", first + 39));
-    if !o.gpus.is_empty() {
-        fake_gpus();
+        let sock = if o.podman {
+            podman().to_path_buf()
+        } else {
+            run_root().join("no-podman.sock")
+        };
         s.push_str(&format!(
-            "gpus = {:?}\ngpu_kind = \"shisa.test/gpu\"\ngpu_share = {}\n",
-            o.gpus,
-            o.gpu_share.max(1)
+            "[[blades]]\nname = \"local\"\npodman_socket = {:?}\naddress = \"127.0.0.1\"\n",
+            sock.display().to_string()
         ));
+        // Each stack gets its own host ports: stacks run in parallel against one Podman.
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let first = 61000 + n * 40;
+        s.push_str(&format!("port_range = [{first}, {}]\n", first + 39));
+        if !o.gpus.is_empty() {
+            fake_gpus();
+            s.push_str(&format!(
+                "gpus = {:?}\ngpu_kind = \"shisa.test/gpu\"\ngpu_share = {}\n",
+                o.gpus,
+                o.gpu_share.max(1)
+            ));
+        }
     }
     s.push_str(&o.extra);
     s.push('\n');
@@ -459,4 +466,125 @@ pub fn test_images() {
             .unwrap();
         assert!(out.status.success(), "podman build: {}", String::from_utf8_lossy(&out.stderr));
     });
+}
+
+/// A Podman API service of its own (for tests that stop blades): own storage,
+/// own CONTAINERS_CONF with its own network config dir and default subnet.
+pub struct PodmanService {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub pid: u32,
+}
+
+impl PodmanService {
+    pub fn start(name: &str, subnet_octet: u8) -> PodmanService {
+        let dir = run_root().join(format!("podman-{name}"));
+        std::fs::create_dir_all(dir.join("networks")).unwrap();
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\ntmp_dir = \"{tmp}\"\n[network]\nnetwork_config_dir = \"{net}\"\ndefault_subnet = \"10.89.{subnet_octet}.0/24\"\n",
+                tmp = dir.join("tmp").display(),
+                net = dir.join("networks").display()
+            ),
+        )
+        .unwrap();
+        let socket = dir.join("podman.sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", dir.join("containers.conf"))
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--runroot")
+            .arg(dir.join("runroot"))
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let pid = spawn_daemon(cmd);
+        let s2 = socket.clone();
+        wait_for("podman system service", || {
+            std::os::unix::net::UnixStream::connect(&s2).is_ok()
+        });
+        let svc = PodmanService { dir, socket, pid };
+        svc.build_test_image();
+        svc
+    }
+
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"));
+        c
+    }
+
+    fn build_test_image(&self) {
+        test_images(); // the build context
+        let ctx = run_root().join("image");
+        let out = self
+            .cli()
+            .args(["build", "-q", "-t", "localhost/busybox:latest"])
+            .arg(&ctx)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stop the API service (the blade goes down; its containers keep running).
+    pub fn kill(&self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A real sshd on loopback that lets one key forward Unix sockets and nothing else,
+/// as a remote blade's would.
+pub struct Sshd {
+    pub port: u16,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+}
+
+pub fn sshd() -> &'static Sshd {
+    static S: OnceLock<Sshd> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = run_root().join("sshd");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let keygen = |path: &Path| {
+            let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(path).status().expect("ssh-keygen (openssh-client)");
+            assert!(st.success());
+        };
+        keygen(&dir.join("host_key"));
+        keygen(&dir.join("client_key"));
+        let client_pub = std::fs::read_to_string(dir.join("client_key.pub")).unwrap();
+        std::fs::write(dir.join("authorized_keys"), format!("restrict,port-forwarding,command=\"/bin/false\" {client_pub}")).unwrap();
+        let port = free_port();
+        let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
+        let mut parts = host_pub.split_whitespace();
+        let known = format!("[127.0.0.1]:{port} {} {}\n", parts.next().unwrap(), parts.next().unwrap());
+        std::fs::write(dir.join("known_hosts"), known).unwrap();
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nAllowStreamLocalForwarding local\nAllowTcpForwarding local\nX11Forwarding no\nPermitTTY no\nStrictModes no\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("/usr/sbin/sshd");
+        cmd.args(["-D", "-e", "-f"]).arg(dir.join("sshd_config")).stdout(Stdio::null()).stderr(Stdio::null());
+        spawn_daemon(cmd);
+        wait_for("sshd", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        Sshd { port, key: dir.join("client_key"), known_hosts: dir.join("known_hosts") }
+    })
 }

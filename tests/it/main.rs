@@ -1,6 +1,7 @@
 //! The one integration-test binary: real Podman, slapd (and later registry,
 //! Slurm) started once per run by `harness`, fakes only for what cannot run here.
 
+mod blades;
 mod config;
 mod containers;
 mod harness;

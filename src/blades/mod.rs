@@ -1,0 +1,233 @@
+//! The department's blades: health, drains, placement, SSH tunnels, and
+//! reconciliation between the database and what each blade really runs.
+
+pub mod reconcile;
+pub mod ssh;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::app::App;
+use crate::config::Blade;
+use crate::messages::UserError;
+
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub up: bool,
+    pub version: String,
+    pub last_error: String,
+}
+
+/// Current health of each blade, as seen by the health loop.
+#[derive(Default)]
+pub struct HealthBoard {
+    inner: Mutex<HashMap<String, Health>>,
+}
+
+impl HealthBoard {
+    pub fn get(&self, blade: &str) -> Health {
+        self.inner
+            .lock()
+            .unwrap()
+            .get(blade)
+            .cloned()
+            .unwrap_or_default()
+    }
+    pub fn set(&self, blade: &str, h: Health) -> bool {
+        let mut m = self.inner.lock().unwrap();
+        let was = m.get(blade).map(|x| x.up);
+        m.insert(blade.to_string(), h.clone());
+        was != Some(h.up)
+    }
+}
+
+/// Check every blade once; returns the names that came up.
+pub async fn check_all(app: &Arc<App>) -> Vec<String> {
+    let mut came_up = Vec::new();
+    for (b, client) in &app.blades {
+        let h = match client.info().await {
+            Ok(i) => Health {
+                up: true,
+                version: i.version,
+                last_error: String::new(),
+            },
+            Err(e) => Health {
+                up: false,
+                version: String::new(),
+                last_error: e.to_string(),
+            },
+        };
+        let up = h.up;
+        if app.health.set(&b.name, h.clone()) {
+            if up {
+                tracing::info!(blade = %b.name, "blade is up");
+                came_up.push(b.name.clone());
+            } else {
+                tracing::warn!(blade = %b.name, error = %h.last_error, "blade is down");
+            }
+        }
+    }
+    came_up
+}
+
+pub fn spawn(
+    app: Arc<App>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut handles = ssh::spawn_tunnels(&app, shutdown.clone());
+    let a = app.clone();
+    let mut sd = shutdown.clone();
+    handles.push(tokio::spawn(async move {
+        let every = Duration::from_secs(a.cfg.reconcile.health_seconds.max(1));
+        let recon_every = Duration::from_secs(a.cfg.reconcile.interval_seconds.max(1));
+        let mut last_recon = tokio::time::Instant::now();
+        let mut first = true;
+        loop {
+            let came_up = check_all(&a).await;
+            // At start, when a blade comes back, and periodically: reconcile.
+            if first || !came_up.is_empty() || last_recon.elapsed() >= recon_every {
+                for (b, _) in &a.blades {
+                    if a.health.get(&b.name).up
+                        && (first
+                            || came_up.contains(&b.name)
+                            || last_recon.elapsed() >= recon_every)
+                    {
+                        if let Err(e) = reconcile::blade(&a, &b.name).await {
+                            tracing::error!(blade = %b.name, error = %e, "reconciliation failed");
+                        }
+                    }
+                }
+                if first || last_recon.elapsed() >= recon_every {
+                    last_recon = tokio::time::Instant::now();
+                }
+                first = false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = sd.wait_for(|v| *v) => return,
+            }
+        }
+    }));
+    handles
+}
+
+pub struct PlaceRequest<'a> {
+    pub image: &'a str,
+    pub gpus: u32,
+    pub cpus_milli: u32,
+    pub memory: u64,
+    pub wait: bool,
+    pub ip: bool,
+}
+
+pub enum Placement {
+    /// Start here now.
+    Now(Blade),
+    /// Queue here for GPUs.
+    Wait(Blade),
+}
+
+/// Among healthy, undrained blades that have the image and the room, the
+/// least loaded. A local-only image pins the request to the blades that have it.
+pub async fn place(
+    app: &Arc<App>,
+    r: &PlaceRequest<'_>,
+) -> anyhow::Result<Result<Placement, UserError>> {
+    let contact = app.cfg.mattermost.contact.clone();
+    let drained = app.store.drained().await?;
+    let mut usable = Vec::new();
+    let mut down = Vec::new();
+    for (b, client) in &app.blades {
+        if drained.contains(&b.name) {
+            continue;
+        }
+        if !app.health.get(&b.name).up {
+            down.push(b.name.clone());
+            continue;
+        }
+        match client.image_exists(r.image).await {
+            Ok(true) => usable.push(b.clone()),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(blade = %b.name, error = %e, "blade did not answer during placement");
+                down.push(b.name.clone());
+            }
+        }
+    }
+    if usable.is_empty() {
+        if app
+            .blades
+            .iter()
+            .all(|(b, _)| drained.contains(&b.name) || down.contains(&b.name))
+        {
+            return Ok(Err(UserError::new("blades.none_up").arg("contact", contact)));
+        }
+        return Ok(Err(UserError::new("image.not_found").arg(
+            "image",
+            r.image.strip_prefix("localhost/").unwrap_or(r.image),
+        )));
+    }
+    if r.gpus > 0 {
+        usable.retain(|b| !b.gpus.is_empty());
+        if usable.is_empty() {
+            return Ok(Err(UserError::new("container.no_gpus")
+                .arg("blade", "any blade that has the image")
+                .arg("contact", contact)));
+        }
+    }
+    if r.ip {
+        usable.retain(|b| b.ip_pool.is_some());
+        if usable.is_empty() {
+            return Ok(Err(
+                UserError::new("blades.no_ip_pool").arg("contact", contact)
+            ));
+        }
+    }
+    // Capacity and load.
+    let mut scored = Vec::new();
+    let mut gpu_full = Vec::new();
+    for b in usable {
+        let load = app.store.blade_load(&b.name).await?;
+        let cap_cpus = b.cpus.map(|c| (c * 1000.0) as u64);
+        let cap_mem = b.memory.as_deref().map(crate::containers::size_of);
+        if cap_cpus.is_some_and(|c| load.cpus_milli + r.cpus_milli as u64 > c)
+            || cap_mem.is_some_and(|m| load.memory + r.memory > m)
+        {
+            continue;
+        }
+        if r.gpus > 0 && app.allocator.free(&b).await? < r.gpus {
+            gpu_full.push(b);
+            continue;
+        }
+        let share = match cap_cpus {
+            Some(c) if c > 0 => load.cpus_milli as f64 / c as f64,
+            _ => load.running as f64,
+        };
+        scored.push((share, load.running, b));
+    }
+    scored.sort_by(|a, b| {
+        a.0.partial_cmp(&b.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.1.cmp(&b.1))
+    });
+    if let Some((_, _, b)) = scored.into_iter().next() {
+        return Ok(Ok(Placement::Now(b)));
+    }
+    if !gpu_full.is_empty() {
+        if r.wait {
+            // The blade with the most GPUs has the best odds.
+            gpu_full.sort_by_key(|b| std::cmp::Reverse(b.gpus.len() as u32 * b.gpu_share));
+            return Ok(Ok(Placement::Wait(gpu_full.remove(0))));
+        }
+        let total: u32 = gpu_full
+            .iter()
+            .map(|b| b.gpus.len() as u32 * b.gpu_share)
+            .sum();
+        let names: Vec<String> = gpu_full.iter().map(|b| b.name.clone()).collect();
+        return Ok(Err(UserError::new("container.gpus_busy")
+            .arg("blade", names.join("`, `"))
+            .arg("total", total.to_string())));
+    }
+    Ok(Err(UserError::new("blades.full").arg("contact", contact)))
+}

@@ -1,0 +1,459 @@
+//! Several blades: one local, one behind a real sshd; placement, a blade going
+//! down, drains, IP pools, reconciliation; and crash consistency under SIGKILL.
+
+use std::time::Duration;
+
+use crate::harness::{run_root, sshd, Opts, PodmanService, Stack};
+
+fn two_blades(
+    b1: &PodmanService,
+    b2: &PodmanService,
+    ports: u16,
+    ip_octet: u8,
+    tunnel: &std::path::Path,
+) -> String {
+    let s = sshd();
+    format!(
+        "[[blades]]\nname = \"b1\"\npodman_socket = {:?}\naddress = \"127.0.0.1\"\nport_range = [{p1}, {p1e}]\n\n\
+         [[blades]]\nname = \"b2\"\npodman_socket = {:?}\naddress = \"127.0.0.1\"\nport_range = [{p2}, {p2e}]\n\
+         [blades.ssh]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nkey_file = {:?}\nknown_hosts = {:?}\nremote_socket = {:?}\n\
+         [blades.ip_pool]\nnetwork = \"shisa-pool-{ip_octet}\"\nsubnet = \"10.90.{ip_octet}.0/29\"\n",
+        b1.socket.display().to_string(),
+        tunnel.display().to_string(),
+        s.port,
+        s.key.display().to_string(),
+        s.known_hosts.display().to_string(),
+        b2.socket.display().to_string(),
+        p1 = ports,
+        p1e = ports + 19,
+        p2 = ports + 20,
+        p2e = ports + 39,
+    )
+}
+
+const EXTRA: &str = "[limits.student]\ntotal_containers = 20\ntotal_cpus = 100\ntotal_memory = \"100G\"\n[reconcile]\ninterval_seconds = 1\nhealth_seconds = 1\n";
+
+async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn blade_of(s: &Stack, user: &str, name: &str) -> String {
+    s.store()
+        .container_by_name(user, name)
+        .await
+        .unwrap()
+        .unwrap()
+        .blade
+}
+
+#[tokio::test]
+async fn placement_a_blade_down_drains_and_admin_views() {
+    let b1 = PodmanService::start("place-1", 201);
+    let b2 = PodmanService::start("place-2", 202);
+    let tunnel = run_root().join("tunnel-place.sock");
+    let blades = two_blades(&b1, &b2, 63000, 1, &tunnel);
+    let s = Stack::start(Opts {
+        blades: Some(blades),
+        extra: EXTRA.into(),
+        ..Default::default()
+    })
+    .await;
+    // The remote blade comes up once the ssh tunnel is there.
+    wait_until("both blades up", || async {
+        s.say("admin", "/container blades")
+            .await
+            .matches("| up (Podman")
+            .count()
+            == 2
+    })
+    .await;
+    // Least loaded first: four containers spread two and two.
+    for i in 0..4 {
+        let t = s
+            .say(
+                "alice",
+                &format!("/container run --name p-{i} localhost/busybox -- sleep 600"),
+            )
+            .await;
+        assert!(t.contains("is running"), "{t}");
+    }
+    let mut on = Vec::new();
+    for i in 0..4 {
+        on.push(blade_of(&s, "alice", &format!("p-{i}")).await);
+    }
+    assert_eq!(on.iter().filter(|b| *b == "b1").count(), 2, "{on:?}");
+    // Through the tunnel the remote blade really runs it.
+    let remote = on.iter().position(|b| b == "b2").unwrap();
+    let out = b2
+        .cli()
+        .args(["ps", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("alice_p-{remote}")));
+    // b1 goes down: it is reported, and new work goes to b2.
+    b1.kill();
+    wait_until("b1 down", || async {
+        s.say("admin", "/container blades")
+            .await
+            .contains("| `b1` | **down**")
+    })
+    .await;
+    let m = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("shisa_blade_up{blade=\"b1\"} 0")
+            && m.contains("shisa_blade_up{blade=\"b2\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("shisa_ports{blade=\"b2\",use=\"used\"} 0"),
+        "{m}"
+    );
+    let t = s
+        .say(
+            "bob",
+            "/container run --name after-down localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(t.contains("is running on `b2`"), "{t}");
+    // Drains are for admins, audited; with b1 down and b2 drained nothing can start.
+    assert!(s
+        .say("alice", "/container drain b2")
+        .await
+        .contains("for admins"));
+    assert!(s
+        .say("admin", "/container drain b2")
+        .await
+        .contains("drained"));
+    let t = s.say("carol", "/container run localhost/busybox").await;
+    assert!(t.contains("No blade is available right now"), "{t}");
+    assert!(s
+        .say("admin", "/container drain --undo b2")
+        .await
+        .contains("takes new containers again"));
+    let audit = s.store().audit_entries(Some("admin")).unwrap();
+    let drains: Vec<_> = audit
+        .iter()
+        .filter(|a| a.action == "container.drain")
+        .map(|a| (a.resource.clone(), a.outcome.clone(), a.detail.clone()))
+        .collect();
+    assert_eq!(
+        drains,
+        vec![
+            (Some("blade:b2".into()), "ok".into(), None),
+            (Some("blade:b2".into()), "ok".into(), Some("undo".into()))
+        ]
+    );
+    assert!(s
+        .store()
+        .audit_entries(Some("alice"))
+        .unwrap()
+        .iter()
+        .any(|a| a.action == "container.drain" && a.outcome == "denied"));
+    // Instructors see their course members' containers (read-only), audited as theirs.
+    let t = s.say("sensei", "/container ps --group ai-course").await;
+    assert!(t.contains("| alice | `p-0`"), "{t}");
+    assert!(s
+        .store()
+        .audit_entries(Some("sensei"))
+        .unwrap()
+        .iter()
+        .any(|a| a.action == "container.ps" && a.outcome == "ok"));
+    s.stop().await;
+    let _ = b2.cli().args(["rm", "-af", "-t", "0"]).output();
+}
+
+#[tokio::test]
+async fn ip_pool_exhaustion_and_release_and_reconciliation_after_a_hand_removal() {
+    let b1 = PodmanService::start("ip-1", 203);
+    let b2 = PodmanService::start("ip-2", 204);
+    let tunnel = run_root().join("tunnel-ip.sock");
+    let blades = two_blades(&b1, &b2, 63100, 2, &tunnel);
+    let s = Stack::start(Opts {
+        blades: Some(blades),
+        extra: EXTRA.into(),
+        ..Default::default()
+    })
+    .await;
+    wait_until("both blades up", || async {
+        s.say("admin", "/container blades")
+            .await
+            .matches("| up (Podman")
+            .count()
+            == 2
+    })
+    .await;
+    // A /29 has 5 addresses for containers (the first host is the gateway).
+    for i in 0..5 {
+        let t = s
+            .say(
+                "alice",
+                &format!("/container run --ip --name ip-{i} localhost/busybox -- sleep 600"),
+            )
+            .await;
+        assert!(
+            t.contains("is running on `b2`") && t.contains(&format!("address: 10.90.2.{}", i + 2)),
+            "{t}"
+        );
+    }
+    let out = b2
+        .cli()
+        .args([
+            "inspect",
+            "alice_ip-0",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "10.90.2.2",
+        "the container really has the leased address"
+    );
+    let t = s.say("bob", "/container run --ip localhost/busybox").await;
+    assert!(
+        t.contains("All 5 addresses of `b2`'s IP pool are in use")
+            && t.contains("Remove a container"),
+        "{t}"
+    );
+    let t = s
+        .say("admin", "/container run --ip localhost/busybox")
+        .await;
+    assert!(
+        t.contains("10.90.2.2 alice/ip-0") && t.contains("10.90.2.6 alice/ip-4"),
+        "admins see who holds them: {t}"
+    );
+    let m = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("shisa_ips{blade=\"b2\",use=\"free\"} 0"), "{m}");
+    assert!(s
+        .say("alice", "/container rm --force ip-1")
+        .await
+        .contains("removed"));
+    let t = s
+        .say(
+            "bob",
+            "/container run --ip --name bob-ip localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(
+        t.contains("address: 10.90.2.3"),
+        "released and leased again: {t}"
+    );
+    // Removed by hand on the blade: reconciliation notices, releases, tells the owner.
+    let ports_before = s.store().blade_load("b2").await.unwrap();
+    let out = b2
+        .cli()
+        .args(["rm", "-f", "-t", "0", "alice_ip-3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_until("reconciliation", || async {
+        s.store()
+            .container_by_name("alice", "ip-3")
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    let after = s.store().blade_load("b2").await.unwrap();
+    assert_eq!(after.ips, ports_before.ips - 1);
+    let dm = s.store().outbox_take("alice").unwrap();
+    assert!(
+        dm.iter().any(|m| m
+            .message
+            .contains("`ip-3` on `b2` was removed outside shisa")),
+        "{dm:?}"
+    );
+    let m = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("shisa_reconcile_repairs_total{blade=\"b2\",kind=\"removed_outside\"} 1"),
+        "{m}"
+    );
+    s.stop().await;
+    let _ = b2.cli().args(["rm", "-af", "-t", "0"]).output();
+}
+
+/// Kill shisa with SIGKILL at several points during bursts of runs; after a
+/// restart every acknowledged request is completed or reported failed, and
+/// there is no leaked lease and no container the database does not know.
+#[tokio::test]
+async fn sigkill_during_bursts_of_runs_converges() {
+    crate::harness::test_images();
+    let sock = crate::harness::podman();
+    let data_dir = tempfile::tempdir_in(run_root()).unwrap().keep();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let blades = format!("[[blades]]\nname = \"crashblade\"\npodman_socket = {:?}\naddress = \"127.0.0.1\"\nport_range = [63500, 63599]\n", sock.display().to_string());
+    let o = Opts {
+        blades: Some(blades),
+        extra: EXTRA.into(),
+        ..Default::default()
+    };
+    let text = crate::harness::config_text(&o, &data_dir).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let cfg_path = data_dir.with_extension("toml");
+    std::fs::write(&cfg_path, text).unwrap();
+    let mut cfg = shisa::config::Config::load(&cfg_path).unwrap();
+    cfg.server.public_url = Some(format!("http://127.0.0.1:{port}"));
+    let cfg = std::sync::Arc::new(cfg);
+    let start = || {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shisa"))
+            .args(["serve", "--config"])
+            .arg(&cfg_path)
+            .env("SHISA_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(data_dir.with_extension("log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    let users = crate::harness::demo_users();
+    let mut acked: Vec<String> = Vec::new();
+    // Kill points: during the first requests, while creating, and while starting.
+    for (round, kill_after_ms) in [30u64, 250, 900].into_iter().enumerate() {
+        let mut child = start();
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let cfg = cfg.clone();
+            let user = ["alice", "bob", "carol"][i % 3];
+            let id = shisa::cli::chat::demo_user_id(&users, user);
+            let line = format!("/container run --name c{round}-{i} --port 80 --memory 64M --cpus 0.1 localhost/busybox -- sleep 600");
+            tasks.push(tokio::spawn(async move {
+                shisa::cli::chat::send(&cfg, user, &id, &line, Duration::from_secs(2), |_| {}).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        for t in tasks {
+            if let Ok(Ok(replies)) = t.await {
+                if let Some(first) = replies.first() {
+                    acked.push(
+                        first.props["shisa"]["request"]
+                            .as_str()
+                            .unwrap()
+                            .to_string(),
+                    );
+                }
+            }
+        }
+    }
+    // The last start: recover, finish, reconcile.
+    let mut child = start();
+    let store = shisa::store::Store::open(&data_dir.join("shisa.db")).unwrap();
+    let mut settled = false;
+    for _ in 0..300 {
+        let (q, r) = store.queue_depth().await.unwrap();
+        let unsettled: i64 = store
+            .with(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM containers WHERE state NOT IN ('running','exited')",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        if q == 0 && r == 0 && unsettled == 0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One more reconciliation round after the queue drained.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(settled, "the queue did not drain after the restart");
+    assert!(
+        !acked.is_empty(),
+        "some requests were acknowledged before the kills"
+    );
+    for rid in &acked {
+        let st = store.job_state(rid).unwrap();
+        assert!(
+            matches!(
+                st.as_ref().map(|s| s.0.as_str()),
+                Some("done") | Some("failed")
+            ),
+            "acknowledged {rid} ended as {st:?}"
+        );
+    }
+    // Zero leaked leases: every lease belongs to a live row, each row has its one port.
+    let (rows, leases, orphans): (i64, i64, i64) = store
+        .with(|c| {
+            c.query_row(
+                "SELECT (SELECT COUNT(*) FROM containers WHERE blade = 'crashblade'),
+                        (SELECT COUNT(*) FROM port_leases WHERE blade = 'crashblade' AND container_id IS NOT NULL),
+                        (SELECT COUNT(*) FROM port_leases p WHERE p.container_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM containers c WHERE c.id = p.container_id))",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+        })
+        .unwrap();
+    assert_eq!((leases, orphans), (rows, 0));
+    // Zero unknown containers: what Podman runs for this blade is exactly what the database knows.
+    let client = shisa::podman::PodmanClient::new(sock);
+    let listed = client
+        .list_labelled("shisa.blade=crashblade")
+        .await
+        .unwrap();
+    let mut on_blade: Vec<String> = listed.iter().map(|l| l.id.clone()).collect();
+    let mut in_db: Vec<String> = store
+        .with(|c| {
+            let mut st =
+                c.prepare("SELECT podman_id FROM containers WHERE blade = 'crashblade'")?;
+            let v = st
+                .query_map([], |r| r.get::<_, Option<String>>(0))?
+                .collect::<Result<Vec<_>, _>>();
+            v
+        })
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    on_blade.sort();
+    in_db.sort();
+    assert_eq!(on_blade, in_db, "containers on the blade vs the database");
+    assert_eq!(in_db.len() as i64, rows, "every row has its container");
+    for l in &listed {
+        let _ = client.remove(&l.id, true).await;
+    }
+}
