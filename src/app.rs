@@ -23,6 +23,8 @@ pub struct App {
     pub role_groups: Vec<String>,
     /// Who gets the GPUs.
     pub allocator: Arc<dyn crate::containers::allocator::Allocator>,
+    /// The department registry, when configured.
+    pub registry: Option<crate::registry::Registry>,
     /// Which blades answer.
     pub health: crate::blades::HealthBoard,
     /// Wakes idle workers when a job is queued.
@@ -60,6 +62,10 @@ impl App {
             .chain(cfg.roles.instructor_groups.iter())
             .cloned()
             .collect();
+        let registry = match &cfg.registry {
+            Some(r) => Some(crate::registry::Registry::new(r)?),
+            None => None,
+        };
         let allocator = Arc::new(crate::containers::allocator::LocalAllocator {
             store: store.clone(),
         });
@@ -74,6 +80,7 @@ impl App {
             role_groups,
             wake: tokio::sync::Notify::new(),
             health: Default::default(),
+            registry,
             cfg,
         }))
     }

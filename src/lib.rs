@@ -20,5 +20,6 @@ pub mod mattermost;
 pub mod messages;
 pub mod ownership;
 pub mod podman;
+pub mod registry;
 pub mod store;
 pub mod worker;

@@ -119,6 +119,8 @@ pub struct PlaceRequest<'a> {
     pub memory: u64,
     pub wait: bool,
     pub ip: bool,
+    /// The image is in the department registry: a blade without it can pull it.
+    pub pullable: bool,
 }
 
 pub enum Placement {
@@ -148,6 +150,7 @@ pub async fn place(
         }
         match client.image_exists(r.image).await {
             Ok(true) => usable.push(b.clone()),
+            Ok(false) if r.pullable => usable.push(b.clone()),
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(blade = %b.name, error = %e, "blade did not answer during placement");

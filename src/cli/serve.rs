@@ -72,11 +72,16 @@ pub async fn serve_on(
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut workers = crate::worker::spawn(app.clone(), rx.clone());
     workers.extend(crate::handlers::events::spawn(app.clone(), rx.clone()));
-    workers.extend(crate::blades::spawn(app.clone(), rx));
+    workers.extend(crate::blades::spawn(app.clone(), rx.clone()));
+    workers.extend(crate::registry::spawn_sync(app.clone(), rx));
     tracing::info!(%listen, "shisa is listening");
-    axum::serve(listener, crate::http::router(app.clone()))
-        .with_graceful_shutdown(stop)
-        .await?;
+    axum::serve(
+        listener,
+        crate::http::router(app.clone())
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await?;
     let _ = tx.send(true);
     let all = futures_join(workers);
     if tokio::time::timeout(Duration::from_secs(grace + 5), all)

@@ -37,6 +37,66 @@ pub struct RawConfig {
     pub limits: BTreeMap<String, Limits>,
     #[serde(default)]
     pub reconcile: Reconcile,
+    #[serde(default)]
+    pub registry: Option<RegistryRaw>,
+}
+
+/// The department registry; shisa is its token (authorisation) server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryRaw {
+    /// The registry's API as shisa reaches it, e.g. `http://127.0.0.1:5000`.
+    pub url: String,
+    /// The registry as written in image references (`registry.example.edu`, `127.0.0.1:5000`).
+    pub host: String,
+    /// Must equal `auth.token.service` and `auth.token.issuer` in the registry's config.
+    #[serde(default = "default_service")]
+    pub service: String,
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// This service's token endpoint as the registry tells clients (`auth.token.realm`).
+    pub realm: String,
+    /// The P-256 key that signs tokens (PKCS#8 PEM) and its certificate, which the registry
+    /// trusts (`auth.token.rootcertbundle`). `shisa registry keys` creates both.
+    pub key_file: PathBuf,
+    pub cert_file: PathBuf,
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_seconds: u64,
+    /// The `Authorization` header value the registry sends with notifications.
+    pub notification_token: SecretSource,
+    #[serde(default = "default_sync")]
+    pub sync_seconds: u64,
+    /// Use HTTP, not HTTPS, when Podman pulls from it (test and demo registries).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+fn default_service() -> String {
+    "shisa-registry".into()
+}
+fn default_issuer() -> String {
+    "shisa".into()
+}
+fn default_token_ttl() -> u64 {
+    300
+}
+fn default_sync() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub url: String,
+    pub host: String,
+    pub service: String,
+    pub issuer: String,
+    pub realm: String,
+    pub key_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub token_ttl_seconds: u64,
+    pub notification_token: Secret,
+    pub sync_seconds: u64,
+    pub insecure: bool,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -393,6 +453,8 @@ pub struct Limits {
     pub total_memory: String,
     pub total_gpus: u32,
     pub total_ports: u32,
+    /// Registry storage per user (their images' layers, counted once per digest).
+    pub registry_bytes: String,
     /// A GPU container is stopped after this long (`1d`, `12h`).
     pub gpu_lifetime: String,
 }
@@ -411,6 +473,7 @@ impl Default for Limits {
             total_memory: "32G".into(),
             total_gpus: 1,
             total_ports: 10,
+            registry_bytes: "20G".into(),
             gpu_lifetime: "1d".into(),
         }
     }
@@ -470,6 +533,7 @@ pub struct Config {
     pub images: Images,
     pub limits: BTreeMap<String, Limits>,
     pub reconcile: Reconcile,
+    pub registry: Option<Registry>,
     /// Things that are allowed but worth an admin's attention.
     pub warnings: Vec<String>,
 }
@@ -848,6 +912,7 @@ impl Config {
                 ("default_memory", &l.default_memory),
                 ("max_memory", &l.max_memory),
                 ("total_memory", &l.total_memory),
+                ("registry_bytes", &l.registry_bytes),
             ] {
                 crate::commands::values::parse_size(v)
                     .map_err(|_| (format!("{k}.{f}"), format!("`{v}` is not a size like `8G`")))?;
@@ -871,6 +936,48 @@ impl Config {
                 }
             }
         }
+        let registry = match &raw.registry {
+            None => None,
+            Some(r) => {
+                check_url("registry.url", &r.url)?;
+                check_url("registry.realm", &r.realm)?;
+                if r.realm.starts_with("http://") && !is_loopback_url(&r.realm) {
+                    return Err((
+                        "registry.realm".into(),
+                        "a token realm over plain HTTP on a non-loopback address would send passwords in clear; use https://".into(),
+                    ));
+                }
+                if r.host.is_empty() || r.host.contains('/') {
+                    return Err((
+                        "registry.host".into(),
+                        "give the registry's host[:port] as written in image references".into(),
+                    ));
+                }
+                if !(30..=3600).contains(&r.token_ttl_seconds) {
+                    return Err((
+                        "registry.token_ttl_seconds".into(),
+                        "must be from 30 to 3600".into(),
+                    ));
+                }
+                let notification_token = r
+                    .notification_token
+                    .resolve(base)
+                    .map_err(|e| ("registry.notification_token".to_string(), e))?;
+                Some(Registry {
+                    url: r.url.trim_end_matches('/').to_string(),
+                    host: r.host.clone(),
+                    service: r.service.clone(),
+                    issuer: r.issuer.clone(),
+                    realm: r.realm.clone(),
+                    key_file: base.join(&r.key_file),
+                    cert_file: base.join(&r.cert_file),
+                    token_ttl_seconds: r.token_ttl_seconds,
+                    notification_token,
+                    sync_seconds: r.sync_seconds.max(5),
+                    insecure: r.insecure,
+                })
+            }
+        };
         if raw.queue.workers == 0 || raw.queue.workers > 64 {
             return Err(("queue.workers".into(), "must be from 1 to 64".into()));
         }
@@ -908,6 +1015,7 @@ impl Config {
             images: raw.images,
             limits: raw.limits,
             reconcile: raw.reconcile,
+            registry,
             warnings,
         })
     }

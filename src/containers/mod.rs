@@ -55,8 +55,10 @@ pub fn fmt_size(bytes: u64) -> String {
     const M: u64 = 1 << 20;
     if bytes >= G && ((bytes % G) * 10).is_multiple_of(G) || bytes >= 10 * G {
         format!("{:.1}G", bytes as f64 / G as f64).replace(".0G", "G")
-    } else {
+    } else if bytes >= M || bytes == 0 {
         format!("{}M", bytes.div_ceil(M))
+    } else {
+        format!("{}K", bytes.div_ceil(1024))
     }
 }
 

@@ -202,6 +202,19 @@ async fn find(
     Ok(Ok((row, d)))
 }
 
+/// `REGISTRY/alice/app:1` → `alice/app`, for images in the department registry.
+pub fn registry_repository(app: &App, reference: &str) -> Option<String> {
+    let host = &app.registry.as_ref()?.cfg.host;
+    let rest = reference.strip_prefix(host.as_str())?.strip_prefix('/')?;
+    let end = rest.find(['@']).unwrap_or(rest.len());
+    let path = &rest[..end];
+    let path = match path.rfind(':') {
+        Some(i) if !path[i..].contains('/') => &path[..i],
+        _ => path,
+    };
+    Some(path.to_string())
+}
+
 fn blade_of<'a>(
     app: &'a App,
     name: &str,
@@ -250,12 +263,19 @@ async fn run(
         (None, Some(t)) => t.image.clone(),
         (None, None) => return Ok(user_err(request, UserError::new("container.need_image"))),
     };
-    let image = match images::resolve(&raw_image, &caller.uid, &cfg.images.allow) {
-        Ok(i) => i,
-        Err(e) => return Ok(user_err(request, e.arg("contact", contact))),
-    };
+    let registry_host = app.registry.as_ref().map(|r| r.cfg.host.as_str());
+    let image =
+        match images::resolve_with(&raw_image, &caller.uid, &cfg.images.allow, registry_host) {
+            Ok(i) => i,
+            Err(e) => return Ok(user_err(request, e.arg("contact", contact))),
+        };
     if let Source::User(owner) = &image.source {
-        // Sharing arrives with the registry; until then another user's image is visible only to admins.
+        // Checked on every run: a rootful Podman may still hold an image pulled
+        // earlier by someone who was allowed to then.
+        let shared = match registry_repository(app, &image.reference) {
+            Some(repo) => app.store.shared_with_of(&repo).await?,
+            None => Vec::new(),
+        };
         let d = authorize(
             caller,
             Action::Use,
@@ -263,12 +283,35 @@ async fn run(
                 kind: "image",
                 name: &image.reference,
                 owner,
-                shared_with: &[],
+                shared_with: &shared,
                 owner_groups: &[],
             },
             &app.role_groups,
         );
         if !d.allowed() {
+            return Ok(user_err(
+                request,
+                UserError::new("image.not_found").arg("image", &raw_image),
+            ));
+        }
+    }
+    if let (Some(reg), Some(repo)) = (
+        app.registry.as_ref(),
+        registry_repository(app, &image.reference),
+    ) {
+        let reference = image
+            .reference
+            .rsplit_once(['@', ':'])
+            .map(|(_, r)| r.to_string())
+            .unwrap_or_else(|| "latest".into());
+        if reg
+            .client()
+            .manifest(&repo, &reference)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
             return Ok(user_err(
                 request,
                 UserError::new("image.not_found").arg("image", &raw_image),
@@ -359,6 +402,7 @@ async fn run(
             memory,
             wait: inv.has("wait"),
             ip: want_ip,
+            pullable: registry_repository(app, &image.reference).is_some(),
         },
     )
     .await?;
@@ -808,6 +852,32 @@ pub async fn run_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError
         .as_ref()
         .map(|g| g.devices.clone())
         .unwrap_or_default();
+    // A registry image the blade does not have yet: pull it as its owner, for this repository only.
+    if let (Some(reg), Some(repo)) = (app.registry.as_ref(), registry_repository(app, &row.image)) {
+        if !client
+            .image_exists(&row.image)
+            .await
+            .map_err(|e| retry_or_fail(job, e))?
+        {
+            let cred = reg.pull_credential(&row.owner, &repo);
+            if let Err(e) = client
+                .pull(&row.image, &row.owner, &cred, !reg.cfg.insecure)
+                .await
+            {
+                return Err(match e {
+                    PodmanError::Api { message, .. } => {
+                        discard(app, &row).await;
+                        JobError::User(
+                            UserError::new("container.start_failed")
+                                .arg("name", &row.name)
+                                .arg("reason", format!("pulling the image failed: {message}")),
+                        )
+                    }
+                    other => JobError::Retry(other.into()),
+                });
+            }
+        }
+    }
     let ip = app.store.ip_of(row.id).await.map_err(JobError::Retry)?;
     if let (Some(_), Some(pool)) = (&ip, &blade.ip_pool) {
         if let Err(e) = client

@@ -5,6 +5,7 @@
 pub mod blades;
 pub mod containers;
 pub mod events;
+pub mod images;
 pub mod info;
 pub mod slash;
 

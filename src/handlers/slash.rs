@@ -138,6 +138,11 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
             audit_res(action, h.outcome, None, h.resource).await?;
             Ok(h.reply)
         }
+        (Program::Container, "images" | "share" | "unshare" | "rmi" | "token") => {
+            let h = super::images::handle(app, &account, &inv, request_id).await?;
+            audit_res(action, h.outcome, None, h.resource).await?;
+            Ok(h.reply)
+        }
         (Program::Container, "blades") => {
             audit(action, "ok", None).await?;
             Ok(Reply::new(

@@ -30,6 +30,8 @@ pub fn router(app: Arc<App>) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/hooks/mattermost", post(mattermost_hook).layer(DefaultBodyLimit::max(MATTERMOST_BODY_LIMIT)))
+        .route("/registry/token", get(registry_token))
+        .route("/hooks/registry", post(registry_hook).layer(DefaultBodyLimit::max(1024 * 1024)))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
@@ -120,4 +122,84 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     gauges.extend(crate::handlers::blades::gauges(&app).await);
     let body = app.metrics.render(&gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    scope: Vec<String>,
+}
+
+/// distribution's token protocol: 200 with the token, or 401 in the
+/// registry's error form with a Basic challenge.
+async fn registry_token(
+    State(app): State<Arc<App>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let q: TokenQuery = match serde_html_form::from_str(uri.query().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => {
+            return registry_error(
+                StatusCode::BAD_REQUEST,
+                "DENIED",
+                &format!("malformed query: {e}"),
+            )
+        }
+    };
+    let req = crate::registry::TokenRequest {
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        service: q.service,
+        scopes: q.scope,
+        address: peer
+            .map(|p| p.0 .0.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+    };
+    match crate::registry::issue(&app, req).await {
+        Ok(t) => Json(serde_json::json!({"token": t.token, "access_token": t.token, "expires_in": t.expires_in, "issued_at": t.issued_at})).into_response(),
+        Err(crate::registry::TokenError::Unauthorized(why)) => {
+            let mut r = registry_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", why);
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Basic realm=\"shisa\""));
+            r
+        }
+        Err(crate::registry::TokenError::Limited) => {
+            registry_error(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", "too many failed logins; wait a minute")
+        }
+        Err(crate::registry::TokenError::BadRequest(m)) => registry_error(StatusCode::BAD_REQUEST, "DENIED", &m),
+    }
+}
+
+fn registry_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"errors": [{"code": code, "message": message, "detail": null}]})),
+    )
+        .into_response()
+}
+
+/// Registry notifications, authenticated by the header configured in the registry.
+async fn registry_hook(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(reg) = app.registry.as_ref() else {
+        return error_json(StatusCode::NOT_FOUND, "no registry configured");
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !reg.cfg.notification_token.matches(given) {
+        return error_json(
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing notification token",
+        );
+    }
+    match crate::registry::notifications(&app, &body).await {
+        Ok(n) => Json(serde_json::json!({"applied": n})).into_response(),
+        Err(e) => error_json(StatusCode::BAD_REQUEST, &e),
+    }
 }

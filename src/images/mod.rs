@@ -105,6 +105,17 @@ fn bad(raw: &str) -> UserError {
 
 /// Resolve what `caller` typed. `allow` is the admins' allow-list.
 pub fn resolve(raw: &str, caller: &str, allow: &[String]) -> Result<ImageRef, UserError> {
+    resolve_with(raw, caller, allow, None)
+}
+
+/// With a department registry, users' images live there: `myimg:1` is
+/// `REGISTRY/OWNER/myimg:1`, `bob/x` is `REGISTRY/bob/x`, `library/x` the admins'.
+pub fn resolve_with(
+    raw: &str,
+    caller: &str,
+    allow: &[String],
+    registry: Option<&str>,
+) -> Result<ImageRef, UserError> {
     if raw.is_empty() || raw.len() > 255 || raw.contains("://") {
         return Err(bad(raw));
     }
@@ -123,9 +134,18 @@ pub fn resolve(raw: &str, caller: &str, allow: &[String]) -> Result<ImageRef, Us
     }
     let parts: Vec<&str> = path.split('/').collect();
     let first = parts[0];
-    let has_host =
+    let mut has_host =
         parts.len() > 1 && (first.contains('.') || first.contains(':') || first == "localhost");
-    let repo_parts = if has_host { &parts[1..] } else { &parts[..] };
+    // The department registry written out in full is the same as not written.
+    let ours = has_host && registry == Some(first);
+    if ours {
+        has_host = false;
+    }
+    let repo_parts = if has_host || ours {
+        &parts[1..]
+    } else {
+        &parts[..]
+    };
     if repo_parts.is_empty()
         || !repo_parts.iter().all(|p| valid_component(p))
         || (has_host && !valid_host(first))
@@ -156,13 +176,17 @@ pub fn resolve(raw: &str, caller: &str, allow: &[String]) -> Result<ImageRef, Us
         }
         (full, Source::External)
     } else {
+        let prefix = registry.unwrap_or("localhost");
         match repo_parts {
-            [name] => (format!("localhost/{caller}/{name}{suffix}"), Source::Own),
+            [name] => (format!("{prefix}/{caller}/{name}{suffix}"), Source::Own),
             [owner, name] if *owner == caller => {
-                (format!("localhost/{owner}/{name}{suffix}"), Source::Own)
+                (format!("{prefix}/{owner}/{name}{suffix}"), Source::Own)
+            }
+            ["library", name] if registry.is_some() => {
+                (format!("{prefix}/library/{name}{suffix}"), Source::Admin)
             }
             [owner, name] => (
-                format!("localhost/{owner}/{name}{suffix}"),
+                format!("{prefix}/{owner}/{name}{suffix}"),
                 Source::User(owner.to_string()),
             ),
             _ => return Err(bad(raw)),

@@ -403,6 +403,46 @@ impl PodmanClient {
         }))
     }
 
+    /// Pull an image with credentials (`X-Registry-Auth`: base64 JSON, as Podman's clients send it).
+    pub async fn pull(
+        &self,
+        reference: &str,
+        username: &str,
+        password: &str,
+        tls_verify: bool,
+    ) -> Result<(), PodmanError> {
+        use base64::Engine;
+        let auth = serde_json::json!({"username": username, "password": password}).to_string();
+        let header = base64::engine::general_purpose::URL_SAFE.encode(auth);
+        let r = self
+            .http
+            .post(format!("{API}/images/pull"))
+            .query(&[
+                ("reference", reference),
+                ("tlsVerify", if tls_verify { "true" } else { "false" }),
+                ("quiet", "true"),
+            ])
+            .header("X-Registry-Auth", header)
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let r = self.check(r).await?;
+        let body = r.text().await.map_err(|e| self.unreachable(e))?;
+        // Errors can arrive inside a 200 stream as {"error": "..."}.
+        for line in body.lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                if let Some(e) = v["error"].as_str().filter(|e| !e.is_empty()) {
+                    return Err(PodmanError::Api {
+                        status: 500,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Create a bridge network for an IP pool unless it exists.
     pub async fn ensure_network(
         &self,

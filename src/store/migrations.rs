@@ -138,6 +138,50 @@ CREATE TABLE ip_leases (
 CREATE INDEX ip_leases_container ON ip_leases(container_id);
 "#,
         ),
+        M::up(
+            r#"
+-- The registry's tags as shisa knows them (notifications, repaired by sync).
+CREATE TABLE images (
+    repository  TEXT NOT NULL,
+    tag         TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    size        INTEGER NOT NULL DEFAULT 0,
+    pushed_at   INTEGER NOT NULL,
+    PRIMARY KEY (repository, tag)
+);
+CREATE INDEX images_owner ON images(owner);
+
+-- Sharing is per repository: with a user, a group, or `all`.
+CREATE TABLE shares (
+    repository  TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    grantee     TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (repository, grantee)
+);
+CREATE TABLE image_descriptions (
+    repository  TEXT PRIMARY KEY,
+    description TEXT NOT NULL
+);
+
+-- Personal registry tokens: only a hash is kept.
+CREATE TABLE registry_tokens (
+    id          INTEGER PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    hash        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    last_used   INTEGER,
+    revoked_at  INTEGER
+);
+
+-- Notification event ids already applied (replays are ignored).
+CREATE TABLE registry_events (
+    id     TEXT PRIMARY KEY,
+    at     INTEGER NOT NULL
+);
+"#,
+        ),
     ])
 }
 

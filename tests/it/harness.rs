@@ -57,7 +57,7 @@ fn spawn_daemon(mut cmd: Command) -> u32 {
     rx.recv().unwrap()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -164,6 +164,10 @@ pub struct Opts {
     pub extra: String,
     /// Replaces the one local blade: `[[blades]]` tables of the test's own.
     pub blades: Option<String>,
+    /// Listen on this port (when another service must know it in advance).
+    pub listen_port: Option<u16>,
+    /// Another static users file.
+    pub users_file: Option<PathBuf>,
 }
 
 pub const TOKEN: &str = "test-container-token";
@@ -194,7 +198,11 @@ pub fn config_text(o: &Opts, data_dir: &Path) -> String {
     match o.directory {
         Dir::Static => s.push_str(&format!(
             "[directory]\nsource = \"static\"\nusers_file = {:?}\ncache_seconds = 0\n",
-            repo().join("deploy/demo-users.toml").display().to_string()
+            o.users_file
+                .clone()
+                .unwrap_or_else(|| repo().join("deploy/demo-users.toml"))
+                .display()
+                .to_string()
         )),
         Dir::Ldap => {
             let l = slapd();
@@ -254,11 +262,17 @@ impl Stack {
             .unwrap_or_else(|| tempfile::tempdir_in(run_root()).unwrap().keep());
         let path = data_dir.with_extension("toml");
         std::fs::write(&path, config_text(&o, &data_dir)).unwrap();
-        Self::start_with(&path, data_dir).await
+        Self::start_on(&path, data_dir, o.listen_port.unwrap_or(0)).await
     }
 
     pub async fn start_with(path: &Path, data_dir: PathBuf) -> Stack {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(path, data_dir, 0).await
+    }
+
+    pub async fn start_on(path: &Path, data_dir: PathBuf, port: u16) -> Stack {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let mut for_chat = Config::load(path).unwrap();
         for_chat.server.public_url = Some(format!("http://{addr}"));
@@ -587,4 +601,42 @@ pub fn sshd() -> &'static Sshd {
         wait_for("sshd", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
         Sshd { port, key: dir.join("client_key"), known_hosts: dir.join("known_hosts") }
     })
+}
+
+/// A real registry (Debian's docker-registry) whose token realm and
+/// notifications point at a shisa that will listen on `shisa_port`.
+pub struct RegistryProc {
+    pub port: u16,
+    pub toml: String,
+}
+
+pub const NOTIFY_TOKEN: &str = "Bearer test-notify-secret";
+
+pub fn registry(shisa_port: u16) -> RegistryProc {
+    let dir = tempfile::tempdir_in(run_root()).unwrap().keep();
+    let (key, cert) = (dir.join("token-key.pem"), dir.join("token-cert.pem"));
+    shisa::registry::jwt::ensure_keys(&key, &cert).unwrap();
+    let port = free_port();
+    let conf = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  token:\n    realm: http://127.0.0.1:{shisa_port}/registry/token\n    service: shisa-registry\n    issuer: shisa\n    rootcertbundle: {cert}\nnotifications:\n  endpoints:\n    - name: shisa\n      url: http://127.0.0.1:{shisa_port}/hooks/registry\n      headers:\n        Authorization: [\"{NOTIFY_TOKEN}\"]\n      timeout: 2s\n      threshold: 10\n      backoff: 1s\n",
+        d = dir.display(),
+        cert = cert.display()
+    );
+    std::fs::write(dir.join("config.yml"), conf).unwrap();
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    spawn_daemon(cmd);
+    wait_for("docker-registry", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let toml = format!(
+        "[registry]\nurl = \"http://127.0.0.1:{port}\"\nhost = \"127.0.0.1:{port}\"\nrealm = \"http://127.0.0.1:{shisa_port}/registry/token\"\nkey_file = {:?}\ncert_file = {:?}\nnotification_token = {:?}\nsync_seconds = 2\ninsecure = true\n",
+        key.display().to_string(),
+        cert.display().to_string(),
+        NOTIFY_TOKEN
+    );
+    RegistryProc { port, toml }
 }

@@ -8,4 +8,5 @@ mod harness;
 mod identity;
 mod queue;
 mod reference;
+mod registry;
 mod slash;

@@ -1,0 +1,153 @@
+//! The registry API as shisa uses it (catalog, tags, manifests, delete),
+//! authenticated with tokens shisa issues itself.
+
+use std::time::Duration;
+
+use super::jwt::Access;
+use super::Registry;
+
+/// distribution 2.8 returns 404 for an OCI manifest asked without OCI types,
+/// and rewrites schema2 to schema1 (another digest) without schema2 types:
+/// always ask for all of them (shared/docs/protocols.md §5.2).
+pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+pub struct Client<'a> {
+    pub reg: &'a Registry,
+    pub http: reqwest::Client,
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+impl Client<'_> {
+    fn token(&self, access: Vec<Access>) -> String {
+        self.reg.signer.issue(
+            &self.reg.cfg.issuer,
+            &self.reg.cfg.service,
+            "shisa",
+            &access,
+            120,
+        )
+    }
+
+    fn repo_token(&self, name: &str, actions: &[&str]) -> String {
+        self.token(vec![Access {
+            kind: "repository".into(),
+            name: name.into(),
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+        }])
+    }
+
+    pub async fn catalog(&self) -> anyhow::Result<Vec<String>> {
+        let tok = self.token(vec![Access {
+            kind: "registry".into(),
+            name: "catalog".into(),
+            actions: vec!["*".into()],
+        }]);
+        let mut out = Vec::new();
+        let mut url = format!("{}/v2/_catalog?n=100", self.reg.cfg.url);
+        loop {
+            let r = self
+                .http
+                .get(&url)
+                .bearer_auth(&tok)
+                .send()
+                .await?
+                .error_for_status()?;
+            let next = r
+                .headers()
+                .get("link")
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| l.split(';').next())
+                .map(|l| l.trim().trim_matches(['<', '>']).to_string());
+            #[derive(serde::Deserialize)]
+            struct Cat {
+                #[serde(default)]
+                repositories: Vec<String>,
+            }
+            let c: Cat = r.json().await?;
+            out.extend(c.repositories);
+            match next {
+                Some(n) if !n.is_empty() => url = format!("{}{n}", self.reg.cfg.url),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn tags(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let r = self
+            .http
+            .get(format!("{}/v2/{name}/tags/list", self.reg.cfg.url))
+            .bearer_auth(self.repo_token(name, &["pull"]))
+            .send()
+            .await?;
+        if r.status().as_u16() == 404 {
+            return Ok(vec![]);
+        }
+        #[derive(serde::Deserialize)]
+        struct Tags {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let t: Tags = r.error_for_status()?.json().await?;
+        Ok(t.tags.unwrap_or_default())
+    }
+
+    /// (digest, total size of config and layers) of a tag, or None if it does not exist.
+    pub async fn manifest(
+        &self,
+        name: &str,
+        reference: &str,
+    ) -> anyhow::Result<Option<(String, u64)>> {
+        let r = self
+            .http
+            .get(format!(
+                "{}/v2/{name}/manifests/{reference}",
+                self.reg.cfg.url
+            ))
+            .bearer_auth(self.repo_token(name, &["pull"]))
+            .header("accept", ACCEPT)
+            .send()
+            .await?;
+        if r.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let r = r.error_for_status()?;
+        let digest = r
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|d| d.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let m: serde_json::Value = r.json().await?;
+        let mut size = m["config"]["size"].as_u64().unwrap_or(0);
+        for l in m["layers"].as_array().into_iter().flatten() {
+            size += l["size"].as_u64().unwrap_or(0);
+        }
+        // An index: count its manifests' sizes as given (layers are not fetched).
+        for l in m["manifests"].as_array().into_iter().flatten() {
+            size += l["size"].as_u64().unwrap_or(0);
+        }
+        Ok(Some((digest, size)))
+    }
+
+    /// Delete by digest (the only way distribution 2.8 accepts); all its tags go.
+    pub async fn delete_manifest(&self, name: &str, digest: &str) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .delete(format!("{}/v2/{name}/manifests/{digest}", self.reg.cfg.url))
+            .bearer_auth(self.repo_token(name, &["pull", "delete"]))
+            .send()
+            .await?;
+        match r.status().as_u16() {
+            202 | 404 => Ok(()),
+            405 => anyhow::bail!("the registry has deletes disabled (storage.delete.enabled)"),
+            s => anyhow::bail!("registry answered {s} to a delete"),
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Registry image records, sharing, personal registry tokens.
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use super::{now, Store};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageRow {
+    pub repository: String,
+    pub tag: String,
+    pub owner: String,
+    pub digest: String,
+    pub size: u64,
+    pub pushed_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRow {
+    pub id: i64,
+    pub owner: String,
+    pub created_at: i64,
+    pub last_used: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+fn image(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
+    Ok(ImageRow {
+        repository: r.get(0)?,
+        tag: r.get(1)?,
+        owner: r.get(2)?,
+        digest: r.get(3)?,
+        size: r.get::<_, i64>(4)? as u64,
+        pushed_at: r.get(5)?,
+    })
+}
+
+const ICOLS: &str = "repository, tag, owner, digest, size, pushed_at";
+
+impl Store {
+    pub async fn upsert_image(&self, i: ImageRow) -> anyhow::Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO images(repository, tag, owner, digest, size, pushed_at) VALUES (?1,?2,?3,?4,?5,?6)
+                 ON CONFLICT(repository, tag) DO UPDATE SET digest = excluded.digest, size = excluded.size, pushed_at = excluded.pushed_at
+                 WHERE images.digest != excluded.digest OR images.size != excluded.size",
+                params![i.repository, i.tag, i.owner, i.digest, i.size as i64, i.pushed_at],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_image_digest(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> anyhow::Result<usize> {
+        let (r, d) = (repository.to_string(), digest.to_string());
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM images WHERE repository = ?1 AND digest = ?2",
+                [r, d],
+            )
+        })
+        .await
+    }
+
+    pub async fn delete_image_tag(&self, repository: &str, tag: &str) -> anyhow::Result<usize> {
+        let (r, t) = (repository.to_string(), tag.to_string());
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM images WHERE repository = ?1 AND tag = ?2",
+                [r, t],
+            )
+        })
+        .await
+    }
+
+    pub async fn all_images(&self) -> anyhow::Result<Vec<ImageRow>> {
+        self.call(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {ICOLS} FROM images ORDER BY repository, tag"
+            ))?;
+            let v = st.query_map([], image)?.collect();
+            v
+        })
+        .await
+    }
+
+    pub async fn images_of(&self, owner: &str) -> anyhow::Result<Vec<ImageRow>> {
+        let o = owner.to_string();
+        self.call(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {ICOLS} FROM images WHERE owner = ?1 ORDER BY repository, tag"
+            ))?;
+            let v = st.query_map([o], image)?.collect();
+            v
+        })
+        .await
+    }
+
+    pub async fn image(&self, repository: &str, tag: &str) -> anyhow::Result<Option<ImageRow>> {
+        let (r, t) = (repository.to_string(), tag.to_string());
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {ICOLS} FROM images WHERE repository = ?1 AND tag = ?2"),
+                [r, t],
+                image,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn repository_exists(&self, repository: &str) -> anyhow::Result<bool> {
+        let r = repository.to_string();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM images WHERE repository = ?1",
+                [r],
+                |x| x.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| n > 0)
+    }
+
+    /// Registry bytes a user uses: each layer set (digest) counted once.
+    pub async fn registry_usage(&self, owner: &str) -> anyhow::Result<u64> {
+        let o = owner.to_string();
+        self.call(move |c| {
+            c.query_row("SELECT COALESCE(SUM(size), 0) FROM (SELECT DISTINCT digest, size FROM images WHERE owner = ?1)", [o], |r| r.get::<_, i64>(0))
+        })
+        .await
+        .map(|n| n as u64)
+    }
+
+    pub async fn share(&self, repository: &str, owner: &str, grantee: &str) -> anyhow::Result<()> {
+        let (r, o, g) = (
+            repository.to_string(),
+            owner.to_string(),
+            grantee.to_string(),
+        );
+        self.call(move |c| c.execute("INSERT OR IGNORE INTO shares(repository, owner, grantee, created_at) VALUES (?1,?2,?3,?4)", params![r, o, g, now()]))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn unshare(&self, repository: &str, grantee: Option<&str>) -> anyhow::Result<usize> {
+        let (r, g) = (repository.to_string(), grantee.map(str::to_string));
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM shares WHERE repository = ?1 AND (?2 IS NULL OR grantee = ?2)",
+                params![r, g],
+            )
+        })
+        .await
+    }
+
+    pub async fn shared_with_of(&self, repository: &str) -> anyhow::Result<Vec<String>> {
+        let r = repository.to_string();
+        self.call(move |c| {
+            let mut st =
+                c.prepare("SELECT grantee FROM shares WHERE repository = ?1 ORDER BY grantee")?;
+            let v = st.query_map([r], |x| x.get(0))?.collect();
+            v
+        })
+        .await
+    }
+
+    /// Repositories shared with a user (directly, through a group, or with all).
+    pub async fn shared_repositories(
+        &self,
+        uid: &str,
+        groups: &[String],
+    ) -> anyhow::Result<Vec<String>> {
+        let mut who = vec![uid.to_string(), "all".to_string()];
+        who.extend(groups.iter().cloned());
+        self.call(move |c| {
+            let mut out = Vec::new();
+            let mut st = c.prepare("SELECT DISTINCT repository FROM shares WHERE grantee = ?1")?;
+            for w in &who {
+                for r in st.query_map([w], |x| x.get::<_, String>(0))? {
+                    out.push(r?);
+                }
+            }
+            out.sort();
+            out.dedup();
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn set_description(&self, repository: &str, description: &str) -> anyhow::Result<()> {
+        let (r, d) = (repository.to_string(), description.to_string());
+        self.call(move |c| c.execute("INSERT OR REPLACE INTO image_descriptions(repository, description) VALUES (?1, ?2)", [r, d])).await?;
+        Ok(())
+    }
+
+    pub async fn description(&self, repository: &str) -> anyhow::Result<Option<String>> {
+        let r = repository.to_string();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT description FROM image_descriptions WHERE repository = ?1",
+                [r],
+                |x| x.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn new_registry_token(&self, owner: &str, hash: &str) -> anyhow::Result<i64> {
+        let (o, h) = (owner.to_string(), hash.to_string());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO registry_tokens(owner, hash, created_at) VALUES (?1, ?2, ?3)",
+                params![o, h, now()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    /// (owner, hash) of a live token.
+    pub async fn registry_token(&self, id: i64) -> anyhow::Result<Option<(String, String)>> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT owner, hash FROM registry_tokens WHERE id = ?1 AND revoked_at IS NULL",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn touch_registry_token(&self, id: i64) -> anyhow::Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE registry_tokens SET last_used = ?1 WHERE id = ?2",
+                params![now(), id],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn registry_tokens_of(&self, owner: &str) -> anyhow::Result<Vec<TokenRow>> {
+        let o = owner.to_string();
+        self.call(move |c| {
+            let mut st = c.prepare("SELECT id, owner, created_at, last_used, revoked_at FROM registry_tokens WHERE owner = ?1 ORDER BY id")?;
+            let v = st
+                .query_map([o], |r| Ok(TokenRow { id: r.get(0)?, owner: r.get(1)?, created_at: r.get(2)?, last_used: r.get(3)?, revoked_at: r.get(4)? }))?
+                .collect();
+            v
+        })
+        .await
+    }
+
+    pub async fn revoke_registry_token(&self, owner: &str, id: i64) -> anyhow::Result<bool> {
+        let o = owner.to_string();
+        self.call(move |c| c.execute("UPDATE registry_tokens SET revoked_at = ?1 WHERE id = ?2 AND owner = ?3 AND revoked_at IS NULL", params![now(), id, o]))
+            .await
+            .map(|n| n > 0)
+    }
+
+    /// True the first time an event id is seen.
+    pub async fn first_registry_event(&self, id: &str) -> anyhow::Result<bool> {
+        let i = id.to_string();
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO registry_events(id, at) VALUES (?1, ?2)",
+                params![i, now()],
+            )
+        })
+        .await
+        .map(|n| n == 1)
+    }
+}

@@ -1,0 +1,288 @@
+//! The department registry with a real docker-registry whose token realm is
+//! the shisa under test: namespaces, sharing, tokens, notifications, sync,
+//! rmi, quotas.
+
+use std::process::Output;
+use std::time::Duration;
+
+use crate::harness::{free_port, registry, run_root, Opts, Stack, NOTIFY_TOKEN};
+
+struct Env {
+    s: Stack,
+    host: String,
+}
+
+impl Env {
+    /// `podman` against the harness's storage, with one auth file per user.
+    fn podman(&self, user: &str, args: &[&str]) -> Output {
+        let sock = crate::harness::podman();
+        let dir = sock.parent().unwrap();
+        let auth = run_root().join(format!("auth-{}-{user}.json", self.host.replace(':', "_")));
+        std::process::Command::new("podman")
+            .env("CONTAINERS_CONF", dir.join("containers.conf"))
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--runroot")
+            .arg(dir.join("runroot"))
+            .arg(args[0])
+            .args(if args[0] == "tag" {
+                vec![]
+            } else {
+                vec!["--authfile".to_string(), auth.display().to_string()]
+            })
+            .args(&args[1..])
+            .output()
+            .unwrap()
+    }
+    fn login(&self, user: &str, password: &str) -> Output {
+        self.podman(
+            user,
+            &[
+                "login",
+                "--tls-verify=false",
+                "-u",
+                user,
+                "-p",
+                password,
+                &self.host,
+            ],
+        )
+    }
+    fn push(&self, user: &str, reference: &str) -> Output {
+        let full = format!("{}/{reference}", self.host);
+        let t = self.podman(user, &["tag", "localhost/busybox:latest", &full]);
+        assert!(t.status.success());
+        self.podman(user, &["push", "--tls-verify=false", &full])
+    }
+    fn pull(&self, user: &str, reference: &str) -> Output {
+        self.podman(
+            user,
+            &[
+                "pull",
+                "--tls-verify=false",
+                &format!("{}/{reference}", self.host),
+            ],
+        )
+    }
+}
+
+async fn env(extra: &str, users_file: Option<std::path::PathBuf>) -> Env {
+    crate::harness::test_images();
+    let port = free_port();
+    let reg = registry(port);
+    let extra = format!("{}\n{}", reg.toml, extra);
+    let s = Stack::start(Opts {
+        podman: true,
+        listen_port: Some(port),
+        extra,
+        users_file,
+        ..Default::default()
+    })
+    .await;
+    Env {
+        s,
+        host: format!("127.0.0.1:{}", reg.port),
+    }
+}
+
+fn ok(o: &Output) -> bool {
+    o.status.success()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+async fn wait_for_image(s: &Stack, repo: &str, tag: &str, present: bool) {
+    for _ in 0..100 {
+        if s.store().image(repo, tag).await.unwrap().is_some() == present {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("image {repo}:{tag} present={present} not reached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_sharing_tokens_notifications_sync_and_rmi() {
+    let e = env("", None).await;
+    let s = &e.s;
+    // alice logs in with her directory password and pushes into her namespace.
+    assert!(ok(&e.login("alice", "alice-demo")), "login");
+    assert!(!ok(&e.login("alice", "wrong")), "a wrong password fails");
+    let p = e.push("alice", "alice/app:1");
+    assert!(ok(&p), "push alice/app:1: {}", err(&p));
+    // Not into bob's.
+    let p = e.push("alice", "bob/app:1");
+    assert!(!ok(&p), "alice must not push bob/app:1");
+    assert!(s
+        .store()
+        .audit_entries(Some("alice"))
+        .unwrap()
+        .iter()
+        .any(|a| a.action == "registry.token"
+            && a.outcome == "denied"
+            && a.resource.as_deref() == Some("repository:bob/app")));
+    // bob pushes his; alice cannot pull it until he shares it with her.
+    assert!(ok(&e.login("bob", "bob-demo")));
+    assert!(ok(&e.push("bob", "bob/app:1")));
+    assert!(!ok(&e.pull("alice", "bob/app:1")), "unshared: refused");
+    wait_for_image(s, "bob/app", "1", true).await;
+    let t = s
+        .say(
+            "bob",
+            "/container share app --with alice --description \"busybox for the lab\"",
+        )
+        .await;
+    assert!(t.contains("shared with: alice"), "{t}");
+    let p = e.pull("alice", "bob/app:1");
+    assert!(ok(&p), "shared: pull works: {}", err(&p));
+    let t = s.say("alice", "/container images --shared").await;
+    assert!(
+        t.contains("`bob/app` | `1`") && t.contains("busybox for the lab"),
+        "{t}"
+    );
+    // The image table followed the pushes (notifications).
+    wait_for_image(s, "alice/app", "1", true).await;
+    let t = s.say("alice", "/container images").await;
+    assert!(
+        t.contains("`alice/app` | `1`") && t.contains("Registry use:"),
+        "{t}"
+    );
+    // Run it through shisa: the blade pulls it with a credential for that repository only.
+    let t = s
+        .say(
+            "alice",
+            "/container run --name from-reg bob/app:1 -- sleep 600",
+        )
+        .await;
+    assert!(t.contains("is running"), "{t}");
+    s.say("alice", "/container rm --force from-reg").await;
+    // Unshared again: run re-checks, even though the blade holds the image now.
+    s.say("bob", "/container unshare app").await;
+    let t = s.say("alice", "/container run bob/app:1").await;
+    assert!(t.contains("There is no image `bob/app:1`"), "{t}");
+    // Personal tokens: shown once, work for login, stop working when revoked.
+    let t = s.say("alice", "/container token new").await;
+    let secret = t
+        .split_whitespace()
+        .find(|w| w.starts_with("shisa_"))
+        .unwrap()
+        .to_string();
+    assert!(
+        ok(&e.login("alice", &secret)),
+        "login with a personal token"
+    );
+    assert!(s
+        .say("alice", "/container token list")
+        .await
+        .contains("| active |"));
+    let id = secret.split('_').nth(1).unwrap();
+    assert!(s
+        .say("alice", &format!("/container token revoke {id}"))
+        .await
+        .contains("revoked"));
+    let o = e.login("alice", &secret);
+    assert!(!ok(&o), "a revoked token stops working");
+    // The token endpoint's own answer: 401 in the registry's error form.
+    let r = reqwest::Client::new()
+        .get(s.url("/registry/token?service=shisa-registry&scope=repository:alice/app:pull"))
+        .basic_auth("alice", Some(&secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_some());
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+    let r = reqwest::Client::new()
+        .get(s.url("/registry/token?scope=repository:Alice/..:pull"))
+        .basic_auth("alice", Some("alice-demo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "malformed scope");
+    // Forged and replayed notifications change nothing.
+    let forged = serde_json::json!({"events": [{"id": "f1", "action": "delete", "target": {"repository": "alice/app", "digest": "sha256:00", "mediaType": "application/vnd.oci.image.manifest.v1+json"}}]});
+    let r = reqwest::Client::new()
+        .post(s.url("/hooks/registry"))
+        .header("authorization", "Bearer nope")
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The sync repairs a notification that never arrived.
+    s.store().delete_image_tag("alice/app", "1").await.unwrap();
+    wait_for_image(s, "alice/app", "1", true).await;
+    // rmi removes the manifest from the registry, and the record.
+    let t = s.say("alice", "/container rmi app:1").await;
+    assert!(t.contains("Deleted `alice/app`"), "{t}");
+    assert!(s.store().image("alice/app", "1").await.unwrap().is_none());
+    assert!(!ok(&e.pull("alice", "alice/app:1")), "the manifest is gone");
+    // bob cannot rmi alice's; a replayed delete of bob's does nothing twice.
+    assert!(s
+        .say("alice", "/container rmi bob/app:1")
+        .await
+        .contains("There is no image"));
+    let img = s.store().image("bob/app", "1").await.unwrap().unwrap();
+    let ev = serde_json::json!({"events": [{"id": "evt-bob-del", "action": "delete", "target": {"repository": "bob/app", "digest": img.digest}}]});
+    for _ in 0..2 {
+        let r = reqwest::Client::new()
+            .post(s.url("/hooks/registry"))
+            .header("authorization", NOTIFY_TOKEN)
+            .json(&ev)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        s.store().image("bob/app", "1").await.unwrap().is_none(),
+        "a delete notification removes the record"
+    );
+    e.s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_reserved_names() {
+    // A user named like a reserved namespace gains nothing.
+    let mut users =
+        std::fs::read_to_string(crate::harness::repo().join("deploy/demo-users.toml")).unwrap();
+    users.push_str("\n[[users]]\nuid = \"library\"\nuid_number = 20099\ngid_number = 20099\nname = \"Sneaky\"\nmail = \"l@example.edu\"\ndemo_password = \"lib-demo\"\n");
+    let uf = run_root().join(format!("users-{}.toml", free_port()));
+    std::fs::write(&uf, users).unwrap();
+    let e = env("[limits.student]\nregistry_bytes = \"100K\"\n", Some(uf)).await;
+    let s = &e.s;
+    assert!(ok(&e.login("library", "lib-demo")));
+    assert!(
+        !ok(&e.push("library", "library/python:3")),
+        "`library` is the admins', not a user's"
+    );
+    // alice's first push fits; then she is over quota and can no longer push.
+    assert!(ok(&e.login("alice", "alice-demo")));
+    assert!(ok(&e.push("alice", "alice/big:1")));
+    wait_for_image(s, "alice/big", "1", true).await;
+    let p = e.push("alice", "alice/more:1");
+    assert!(!ok(&p), "over quota: push refused");
+    let t = s.say("alice", "/container images").await;
+    assert!(
+        t.contains("Registry use: ") && t.contains(" of 100K."),
+        "{t}"
+    );
+    let mut dm = Vec::new();
+    for _ in 0..50 {
+        dm.extend(s.store().outbox_take("alice").unwrap());
+        if !dm.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        dm.iter().any(|m| m.message.contains("pushing is paused")),
+        "{dm:?}"
+    );
+    // Pull still works when over quota.
+    assert!(ok(&e.pull("alice", "alice/big:1")));
+    e.s.stop().await;
+}
