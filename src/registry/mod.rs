@@ -528,7 +528,7 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T07:46:40Z");
+        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(super::owner_of("alice/app").as_deref(), Some("alice"));
         assert_eq!(super::owner_of("library/x").as_deref(), Some("library"));
         assert_eq!(super::owner_of("shisa/x"), None);
