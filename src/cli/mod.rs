@@ -50,6 +50,11 @@ pub enum Command {
         /// The command line, e.g. "/container help".
         text: Option<String>,
     },
+    /// Create the registry token signing key and certificate (`registry.key_file`, `registry.cert_file`) if missing.
+    RegistryKeys {
+        #[arg(long, env = "SHISA_CONFIG")]
+        config: PathBuf,
+    },
     /// Generate the demo identities from the demo users file.
     Demo {
         #[command(subcommand)]
@@ -71,6 +76,7 @@ pub fn run() -> std::process::ExitCode {
             text,
         } => chat::run(&config, &as_user, inbox, users, timeout, text),
         Command::Demo { what } => demo::run(what),
+        Command::RegistryKeys { config } => registry_keys(&config),
     };
     match result {
         Ok(code) => code,
@@ -79,6 +85,21 @@ pub fn run() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+fn registry_keys(path: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {
+    let cfg = crate::config::Config::load(path)?;
+    let Some(r) = &cfg.registry else {
+        anyhow::bail!("{}: there is no [registry] table", path.display())
+    };
+    let made = crate::registry::jwt::ensure_keys(&r.key_file, &r.cert_file)?;
+    println!(
+        "{} {} and {}; give the certificate to the registry as auth.token.rootcertbundle",
+        if made { "created" } else { "kept the existing" },
+        r.key_file.display(),
+        r.cert_file.display()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {

@@ -108,6 +108,11 @@ fn errors_name_the_key_and_the_reason() {
             "invalid type",
         ),
         ("[server\n".to_string(), "(syntax)", "TOML parse error"),
+        (
+            format!("{b}[registry]\nurl = \"http://127.0.0.1:5000\"\nhost = \"127.0.0.1:5000\"\nrealm = \"http://shisa.example.edu/registry/token\"\nkey_file = \"k.pem\"\ncert_file = \"c.pem\"\nnotification_token = \"x\"\n"),
+            "registry.realm",
+            "plain HTTP",
+        ),
     ];
     for (text, key, reason) in cases {
         let e = err_of(&text);
