@@ -3,7 +3,7 @@
 # Podman (with runc: crun fails on this kind of machine's hybrid cgroups),
 # OpenLDAP for the test and demo directory.
 set -euo pipefail
-PKGS=(podman runc slapd ldap-utils busybox-static curl openssh-server openssh-client docker-registry)
+PKGS=(podman runc slapd ldap-utils busybox-static curl openssh-server openssh-client docker-registry siftool squashfs-tools)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -21,5 +21,6 @@ pub mod messages;
 pub mod ownership;
 pub mod podman;
 pub mod registry;
+pub mod sif;
 pub mod store;
 pub mod worker;

@@ -9,4 +9,5 @@ mod identity;
 mod queue;
 mod reference;
 mod registry;
+mod sif;
 mod slash;
