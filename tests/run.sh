@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "tests/run.sh: run as root (the tests drive rootful Podman)" >&2; exit 1; }
 bash deploy/install-deps.sh
-cargo test --locked --all-targets
+cargo test --locked --lib --bins --tests
