@@ -731,6 +731,14 @@ async fn inspect(app: &Arc<App>, row: &ContainerRow) -> String {
 
 // ---- queued work ----
 
+/// The container a queued job is about; `None` if it was removed meanwhile.
+async fn job_row(app: &Arc<App>, job: &QueuedJob) -> Result<Option<ContainerRow>, JobError> {
+    app.store
+        .container(id_of(job))
+        .await
+        .map_err(JobError::Retry)
+}
+
 fn id_of(job: &QueuedJob) -> i64 {
     job.payload["container"].as_i64().unwrap_or(-1)
 }
@@ -1105,12 +1113,7 @@ async fn tell_owner_if_staff(app: &Arc<App>, job: &QueuedJob, row: &ContainerRow
 }
 
 pub async fn stop_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    let Some(row) = app
-        .store
-        .container(id_of(job))
-        .await
-        .map_err(JobError::Retry)?
-    else {
+    let Some(row) = job_row(app, job).await? else {
         return Ok(String::new());
     };
     if row.state != "running" && row.state != "stopping" {
@@ -1162,12 +1165,7 @@ pub async fn stop_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobErro
 }
 
 pub async fn start_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    let Some(row) = app
-        .store
-        .container(id_of(job))
-        .await
-        .map_err(JobError::Retry)?
-    else {
+    let Some(row) = job_row(app, job).await? else {
         return Ok(String::new());
     };
     if row.state == "running" {
@@ -1236,12 +1234,7 @@ pub async fn start_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobErr
 }
 
 pub async fn rm_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    let Some(row) = app
-        .store
-        .container(id_of(job))
-        .await
-        .map_err(JobError::Retry)?
-    else {
+    let Some(row) = job_row(app, job).await? else {
         return Ok(String::new());
     };
     let (_, client) = blade_of(app, &row.blade).map_err(JobError::Retry)?;
@@ -1279,12 +1272,7 @@ pub async fn rm_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError>
 }
 
 pub async fn exec_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    let Some(row) = app
-        .store
-        .container(id_of(job))
-        .await
-        .map_err(JobError::Retry)?
-    else {
+    let Some(row) = job_row(app, job).await? else {
         return Ok(String::new());
     };
     let cmd: Vec<String> = serde_json::from_value(job.payload["cmd"].clone()).unwrap_or_default();

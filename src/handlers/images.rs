@@ -44,6 +44,20 @@ fn repo_and_tag(raw: &str, caller: &str) -> Result<(String, String), UserError> 
     Ok((repo, tag.to_string()))
 }
 
+/// The text values of a repeatable flag.
+fn texts(inv: &Invocation, flag: &str) -> Vec<String> {
+    inv.values(flag)
+        .iter()
+        .filter_map(|v| {
+            if let Value::Text(t) = v {
+                Some(t.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 fn age(t: i64) -> String {
     let s = (crate::store::now() - t).max(0);
     match s {
@@ -180,17 +194,7 @@ pub async fn handle(
             }
             match inv.sub {
                 "share" => {
-                    let mut with: Vec<String> = inv
-                        .values("with")
-                        .iter()
-                        .filter_map(|v| {
-                            if let Value::Text(t) = v {
-                                Some(t.clone())
-                            } else {
-                                None
-                            }
-                        })
-                        .collect();
+                    let mut with: Vec<String> = texts(inv, "with");
                     if with.is_empty() {
                         with.push("all".into());
                     }
@@ -229,17 +233,7 @@ pub async fn handle(
                     ))
                 }
                 "unshare" => {
-                    let with: Vec<String> = inv
-                        .values("with")
-                        .iter()
-                        .filter_map(|v| {
-                            if let Value::Text(t) = v {
-                                Some(t.clone())
-                            } else {
-                                None
-                            }
-                        })
-                        .collect();
+                    let with: Vec<String> = texts(inv, "with");
                     if with.is_empty() {
                         app.store.unshare(&repo, None).await?;
                     }

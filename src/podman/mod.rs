@@ -44,6 +44,10 @@ impl PodmanClient {
         }
     }
 
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, PodmanError> {
+        rb.send().await.map_err(|e| self.unreachable(e))
+    }
+
     fn unreachable(&self, e: reqwest::Error) -> PodmanError {
         PodmanError::Unreachable {
             socket: self.socket.display().to_string(),
@@ -52,12 +56,7 @@ impl PodmanClient {
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, PodmanError> {
-        let r = self
-            .http
-            .get(format!("{API}{path}"))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let r = self.send(self.http.get(format!("{API}{path}"))).await?;
         let status = r.status();
         if !status.is_success() {
             #[derive(Deserialize)]
@@ -79,12 +78,7 @@ impl PodmanClient {
     }
 
     pub async fn ping(&self) -> Result<(), PodmanError> {
-        let r = self
-            .http
-            .get("http://d/libpod/_ping")
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let r = self.send(self.http.get("http://d/libpod/_ping")).await?;
         if r.status().is_success() {
             Ok(())
         } else {
@@ -123,11 +117,8 @@ impl PodmanClient {
     /// Does the image exist on this blade? (`GET /images/{name}/exists`: 204 or 404.)
     pub async fn image_exists(&self, reference: &str) -> Result<bool, PodmanError> {
         let r = self
-            .http
-            .get(Self::url("/images", reference, "/exists"))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(self.http.get(Self::url("/images", reference, "/exists")))
+            .await?;
         match r.status().as_u16() {
             204 => Ok(true),
             404 => Ok(false),
@@ -143,12 +134,12 @@ impl PodmanClient {
             id: String,
         }
         let r = self
-            .http
-            .post(format!("{API}/containers/create"))
-            .json(spec)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(
+                self.http
+                    .post(format!("{API}/containers/create"))
+                    .json(spec),
+            )
+            .await?;
         let c: Created = self
             .check(r)
             .await?
@@ -160,41 +151,35 @@ impl PodmanClient {
 
     pub async fn start(&self, id: &str) -> Result<(), PodmanError> {
         let r = self
-            .http
-            .post(Self::url("/containers", id, "/start"))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(self.http.post(Self::url("/containers", id, "/start")))
+            .await?;
         self.check(r).await.map(|_| ())
     }
 
     pub async fn stop(&self, id: &str, timeout: u64) -> Result<(), PodmanError> {
         let r = self
-            .http
-            .post(Self::url(
-                "/containers",
-                id,
-                &format!("/stop?timeout={timeout}"),
-            ))
-            .timeout(Duration::from_secs(timeout + 30))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(
+                self.http
+                    .post(Self::url(
+                        "/containers",
+                        id,
+                        &format!("/stop?timeout={timeout}"),
+                    ))
+                    .timeout(Duration::from_secs(timeout + 30)),
+            )
+            .await?;
         self.check(r).await.map(|_| ())
     }
 
     /// Remove; a container that is already gone is not an error.
     pub async fn remove(&self, id: &str, force: bool) -> Result<(), PodmanError> {
         let r = self
-            .http
-            .delete(Self::url(
+            .send(self.http.delete(Self::url(
                 "/containers",
                 id,
                 &format!("?force={force}&v=true"),
-            ))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            )))
+            .await?;
         if r.status().as_u16() == 404 {
             return Ok(());
         }
@@ -219,11 +204,8 @@ impl PodmanClient {
             oom_killed: bool,
         }
         let r = self
-            .http
-            .get(Self::url("/containers", id, "/json"))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(self.http.get(Self::url("/containers", id, "/json")))
+            .await?;
         if r.status().as_u16() == 404 {
             return Ok(None);
         }
@@ -244,15 +226,12 @@ impl PodmanClient {
     /// The last `tail` lines of output (stdout and stderr interleaved).
     pub async fn logs(&self, id: &str, tail: u32) -> Result<String, PodmanError> {
         let r = self
-            .http
-            .get(Self::url(
+            .send(self.http.get(Self::url(
                 "/containers",
                 id,
                 &format!("/logs?stdout=true&stderr=true&follow=false&tail={tail}"),
-            ))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            )))
+            .await?;
         let body = self
             .check(r)
             .await?
@@ -274,12 +253,12 @@ impl PodmanClient {
             "Cmd": e.cmd, "Env": e.env, "WorkingDir": e.workdir, "User": e.user, "Privileged": false,
         });
         let r = self
-            .http
-            .post(Self::url("/containers", id, "/exec"))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(
+                self.http
+                    .post(Self::url("/containers", id, "/exec"))
+                    .json(&body),
+            )
+            .await?;
         let c: Created = self
             .check(r)
             .await?
@@ -321,11 +300,8 @@ impl PodmanClient {
             running: bool,
         }
         let r = self
-            .http
-            .get(Self::url("/exec", &c.id, "/json"))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(self.http.get(Self::url("/exec", &c.id, "/json")))
+            .await?;
         let ins: ExecInspect = self
             .check(r)
             .await?
@@ -344,12 +320,12 @@ impl PodmanClient {
     pub async fn list_labelled(&self, label: &str) -> Result<Vec<Listed>, PodmanError> {
         let filters = serde_json::json!({"label": [label]}).to_string();
         let r = self
-            .http
-            .get(format!("{API}/containers/json"))
-            .query(&[("all", "true"), ("filters", filters.as_str())])
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(
+                self.http
+                    .get(format!("{API}/containers/json"))
+                    .query(&[("all", "true"), ("filters", filters.as_str())]),
+            )
+            .await?;
         self.check(r)
             .await?
             .json()
@@ -415,18 +391,18 @@ impl PodmanClient {
         let auth = serde_json::json!({"username": username, "password": password}).to_string();
         let header = base64::engine::general_purpose::URL_SAFE.encode(auth);
         let r = self
-            .http
-            .post(format!("{API}/images/pull"))
-            .query(&[
-                ("reference", reference),
-                ("tlsVerify", if tls_verify { "true" } else { "false" }),
-                ("quiet", "true"),
-            ])
-            .header("X-Registry-Auth", header)
-            .timeout(Duration::from_secs(600))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(
+                self.http
+                    .post(format!("{API}/images/pull"))
+                    .query(&[
+                        ("reference", reference),
+                        ("tlsVerify", if tls_verify { "true" } else { "false" }),
+                        ("quiet", "true"),
+                    ])
+                    .header("X-Registry-Auth", header)
+                    .timeout(Duration::from_secs(600)),
+            )
+            .await?;
         let r = self.check(r).await?;
         let body = r.text().await.map_err(|e| self.unreachable(e))?;
         // Errors can arrive inside a 200 stream as {"error": "..."}.
@@ -451,22 +427,15 @@ impl PodmanClient {
         gateway: &str,
     ) -> Result<(), PodmanError> {
         let r = self
-            .http
-            .get(Self::url("/networks", name, "/exists"))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(self.http.get(Self::url("/networks", name, "/exists")))
+            .await?;
         if r.status().as_u16() == 204 {
             return Ok(());
         }
         let body = serde_json::json!({"name": name, "driver": "bridge", "subnets": [{"subnet": subnet, "gateway": gateway}], "labels": {"shisa.managed": "true"}});
         let r = self
-            .http
-            .post(format!("{API}/networks/create"))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(self.http.post(format!("{API}/networks/create")).json(&body))
+            .await?;
         if r.status().as_u16() == 409 {
             return Ok(()); // created meanwhile
         }
