@@ -419,6 +419,36 @@ impl PodmanClient {
         Ok(())
     }
 
+    /// An image's id, architecture and OCI config (Env, Entrypoint, Cmd, Labels, WorkingDir).
+    pub async fn image_inspect(&self, reference: &str) -> Result<ImageInfo, PodmanError> {
+        let v: serde_json::Value = self
+            .get_json(&format!("/images/{}/json", enc(reference)))
+            .await?;
+        Ok(ImageInfo {
+            id: v["Id"].as_str().unwrap_or_default().to_string(),
+            architecture: v["Architecture"].as_str().unwrap_or("amd64").to_string(),
+            config: v["Config"].clone(),
+        })
+    }
+
+    /// Mount a (created, not started) container's root filesystem on the blade; returns its path.
+    pub async fn mount(&self, id: &str) -> Result<String, PodmanError> {
+        let r = self
+            .send(self.http.post(Self::url("/containers", id, "/mount")))
+            .await?;
+        let r = self.check(r).await?;
+        // Podman 4.3 answers with the bare path (newer versions quote it as JSON).
+        let t = r.text().await.map_err(|e| self.unreachable(e))?;
+        Ok(t.trim().trim_matches('"').to_string())
+    }
+
+    pub async fn unmount(&self, id: &str) -> Result<(), PodmanError> {
+        let r = self
+            .send(self.http.post(Self::url("/containers", id, "/unmount")))
+            .await?;
+        self.check(r).await.map(|_| ())
+    }
+
     /// Create a bridge network for an IP pool unless it exists.
     pub async fn ensure_network(
         &self,
@@ -650,4 +680,11 @@ mod tests {
             let _ = demux(&b, max);
         }
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub id: String,
+    pub architecture: String,
+    pub config: serde_json::Value,
 }

@@ -9,6 +9,8 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
+pub mod convert;
+
 pub const MAGIC: &[u8; 10] = b"SIF_MAGIC\0";
 pub const VERSION: &[u8; 3] = b"01\0";
 pub const LAUNCH: &str = "#!/usr/bin/env run-singularity\n";

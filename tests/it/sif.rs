@@ -138,3 +138,213 @@ fn we_read_what_siftool_writes() {
         &fs[..]
     );
 }
+
+/// perms, owner, path (without the root prefix), link target.
+fn listing(
+    text: &str,
+    strip: &str,
+) -> std::collections::BTreeMap<String, (String, String, Option<String>)> {
+    let mut m = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 {
+            continue;
+        }
+        let rest = f[5..].join(" ");
+        let (path, target) = match rest.split_once(" -> ") {
+            Some((p, t)) => (p.to_string(), Some(t.to_string())),
+            None => (rest, None),
+        };
+        let path = path
+            .trim_start_matches(strip)
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        if path.is_empty() {
+            continue;
+        }
+        m.insert(path, (f[0].to_string(), f[1].to_string(), target));
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convert_a_multi_layer_image_and_run_its_runscript() {
+    crate::harness::test_images();
+    let sock = crate::harness::podman();
+    let pdir = sock.parent().unwrap();
+    let podman = || {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", pdir.join("containers.conf"))
+            .arg("--root")
+            .arg(pdir.join("root"))
+            .arg("--runroot")
+            .arg(pdir.join("runroot"));
+        c
+    };
+    let dir = tempfile::tempdir_in(run_root()).unwrap();
+    std::fs::write(
+        dir.path().join("Containerfile"),
+        "FROM localhost/busybox:latest\n\
+         RUN rm /bin/vi && echo v2 > /etc/motd && mkdir -p /opt/app && echo one > /opt/app/a && chmod 0640 /opt/app/a && chown 20001:20001 /opt/app/a\n\
+         RUN rm -rf /opt/app && mkdir /opt/app && echo two > /opt/app/b\n\
+         RUN ln -s /etc/motd /motd-link\n\
+         ENV GREETING=\"hello there\"\n\
+         ENTRYPOINT [\"/bin/echo\"]\n\
+         CMD [\"from\", \"runscript\"]\n",
+    )
+    .unwrap();
+    let b = podman()
+        .args(["build", "-q", "-t", "localhost/alice/multi:1"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let client = shisa::podman::PodmanClient::new(sock);
+    let store = dir.path().join("store");
+    let c = shisa::sif::convert::convert(
+        &client,
+        "localhost/alice/multi:1",
+        &store,
+        &dir.path().join("tmp"),
+        "gzip",
+    )
+    .await
+    .unwrap();
+    assert!(!c.cached);
+    let p = c.path.to_str().unwrap();
+    assert!(siftool(&["list", p]).contains("FS (Squashfs/*System/amd64)"));
+    let bytes = std::fs::read(&c.path).unwrap();
+    let s = sif::read_bytes(&bytes).unwrap();
+    let d = s.primary().unwrap();
+    let dumped = Command::new("siftool")
+        .args(["dump", &d.id.to_string(), p])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        &dumped[..],
+        &bytes[d.offset as usize..(d.offset + d.size) as usize]
+    );
+    let config = s
+        .descriptors
+        .iter()
+        .find(|x| x.name == "oci-config.json")
+        .unwrap();
+    assert!(String::from_utf8_lossy(
+        &bytes[config.offset as usize..(config.offset + config.size) as usize]
+    )
+    .contains("GREETING=hello there"));
+    // The partition lists what `podman export` of the same image holds: paths, modes, owners, links.
+    let sq = Command::new("unsquashfs")
+        .args(["-lln", "-o", &d.offset.to_string(), p])
+        .output()
+        .unwrap();
+    let sq = listing(&String::from_utf8_lossy(&sq.stdout), "squashfs-root/");
+    let cid = String::from_utf8(
+        podman()
+            .args(["create", "localhost/alice/multi:1"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let tar = dir.path().join("export.tar");
+    assert!(podman()
+        .args(["export", "-o"])
+        .arg(&tar)
+        .arg(cid.trim())
+        .status()
+        .unwrap()
+        .success());
+    let tv = Command::new("tar")
+        .args(["-tvf"])
+        .arg(&tar)
+        .arg("--numeric-owner")
+        .output()
+        .unwrap();
+    let ex = listing(&String::from_utf8_lossy(&tv.stdout), "");
+    let _ = podman().args(["rm", "-f", cid.trim()]).output();
+    let podman_made = [
+        "run",
+        "etc/hosts",
+        "etc/hostname",
+        "etc/resolv.conf",
+        "dev",
+        "proc",
+        "sys",
+    ];
+    let mut compared = 0;
+    for (path, (perm, owner, target)) in &ex {
+        if podman_made
+            .iter()
+            .any(|m| path == m || path.starts_with(&format!("{m}/")))
+        {
+            continue;
+        }
+        let got = sq
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} is in the export but not in the SIF"));
+        assert_eq!((&got.0, &got.1, &got.2), (perm, owner, target), "{path}");
+        compared += 1;
+    }
+    assert!(compared > 200, "busybox has hundreds of links: {compared}");
+    assert!(
+        !sq.contains_key("bin/vi") && !sq.contains_key("opt/app/a") && sq.contains_key("opt/app/b"),
+        "whiteouts and opaque directories applied"
+    );
+    assert_eq!(
+        sq.get("motd-link").and_then(|x| x.2.clone()).as_deref(),
+        Some("/etc/motd")
+    );
+    // The runscript does what the image's ENTRYPOINT and CMD say; the environment comes along.
+    let root = dir.path().join("root");
+    assert!(Command::new("unsquashfs")
+        .args(["-q", "-o", &d.offset.to_string(), "-d"])
+        .arg(&root)
+        .arg(p)
+        .status()
+        .unwrap()
+        .success());
+    let run = |args: &[&str]| {
+        String::from_utf8(
+            Command::new("chroot")
+                .arg(&root)
+                .args(args)
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
+    assert_eq!(run(&["/.singularity.d/runscript"]), "from runscript\n");
+    assert_eq!(
+        run(&["/.singularity.d/runscript", "other", "words"]),
+        "other words\n"
+    );
+    assert_eq!(
+        run(&[
+            "/bin/sh",
+            "-c",
+            ". /.singularity.d/env/10-docker2singularity.sh; echo $GREETING"
+        ]),
+        "hello there\n"
+    );
+    assert_eq!(run(&["/singularity"]), "from runscript\n");
+    // A second request is the cached file, unchanged.
+    let before = std::fs::metadata(&c.path).unwrap().modified().unwrap();
+    let again = shisa::sif::convert::convert(
+        &client,
+        "localhost/alice/multi:1",
+        &store,
+        &dir.path().join("tmp"),
+        "gzip",
+    )
+    .await
+    .unwrap();
+    assert!(again.cached && again.path == c.path);
+    assert_eq!(
+        std::fs::metadata(&c.path).unwrap().modified().unwrap(),
+        before
+    );
+}
