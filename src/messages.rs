@@ -124,6 +124,9 @@ pub static EN: &[(&str, &str)] = &[
     ("token.which", "Say which token: `/container token revoke ID` (the ids are in `/container token list`)."),
     ("token.none", "You have no registry tokens. `/container token new` makes one for `podman login`."),
     ("registry.over_quota", "Your images use {usage} of your {limit} registry quota, so pushing is paused. Delete images you no longer need (`/container images`, `/container rmi IMAGE:TAG`); pushing works again once you are under the quota."),
+    // sif
+    ("sif.ready", "`{image}` as a Singularity image ({size}, {how}):\n- on the cluster: `{path}`\n- download ({minutes} minutes): {url}"),
+    ("sif.no_local_blade", "Converting needs a blade on shisa's own machine, and none is configured. Ask {contact}."),
     // identity
     ("identity.unknown_user", "Your Mattermost account `{user}` is not linked to a department account, so I cannot act for you. Ask the shisa admins ({contact}) to link it."),
     ("identity.not_ldap", "Your Mattermost account `{user}` does not sign in through the department directory (LDAP), so I cannot tell which department account is yours. Sign in to Mattermost with your department account, or ask {contact}."),

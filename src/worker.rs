@@ -67,6 +67,7 @@ async fn worker(n: usize, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
 async fn execute(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
     match job.kind.as_str() {
         handlers::info::KIND => handlers::info::run(app, job).await,
+        handlers::sif::KIND => handlers::sif::run(app, job).await,
         handlers::containers::RUN => handlers::containers::run_job(app, job).await,
         handlers::containers::STOP => handlers::containers::stop_job(app, job).await,
         handlers::containers::START => handlers::containers::start_job(app, job).await,

@@ -62,6 +62,11 @@ pub async fn serve_on(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listen = listener.local_addr()?;
+    let mut cfg = cfg;
+    if cfg.server.public_url.is_none() {
+        // Port 0 in the config: links must name the port actually bound.
+        cfg.server.public_url = Some(format!("http://{listen}"));
+    }
     let grace = cfg.server.shutdown_grace_seconds;
     let app = App::new(cfg)?;
     let recovered = app.store.recover().await?;

@@ -39,6 +39,36 @@ pub struct RawConfig {
     pub reconcile: Reconcile,
     #[serde(default)]
     pub registry: Option<RegistryRaw>,
+    #[serde(default)]
+    pub sif: SifConfig,
+}
+
+/// Singularity images for Slurm jobs.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct SifConfig {
+    /// Where converted files live (default DATA_DIR/sif); content files by digest, `OWNER/` links.
+    pub store_dir: Option<PathBuf>,
+    /// Scratch space for conversions, on a local disk (default DATA_DIR/sif-tmp).
+    pub tmp_dir: Option<PathBuf>,
+    /// `gzip` (what every Apptainer reads) or `zstd`.
+    pub compression: String,
+    /// The store as the cluster's nodes see it, for job scripts and replies (default: store_dir).
+    pub cluster_path: Option<PathBuf>,
+    /// How long a download link works, seconds.
+    pub link_ttl_seconds: u64,
+}
+
+impl Default for SifConfig {
+    fn default() -> Self {
+        SifConfig {
+            store_dir: None,
+            tmp_dir: None,
+            compression: "gzip".into(),
+            cluster_path: None,
+            link_ttl_seconds: 3600,
+        }
+    }
 }
 
 /// The department registry; shisa is its token (authorisation) server.
@@ -534,6 +564,7 @@ pub struct Config {
     pub limits: BTreeMap<String, Limits>,
     pub reconcile: Reconcile,
     pub registry: Option<Registry>,
+    pub sif: SifConfig,
     /// Things that are allowed but worth an admin's attention.
     pub warnings: Vec<String>,
 }
@@ -978,6 +1009,15 @@ impl Config {
                 })
             }
         };
+        if !matches!(raw.sif.compression.as_str(), "gzip" | "zstd") {
+            return Err((
+                "sif.compression".into(),
+                format!(
+                    "`{}`: use `gzip` (readable by every Apptainer) or `zstd`",
+                    raw.sif.compression
+                ),
+            ));
+        }
         if raw.queue.workers == 0 || raw.queue.workers > 64 {
             return Err(("queue.workers".into(), "must be from 1 to 64".into()));
         }
@@ -1016,6 +1056,25 @@ impl Config {
             limits: raw.limits,
             reconcile: raw.reconcile,
             registry,
+            sif: SifConfig {
+                store_dir: Some(
+                    raw.sif
+                        .store_dir
+                        .as_ref()
+                        .map(|p| base.join(p))
+                        .unwrap_or_else(|| base.join(&raw.storage.data_dir).join("sif")),
+                ),
+                tmp_dir: Some(
+                    raw.sif
+                        .tmp_dir
+                        .as_ref()
+                        .map(|p| base.join(p))
+                        .unwrap_or_else(|| base.join(&raw.storage.data_dir).join("sif-tmp")),
+                ),
+                cluster_path: raw.sif.cluster_path.clone(),
+                compression: raw.sif.compression.clone(),
+                link_ttl_seconds: raw.sif.link_ttl_seconds,
+            },
             warnings,
         })
     }

@@ -7,6 +7,7 @@ pub mod containers;
 pub mod events;
 pub mod images;
 pub mod info;
+pub mod sif;
 pub mod slash;
 
 use crate::messages::UserError;

@@ -143,6 +143,12 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
             audit_res(action, h.outcome, None, h.resource).await?;
             Ok(h.reply)
         }
+        (Program::Container, "sif") => {
+            let target = reply_target(app, form, &account, program, &inv);
+            let h = super::sif::handle(app, &account, &inv, target, request_id).await?;
+            audit_res(action, h.outcome, None, h.resource).await?;
+            Ok(h.reply)
+        }
         (Program::Container, "blades") => {
             audit(action, "ok", None).await?;
             Ok(Reply::new(

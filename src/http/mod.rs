@@ -32,6 +32,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/hooks/mattermost", post(mattermost_hook).layer(DefaultBodyLimit::max(MATTERMOST_BODY_LIMIT)))
         .route("/registry/token", get(registry_token))
         .route("/hooks/registry", post(registry_hook).layer(DefaultBodyLimit::max(1024 * 1024)))
+        .route("/sif/{file}", get(sif_download))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
@@ -201,5 +202,54 @@ async fn registry_hook(State(app): State<Arc<App>>, headers: HeaderMap, body: By
     match crate::registry::notifications(&app, &body).await {
         Ok(n) => Json(serde_json::json!({"applied": n})).into_response(),
         Err(e) => error_json(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SifQuery {
+    exp: i64,
+    sig: String,
+}
+
+/// A signed, expiring link to a converted SIF (what `/container sif` replies with).
+async fn sif_download(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    let Ok(q) = serde_html_form::from_str::<SifQuery>(uri.query().unwrap_or("")) else {
+        return error_json(StatusCode::FORBIDDEN, "this link is incomplete");
+    };
+    match crate::handlers::sif::verify(&app, &file, q.exp, &q.sig).await {
+        Ok(Some(path)) => match tokio::fs::File::open(&path).await {
+            Ok(f) => {
+                let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(f));
+                (
+                    [
+                        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                        (header::CONTENT_LENGTH, len.to_string()),
+                        (
+                            header::CONTENT_DISPOSITION,
+                            format!("attachment; filename=\"{file}\""),
+                        ),
+                    ],
+                    body,
+                )
+                    .into_response()
+            }
+            Err(_) => error_json(
+                StatusCode::NOT_FOUND,
+                "the file is gone; ask for it again with /container sif",
+            ),
+        },
+        Ok(None) => error_json(
+            StatusCode::FORBIDDEN,
+            "this link is wrong or has expired; /container sif gives a new one",
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "sif download");
+            error_json(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
     }
 }

@@ -182,6 +182,15 @@ CREATE TABLE registry_events (
 );
 "#,
         ),
+        M::up(
+            r#"
+-- Small service secrets generated on first use (the SIF link signing key).
+CREATE TABLE kv (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+"#,
+        ),
     ])
 }
 

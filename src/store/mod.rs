@@ -176,3 +176,21 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// A named secret, generated (32 random bytes, hex) the first time it is asked for.
+    pub async fn service_secret(&self, key: &str) -> anyhow::Result<String> {
+        let k = key.to_string();
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+        let fresh = hex::encode(raw);
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO kv(key, value) VALUES (?1, ?2)",
+                [&k, &fresh],
+            )?;
+            c.query_row("SELECT value FROM kv WHERE key = ?1", [&k], |r| r.get(0))
+        })
+        .await
+    }
+}

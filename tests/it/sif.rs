@@ -15,7 +15,7 @@ fn squashfs(dir: &std::path::Path) -> Vec<u8> {
     let st = Command::new("mksquashfs")
         .arg(&root)
         .arg(&out)
-        .args(["-noappend", "-comp", "gzip", "-quiet"])
+        .args(["-noappend", "-comp", "gzip", "-quiet", "-no-progress"])
         .status()
         .expect("mksquashfs (squashfs-tools)");
     assert!(st.success());
@@ -347,4 +347,52 @@ async fn convert_a_multi_layer_image_and_run_its_runscript() {
         std::fs::metadata(&c.path).unwrap().modified().unwrap(),
         before
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sif_from_chat_with_a_signed_download_link() {
+    crate::harness::test_images();
+    let s = crate::harness::Stack::start(crate::harness::Opts {
+        podman: true,
+        ..Default::default()
+    })
+    .await;
+    let r = s.chat("alice", "/container sif tools:1").await;
+    assert!(!r[0].is_final());
+    let t = &r.last().unwrap().text;
+    assert!(
+        t.contains("as a Singularity image") && t.contains("converted on `local`"),
+        "{t}"
+    );
+    let path = s.data_dir.join("sif/alice/tools_1.sif");
+    assert!(t.contains(&path.display().to_string()), "{t}");
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(sif::read_bytes(&bytes).unwrap().primary().is_some());
+    let url = t
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let got = reqwest::get(&url).await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(
+        got.bytes().await.unwrap().as_ref(),
+        &bytes[..],
+        "the link serves the file"
+    );
+    let forged = url.replace("sig=", "sig=0");
+    assert_eq!(reqwest::get(&forged).await.unwrap().status(), 403);
+    let other = url.replacen("/sif/", "/sif/..%2F", 1);
+    assert_ne!(reqwest::get(&other).await.unwrap().status(), 200);
+    // Once per image: the second request is immediate.
+    assert!(s
+        .say("alice", "/container sif tools:1")
+        .await
+        .contains("already converted"));
+    // Another user's unshared image: not found, nothing converted for them.
+    assert!(s
+        .say("bob", "/container sif alice/tools:1")
+        .await
+        .contains("There is no image"));
+    s.stop().await;
 }

@@ -1,0 +1,249 @@
+//! `/container sif IMAGE`: convert an image to a SIF for Slurm (once per
+//! image digest), link it under the owner's name, and hand out a download link.
+
+use std::sync::Arc;
+
+use hmac::{KeyInit, Mac};
+
+use crate::app::App;
+use crate::commands::Invocation;
+use crate::identity::Account;
+use crate::images::{self, Source};
+use crate::messages::{render, Lang, UserError};
+use crate::ownership::{authorize, Action, ResourceRef};
+use crate::store::queue::{NewJob, QueuedJob, ReplyTarget};
+
+use super::containers::{registry_repository, Handled};
+use super::JobError;
+
+pub const KIND: &str = "container.sif";
+
+pub async fn handle(
+    app: &Arc<App>,
+    caller: &Account,
+    inv: &Invocation,
+    target: ReplyTarget,
+    request: &str,
+) -> anyhow::Result<Handled> {
+    let raw = inv.arg_text("IMAGE").unwrap_or_default();
+    let registry_host = app.registry.as_ref().map(|r| r.cfg.host.as_str());
+    let reject = |e: UserError| Handled {
+        reply: crate::mattermost::Reply::new(request, e.to_string(), true),
+        outcome: "rejected",
+        resource: None,
+    };
+    let image = match images::resolve_with(raw, &caller.uid, &app.cfg.images.allow, registry_host) {
+        Ok(i) => i,
+        Err(e) => return Ok(reject(e.arg("contact", &app.cfg.mattermost.contact))),
+    };
+    if let Source::User(owner) = &image.source {
+        let shared = match registry_repository(app, &image.reference) {
+            Some(repo) => app.store.shared_with_of(&repo).await?,
+            None => Vec::new(),
+        };
+        let d = authorize(
+            caller,
+            Action::Use,
+            &ResourceRef {
+                kind: "image",
+                name: &image.reference,
+                owner,
+                shared_with: &shared,
+                owner_groups: &[],
+            },
+            &app.role_groups,
+        );
+        if !d.allowed() {
+            return Ok(reject(UserError::new("image.not_found").arg("image", raw)));
+        }
+    }
+    app.store
+        .enqueue(NewJob {
+            kind: KIND,
+            payload: serde_json::json!({"image": image.reference, "typed": raw}),
+            owner: &caller.uid,
+            request_id: request,
+            reply: Some(target),
+            max_attempts: app.cfg.queue.max_attempts,
+        })
+        .await?;
+    app.wake.notify_one();
+    let t = UserError::new("command.accepted")
+        .arg("command", "/container")
+        .arg("sub", "sif")
+        .arg("request", request);
+    Ok(Handled {
+        reply: crate::mattermost::Reply::new(request, t.to_string(), false),
+        outcome: "queued",
+        resource: Some(format!("image:{}", image.reference)),
+    })
+}
+
+/// `alice/app:1` → `app_1.sif`: the owner's friendly name for an image.
+pub fn friendly_name(reference: &str) -> String {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    let s: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{s}.sif")
+}
+
+pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
+    let reference = job.payload["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let typed = job.payload["typed"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // The conversion reads the image's mounted root filesystem, so it runs on a blade on this machine.
+    let Some((blade, client)) = app.blades.iter().find(|(b, _)| b.ssh.is_none()) else {
+        return Err(JobError::User(
+            UserError::new("sif.no_local_blade").arg("contact", &app.cfg.mattermost.contact),
+        ));
+    };
+    let present = client
+        .image_exists(&reference)
+        .await
+        .map_err(|e| JobError::Retry(e.into()))?;
+    if !present {
+        match (app.registry.as_ref(), registry_repository(app, &reference)) {
+            (Some(reg), Some(repo)) => {
+                let cred = reg.pull_credential(&job.owner, &repo);
+                if let Err(e) = client
+                    .pull(&reference, &job.owner, &cred, !reg.cfg.insecure)
+                    .await
+                {
+                    return Err(JobError::User(
+                        UserError::new("command.failed")
+                            .arg("command", "/container")
+                            .arg("sub", "sif")
+                            .arg("reason", e.to_string()),
+                    ));
+                }
+            }
+            _ => {
+                return Err(JobError::User(
+                    UserError::new("image.not_found").arg("image", &typed),
+                ))
+            }
+        }
+    }
+    let store = app.cfg.sif.store_dir.clone().unwrap_or_default();
+    let tmp = app.cfg.sif.tmp_dir.clone().unwrap_or_default();
+    let started = std::time::Instant::now();
+    let c =
+        crate::sif::convert::convert(client, &reference, &store, &tmp, &app.cfg.sif.compression)
+            .await
+            .map_err(|e| {
+                JobError::User(
+                    UserError::new("command.failed")
+                        .arg("command", "/container")
+                        .arg("sub", "sif")
+                        .arg("reason", e.to_string()),
+                )
+            })?;
+    // The owner's name for it: a link to the content file, replaced atomically.
+    let dir = store.join(&job.owner);
+    std::fs::create_dir_all(&dir).map_err(|e| JobError::Retry(e.into()))?;
+    let name = friendly_name(&reference);
+    let link = dir.join(&name);
+    let tmp_link = dir.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
+    let content = c
+        .path
+        .file_name()
+        .map(|f| format!("../{}", f.to_string_lossy()))
+        .unwrap_or_default();
+    std::os::unix::fs::symlink(&content, &tmp_link).map_err(|e| JobError::Retry(e.into()))?;
+    std::fs::rename(&tmp_link, &link).map_err(|e| JobError::Retry(e.into()))?;
+    let size = std::fs::metadata(&c.path).map(|m| m.len()).unwrap_or(0);
+    let cluster = app
+        .cfg
+        .sif
+        .cluster_path
+        .clone()
+        .unwrap_or(store.clone())
+        .join(&job.owner)
+        .join(&name);
+    let url = download_url(
+        app,
+        c.path
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default(),
+    )
+    .await
+    .map_err(JobError::Retry)?;
+    let how = if c.cached {
+        "already converted".to_string()
+    } else {
+        format!(
+            "converted on `{}` in {:.1} s",
+            blade.name,
+            started.elapsed().as_secs_f64()
+        )
+    };
+    Ok(render(
+        Lang::En,
+        "sif.ready",
+        &[
+            ("image", typed),
+            ("path", cluster.display().to_string()),
+            ("size", crate::containers::fmt_size(size)),
+            ("how", how),
+            ("url", url),
+            ("minutes", (app.cfg.sif.link_ttl_seconds / 60).to_string()),
+        ],
+    ))
+}
+
+async fn key(app: &App) -> anyhow::Result<Vec<u8>> {
+    Ok(app.store.service_secret("sif_link_key").await?.into_bytes())
+}
+
+fn sign(key: &[u8], file: &str, exp: i64) -> String {
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    m.update(format!("{file}.{exp}").as_bytes());
+    hex::encode(m.finalize().into_bytes())
+}
+
+pub async fn download_url(app: &App, file: String) -> anyhow::Result<String> {
+    let exp = crate::store::now() + app.cfg.sif.link_ttl_seconds as i64;
+    let sig = sign(&key(app).await?, &file, exp);
+    Ok(format!(
+        "{}/sif/{file}?exp={exp}&sig={sig}",
+        app.cfg.public_url()
+    ))
+}
+
+/// Check a download link; the file's path if it is good.
+pub async fn verify(
+    app: &App,
+    file: &str,
+    exp: i64,
+    sig: &str,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let valid_name = file.len() < 120
+        && file.ends_with(".sif")
+        && file
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && !file.starts_with('.');
+    if !valid_name || exp < crate::store::now() {
+        return Ok(None);
+    }
+    let want = sign(&key(app).await?, file, exp);
+    if !crate::config::Secret::new(want).matches(sig) {
+        return Ok(None);
+    }
+    let p = app.cfg.sif.store_dir.clone().unwrap_or_default().join(file);
+    Ok(p.is_file().then_some(p))
+}
