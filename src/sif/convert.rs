@@ -127,6 +127,49 @@ pub fn skeleton(config: &serde_json::Value) -> Vec<(&'static str, u32, String)> 
     ]
 }
 
+/// The image's files are untrusted data. As root, mksquashfs runs as
+/// `nobody` with only CAP_DAC_READ_SEARCH (to read every file, keeping owners
+/// and modes as they are), no other capability, and resource limits.
+fn squash_command(args: &[String], work: &Path) -> anyhow::Result<tokio::process::Command> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut c;
+    if root {
+        // The scratch directory becomes the child's, so it can write the squashfs and read the skeleton.
+        std::os::unix::fs::chown(work, Some(65534), Some(65534))?;
+        for e in std::fs::read_dir(work)? {
+            std::os::unix::fs::chown(e?.path(), Some(65534), Some(65534))?;
+        }
+        c = tokio::process::Command::new("prlimit");
+        c.args([
+            "--nofile=4096:4096",
+            "--nproc=512:512",
+            "--as=8589934592:8589934592",
+            "--core=0:0",
+            "--",
+        ])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all,+dac_read_search",
+            "--ambient-caps=+dac_read_search",
+            "--bounding-set=-all,+dac_read_search",
+            "--no-new-privs",
+            "--",
+        ])
+        .arg("mksquashfs");
+    } else {
+        c = tokio::process::Command::new("mksquashfs");
+    }
+    c.args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .kill_on_drop(true);
+    Ok(c)
+}
+
 fn comp_ok(c: &str) -> bool {
     matches!(c, "gzip" | "zstd")
 }
@@ -212,12 +255,7 @@ pub async fn convert(
         ] {
             args.extend(["-p".into(), format!("{link} s 777 0 0 {target}")]);
         }
-        let out = tokio::process::Command::new("mksquashfs")
-            .args(&args)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .output()
-            .await?;
+        let out = squash_command(&args, work.path())?.output().await?;
         anyhow::ensure!(
             out.status.success(),
             "mksquashfs failed: {}",

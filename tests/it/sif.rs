@@ -188,7 +188,7 @@ async fn convert_a_multi_layer_image_and_run_its_runscript() {
         "FROM localhost/busybox:latest\n\
          RUN rm /bin/vi && echo v2 > /etc/motd && mkdir -p /opt/app && echo one > /opt/app/a && chmod 0640 /opt/app/a && chown 20001:20001 /opt/app/a\n\
          RUN rm -rf /opt/app && mkdir /opt/app && echo two > /opt/app/b\n\
-         RUN ln -s /etc/motd /motd-link\n\
+         RUN ln -s /etc/motd /motd-link && echo secret > /root/only-root && chmod 0600 /root/only-root\n\
          ENV GREETING=\"hello there\"\n\
          ENTRYPOINT [\"/bin/echo\"]\n\
          CMD [\"from\", \"runscript\"]\n",
@@ -331,6 +331,17 @@ async fn convert_a_multi_layer_image_and_run_its_runscript() {
         "hello there\n"
     );
     assert_eq!(run(&["/singularity"]), "from runscript\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("root/only-root")).unwrap(),
+        "secret\n",
+        "read by the unprivileged child"
+    );
+    let only = sq.get("root/only-root").unwrap();
+    assert_eq!(
+        (only.0.as_str(), only.1.as_str()),
+        ("-rw-------", "0/0"),
+        "owner and mode kept"
+    );
     // A second request is the cached file, unchanged.
     let before = std::fs::metadata(&c.path).unwrap().modified().unwrap();
     let again = shisa::sif::convert::convert(
