@@ -57,6 +57,9 @@ pub struct SifConfig {
     pub cluster_path: Option<PathBuf>,
     /// How long a download link works, seconds.
     pub link_ttl_seconds: u64,
+    /// Size bound of the store (`500G`); least recently used files go first,
+    /// never one a pending or running job holds. Unset: unbounded.
+    pub max_bytes: Option<String>,
 }
 
 impl Default for SifConfig {
@@ -67,6 +70,7 @@ impl Default for SifConfig {
             compression: "gzip".into(),
             cluster_path: None,
             link_ttl_seconds: 3600,
+            max_bytes: None,
         }
     }
 }
@@ -1009,6 +1013,14 @@ impl Config {
                 })
             }
         };
+        if let Some(m) = &raw.sif.max_bytes {
+            crate::commands::values::parse_size(m).map_err(|_| {
+                (
+                    "sif.max_bytes".to_string(),
+                    format!("`{m}` is not a size like `500G`"),
+                )
+            })?;
+        }
         if !matches!(raw.sif.compression.as_str(), "gzip" | "zstd") {
             return Err((
                 "sif.compression".into(),
@@ -1074,6 +1086,7 @@ impl Config {
                 cluster_path: raw.sif.cluster_path.clone(),
                 compression: raw.sif.compression.clone(),
                 link_ttl_seconds: raw.sif.link_ttl_seconds,
+                max_bytes: raw.sif.max_bytes.clone(),
             },
             warnings,
         })

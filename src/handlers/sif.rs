@@ -165,6 +165,30 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
     std::os::unix::fs::symlink(&content, &tmp_link).map_err(|e| JobError::Retry(e.into()))?;
     std::fs::rename(&tmp_link, &link).map_err(|e| JobError::Retry(e.into()))?;
     let size = std::fs::metadata(&c.path).map(|m| m.len()).unwrap_or(0);
+    let file = c
+        .path
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default();
+    app.store
+        .sif_touch(&file, size)
+        .await
+        .map_err(JobError::Retry)?;
+    if let Some(max) = app
+        .cfg
+        .sif
+        .max_bytes
+        .as_deref()
+        .map(crate::containers::size_of)
+    {
+        match crate::sif::store::evict(&app.store, &store, max, &file).await {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(?gone, "evicted least recently used SIF files")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "SIF eviction failed"),
+        }
+    }
     let cluster = app
         .cfg
         .sif

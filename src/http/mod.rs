@@ -224,6 +224,7 @@ async fn sif_download(
         Ok(Some(path)) => match tokio::fs::File::open(&path).await {
             Ok(f) => {
                 let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                let _ = app.store.sif_touch(&file, len).await;
                 let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(f));
                 (
                     [

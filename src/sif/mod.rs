@@ -10,6 +10,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 
 pub mod convert;
+pub mod store;
 
 pub const MAGIC: &[u8; 10] = b"SIF_MAGIC\0";
 pub const VERSION: &[u8; 3] = b"01\0";

@@ -189,6 +189,18 @@ CREATE TABLE kv (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 );
+
+-- The SIF store: files by content, when last used, and who must not lose them.
+CREATE TABLE sif_files (
+    file       TEXT PRIMARY KEY,
+    size       INTEGER NOT NULL,
+    last_used  INTEGER NOT NULL
+);
+CREATE TABLE sif_pins (
+    file    TEXT NOT NULL,
+    holder  TEXT NOT NULL,
+    PRIMARY KEY (file, holder)
+);
 "#,
         ),
     ])
