@@ -202,6 +202,30 @@ async fn find(
     Ok(Ok((row, d)))
 }
 
+/// May `caller` use this image? Their own and the admins' always; another
+/// user's only when shared with them (or they are an admin).
+pub async fn may_use_image(
+    app: &App,
+    caller: &Account,
+    image: &images::ImageRef,
+) -> anyhow::Result<bool> {
+    let Source::User(owner) = &image.source else {
+        return Ok(true);
+    };
+    let shared = match registry_repository(app, &image.reference) {
+        Some(repo) => app.store.shared_with_of(&repo).await?,
+        None => Vec::new(),
+    };
+    let r = ResourceRef {
+        kind: "image",
+        name: &image.reference,
+        owner,
+        shared_with: &shared,
+        owner_groups: &[],
+    };
+    Ok(authorize(caller, Action::Use, &r, &app.role_groups).allowed())
+}
+
 /// `REGISTRY/alice/app:1` → `alice/app`, for images in the department registry.
 pub fn registry_repository(app: &App, reference: &str) -> Option<String> {
     let host = &app.registry.as_ref()?.cfg.host;
@@ -269,31 +293,13 @@ async fn run(
             Ok(i) => i,
             Err(e) => return Ok(user_err(request, e.arg("contact", contact))),
         };
-    if let Source::User(owner) = &image.source {
-        // Checked on every run: a rootful Podman may still hold an image pulled
-        // earlier by someone who was allowed to then.
-        let shared = match registry_repository(app, &image.reference) {
-            Some(repo) => app.store.shared_with_of(&repo).await?,
-            None => Vec::new(),
-        };
-        let d = authorize(
-            caller,
-            Action::Use,
-            &ResourceRef {
-                kind: "image",
-                name: &image.reference,
-                owner,
-                shared_with: &shared,
-                owner_groups: &[],
-            },
-            &app.role_groups,
-        );
-        if !d.allowed() {
-            return Ok(user_err(
-                request,
-                UserError::new("image.not_found").arg("image", &raw_image),
-            ));
-        }
+    // Checked on every run: a rootful Podman may still hold an image pulled
+    // earlier by someone who was allowed to then.
+    if !may_use_image(app, caller, &image).await? {
+        return Ok(user_err(
+            request,
+            UserError::new("image.not_found").arg("image", &raw_image),
+        ));
     }
     if let (Some(reg), Some(repo)) = (
         app.registry.as_ref(),

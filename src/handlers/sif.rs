@@ -8,9 +8,8 @@ use hmac::{KeyInit, Mac};
 use crate::app::App;
 use crate::commands::Invocation;
 use crate::identity::Account;
-use crate::images::{self, Source};
+use crate::images;
 use crate::messages::{render, Lang, UserError};
-use crate::ownership::{authorize, Action, ResourceRef};
 use crate::store::queue::{NewJob, QueuedJob, ReplyTarget};
 
 use super::containers::{registry_repository, Handled};
@@ -36,26 +35,8 @@ pub async fn handle(
         Ok(i) => i,
         Err(e) => return Ok(reject(e.arg("contact", &app.cfg.mattermost.contact))),
     };
-    if let Source::User(owner) = &image.source {
-        let shared = match registry_repository(app, &image.reference) {
-            Some(repo) => app.store.shared_with_of(&repo).await?,
-            None => Vec::new(),
-        };
-        let d = authorize(
-            caller,
-            Action::Use,
-            &ResourceRef {
-                kind: "image",
-                name: &image.reference,
-                owner,
-                shared_with: &shared,
-                owner_groups: &[],
-            },
-            &app.role_groups,
-        );
-        if !d.allowed() {
-            return Ok(reject(UserError::new("image.not_found").arg("image", raw)));
-        }
+    if !super::containers::may_use_image(app, caller, &image).await? {
+        return Ok(reject(UserError::new("image.not_found").arg("image", raw)));
     }
     app.store
         .enqueue(NewJob {
