@@ -6,7 +6,7 @@ pub mod allocator;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::config::{Blade, Config, Containers, Limits};
+use crate::config::{Blade, Containers, Limits};
 use crate::identity::Account;
 use crate::messages::UserError;
 use crate::store::containers::{ContainerRow, Holdings, PortLease};
@@ -256,10 +256,6 @@ pub fn port_lines(ports: &[PortLease], blade: &Blade, private: bool) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-pub fn limits_for(cfg: &Config, account: &Account) -> Limits {
-    cfg.limits_for(account.role)
 }
 
 #[cfg(test)]

@@ -26,10 +26,6 @@ impl Reply {
             props: serde_json::json!({"shisa": {"request": request, "final": is_final}}),
         }
     }
-    pub fn in_channel(mut self) -> Reply {
-        self.response_type = "in_channel".into();
-        self
-    }
     pub fn is_final(&self) -> bool {
         self.props["shisa"]["final"].as_bool().unwrap_or(true)
     }

@@ -57,36 +57,11 @@ impl PodmanClient {
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, PodmanError> {
         let r = self.send(self.http.get(format!("{API}{path}"))).await?;
-        let status = r.status();
-        if !status.is_success() {
-            #[derive(Deserialize)]
-            struct ErrBody {
-                #[serde(default)]
-                message: String,
-            }
-            let message = r
-                .json::<ErrBody>()
-                .await
-                .map(|b| b.message)
-                .unwrap_or_default();
-            return Err(PodmanError::Api {
-                status: status.as_u16(),
-                message,
-            });
-        }
-        r.json().await.map_err(|e| self.unreachable(e))
-    }
-
-    pub async fn ping(&self) -> Result<(), PodmanError> {
-        let r = self.send(self.http.get("http://d/libpod/_ping")).await?;
-        if r.status().is_success() {
-            Ok(())
-        } else {
-            Err(PodmanError::Api {
-                status: r.status().as_u16(),
-                message: "ping failed".into(),
-            })
-        }
+        self.check(r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| self.unreachable(e))
     }
 
     async fn check(&self, r: reqwest::Response) -> Result<reqwest::Response, PodmanError> {
