@@ -994,13 +994,7 @@ pub async fn run_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError
             "no free host port could be bound".into(),
         )));
     }
-    let lifetime = if row.gpus > 0 {
-        crate::commands::values::parse_duration(&app.cfg.limits_for(owner.role).gpu_lifetime)
-            .ok()
-            .map(|s| s as i64)
-    } else {
-        None
-    };
+    let lifetime = gpu_lifetime(app, &owner, &row);
     app.store
         .mark_running(row.id, lifetime)
         .await
@@ -1044,6 +1038,17 @@ async fn started_text(
         t.push_str(&format!("\naddress: {ip}"));
     }
     t
+}
+
+/// How long a GPU container may run for its owner's role; `None` without GPUs.
+fn gpu_lifetime(app: &App, owner: &Account, row: &ContainerRow) -> Option<i64> {
+    (row.gpus > 0)
+        .then(|| {
+            crate::commands::values::parse_duration(&app.cfg.limits_for(owner.role).gpu_lifetime)
+                .ok()
+        })
+        .flatten()
+        .map(|s| s as i64)
 }
 
 /// Start the oldest waiting containers on a blade that now fit.
@@ -1224,13 +1229,7 @@ pub async fn start_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobErr
         return Err(retry_or_fail(job, e));
     }
     let owner = owner_of(app, &row).await?;
-    let lifetime = if row.gpus > 0 {
-        crate::commands::values::parse_duration(&app.cfg.limits_for(owner.role).gpu_lifetime)
-            .ok()
-            .map(|s| s as i64)
-    } else {
-        None
-    };
+    let lifetime = gpu_lifetime(app, &owner, &row);
     app.store
         .mark_running(row.id, lifetime)
         .await

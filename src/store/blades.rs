@@ -134,18 +134,12 @@ impl Store {
         .await
     }
 
-    /// Rows of a blade that Podman knows by id (for reconciliation).
+    /// All rows of a blade (for reconciliation), in one query.
     pub async fn containers_on(
         &self,
         blade: &str,
     ) -> anyhow::Result<Vec<super::containers::ContainerRow>> {
-        let mut v = Vec::new();
-        for s in [
-            "pending", "waiting", "running", "stopping", "exited", "removing",
-        ] {
-            v.extend(self.containers_in_state(blade, s).await?);
-        }
-        Ok(v)
+        self.containers_of_blade(blade, None).await
     }
 
     pub async fn container_states(&self, blade: &str) -> anyhow::Result<Vec<(String, i64)>> {

@@ -226,11 +226,16 @@ impl Store {
         .await
     }
 
-    pub async fn container(&self, id: i64) -> anyhow::Result<Option<ContainerRow>> {
+    /// One row by a unique key: `clause` is the WHERE condition on `args`.
+    async fn container_where(
+        &self,
+        clause: &'static str,
+        args: Vec<rusqlite::types::Value>,
+    ) -> anyhow::Result<Option<ContainerRow>> {
         self.call(move |c| {
             c.query_row(
-                &format!("SELECT {COLS} FROM containers WHERE id = ?1"),
-                [id],
+                &format!("SELECT {COLS} FROM containers WHERE {clause}"),
+                rusqlite::params_from_iter(args),
                 row,
             )
             .optional()
@@ -238,20 +243,19 @@ impl Store {
         .await
     }
 
+    pub async fn container(&self, id: i64) -> anyhow::Result<Option<ContainerRow>> {
+        self.container_where("id = ?1", vec![id.into()]).await
+    }
+
     pub async fn container_by_name(
         &self,
         owner: &str,
         name: &str,
     ) -> anyhow::Result<Option<ContainerRow>> {
-        let (o, n) = (owner.to_string(), name.to_string());
-        self.call(move |c| {
-            c.query_row(
-                &format!("SELECT {COLS} FROM containers WHERE owner = ?1 AND name = ?2"),
-                [o, n],
-                row,
-            )
-            .optional()
-        })
+        self.container_where(
+            "owner = ?1 AND name = ?2",
+            vec![owner.to_string().into(), name.to_string().into()],
+        )
         .await
     }
 
@@ -260,15 +264,10 @@ impl Store {
         blade: &str,
         podman_id: &str,
     ) -> anyhow::Result<Option<ContainerRow>> {
-        let (b, p) = (blade.to_string(), podman_id.to_string());
-        self.call(move |c| {
-            c.query_row(
-                &format!("SELECT {COLS} FROM containers WHERE blade = ?1 AND podman_id = ?2"),
-                [b, p],
-                row,
-            )
-            .optional()
-        })
+        self.container_where(
+            "blade = ?1 AND podman_id = ?2",
+            vec![blade.to_string().into(), podman_id.to_string().into()],
+        )
         .await
     }
 
@@ -291,20 +290,27 @@ impl Store {
         .await
     }
 
+    /// Rows of a blade, oldest first; `state`: only those in it.
+    pub async fn containers_of_blade(
+        &self,
+        blade: &str,
+        state: Option<&str>,
+    ) -> anyhow::Result<Vec<ContainerRow>> {
+        let (b, st) = (blade.to_string(), state.map(str::to_string));
+        self.call(move |c| {
+            let mut q = c.prepare(&format!("SELECT {COLS} FROM containers WHERE blade = ?1 AND (?2 IS NULL OR state = ?2) ORDER BY id"))?;
+            let v = q.query_map(params![b, st], row)?.collect();
+            v
+        })
+        .await
+    }
+
     pub async fn containers_in_state(
         &self,
         blade: &str,
         state: &str,
     ) -> anyhow::Result<Vec<ContainerRow>> {
-        let (b, s) = (blade.to_string(), state.to_string());
-        self.call(move |c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {COLS} FROM containers WHERE blade = ?1 AND state = ?2 ORDER BY id"
-            ))?;
-            let v = st.query_map([b, s], row)?.collect();
-            v
-        })
-        .await
+        self.containers_of_blade(blade, Some(state)).await
     }
 
     pub async fn expired_containers(&self) -> anyhow::Result<Vec<ContainerRow>> {
