@@ -84,20 +84,20 @@ pub async fn handle(
         "token" => token(app, caller, inv, request).await,
         "images" => {
             let (title, rows) = if inv.has("shared") {
-                let mut v = Vec::new();
-                for repo in app
+                // One read of the image table, not one per shared repository.
+                let repos: std::collections::HashSet<String> = app
                     .store
                     .shared_repositories(&caller.uid, &caller.groups)
                     .await?
-                {
-                    v.extend(
-                        app.store
-                            .all_images()
-                            .await?
-                            .into_iter()
-                            .filter(|i| i.repository == repo),
-                    );
-                }
+                    .into_iter()
+                    .collect();
+                let v: Vec<_> = app
+                    .store
+                    .all_images()
+                    .await?
+                    .into_iter()
+                    .filter(|i| repos.contains(&i.repository))
+                    .collect();
                 ("Images shared with you", v)
             } else if inv.has("library") {
                 ("The library", app.store.images_of("library").await?)
