@@ -85,6 +85,7 @@ pub async fn process(app: &Arc<App>, job: QueuedJob) {
     let result = execute(app, &job).await;
     let (text, outcome, audit_outcome, error) = match result {
         Ok(text) => (Some(text), Outcome::Done, "ok", None),
+        Err(JobError::Gone) => (None, Outcome::Done, "gone", None),
         Err(JobError::User(e)) => {
             let t = e.to_string();
             (Some(t.clone()), Outcome::Failed, "failed", Some(t))
@@ -114,8 +115,7 @@ pub async fn process(app: &Arc<App>, job: QueuedJob) {
             (Some(t), Outcome::Failed, "failed", Some(e.to_string()))
         }
     };
-    // An empty answer means there is nobody to tell (the thing was removed meanwhile).
-    if let (Some(text), Some(target)) = (text.filter(|t| !t.is_empty()), &job.reply) {
+    if let (Some(text), Some(target)) = (text, &job.reply) {
         let reply = Reply::new(&job.request_id, text, true);
         match app.notifier.reply(target, &reply).await {
             Ok(how) => tracing::info!(?how, "answer delivered"),

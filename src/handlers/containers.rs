@@ -737,12 +737,13 @@ async fn inspect(app: &Arc<App>, row: &ContainerRow) -> String {
 
 // ---- queued work ----
 
-/// The container a queued job is about; `None` if it was removed meanwhile.
-async fn job_row(app: &Arc<App>, job: &QueuedJob) -> Result<Option<ContainerRow>, JobError> {
+/// The container a queued job is about; `Gone` if it was removed meanwhile.
+async fn job_row(app: &Arc<App>, job: &QueuedJob) -> Result<ContainerRow, JobError> {
     app.store
         .container(id_of(job))
         .await
-        .map_err(JobError::Retry)
+        .map_err(JobError::Retry)?
+        .ok_or(JobError::Gone)
 }
 
 fn id_of(job: &QueuedJob) -> i64 {
@@ -802,14 +803,7 @@ fn port_in_message(msg: &str) -> Option<u16> {
 }
 
 pub async fn run_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    let Some(row) = app
-        .store
-        .container(id_of(job))
-        .await
-        .map_err(JobError::Retry)?
-    else {
-        return Ok(String::new()); // removed meanwhile: nothing to do, nobody to tell
-    };
+    let row = job_row(app, job).await?;
     let (blade, client) = blade_of(app, &row.blade).map_err(JobError::Retry)?;
     let blade = blade.clone();
     if row.state == "running" {
@@ -1124,9 +1118,7 @@ async fn tell_owner_if_staff(app: &Arc<App>, job: &QueuedJob, row: &ContainerRow
 }
 
 pub async fn stop_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    let Some(row) = job_row(app, job).await? else {
-        return Ok(String::new());
-    };
+    let row = job_row(app, job).await?;
     if row.state != "running" && row.state != "stopping" {
         return Ok(UserError::new("container.already_stopped")
             .arg("name", &row.name)
@@ -1176,9 +1168,7 @@ pub async fn stop_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobErro
 }
 
 pub async fn start_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    let Some(row) = job_row(app, job).await? else {
-        return Ok(String::new());
-    };
+    let row = job_row(app, job).await?;
     if row.state == "running" {
         return Ok(UserError::new("container.already_running")
             .arg("name", &row.name)
@@ -1239,9 +1229,7 @@ pub async fn start_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobErr
 }
 
 pub async fn rm_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    let Some(row) = job_row(app, job).await? else {
-        return Ok(String::new());
-    };
+    let row = job_row(app, job).await?;
     let (_, client) = blade_of(app, &row.blade).map_err(JobError::Retry)?;
     let before = row.state.clone();
     app.store
@@ -1277,9 +1265,7 @@ pub async fn rm_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError>
 }
 
 pub async fn exec_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    let Some(row) = job_row(app, job).await? else {
-        return Ok(String::new());
-    };
+    let row = job_row(app, job).await?;
     let cmd: Vec<String> = serde_json::from_value(job.payload["cmd"].clone()).unwrap_or_default();
     let Some(pid) = row.podman_id.clone().filter(|_| row.state == "running") else {
         return Err(JobError::User(

@@ -19,6 +19,8 @@ pub enum JobError {
     User(UserError),
     /// Something outside broke (a blade, the network); try again later.
     Retry(anyhow::Error),
+    /// What the job was about no longer exists (removed meanwhile): done, nobody to tell.
+    Gone,
 }
 
 impl From<UserError> for JobError {
