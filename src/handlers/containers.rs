@@ -384,6 +384,8 @@ async fn run(
         .filter(|c| !c.is_empty())
         .or_else(|| template.map(|t| t.command.clone()))
         .unwrap_or_default();
+    // A fast refusal before placement asks the blades anything; the binding
+    // check is repeated inside the insert transaction.
     if let Err(e) = containers::check_limits(
         &limits,
         &app.store.holdings(&caller.uid).await?,

@@ -31,6 +31,35 @@ fn two_blades(
     )
 }
 
+/// Two fresh blades (b1 local, b2 behind sshd) and a shisa using them, once both answer.
+async fn two_blade_stack(
+    name: &str,
+    subnet: u8,
+    ports: u16,
+    ip_octet: u8,
+) -> (PodmanService, PodmanService, Stack) {
+    let b1 = PodmanService::start(&format!("{name}-1"), subnet);
+    let b2 = PodmanService::start(&format!("{name}-2"), subnet + 1);
+    let tunnel = run_root().join(format!("tunnel-{name}.sock"));
+    let blades = two_blades(&b1, &b2, ports, ip_octet, &tunnel);
+    let s = Stack::start(Opts {
+        blades: Some(blades),
+        extra: EXTRA.into(),
+        ..Default::default()
+    })
+    .await;
+    // The remote blade comes up once the ssh tunnel is there.
+    wait_until("both blades up", || async {
+        s.say("admin", "/container blades")
+            .await
+            .matches("| up (Podman")
+            .count()
+            == 2
+    })
+    .await;
+    (b1, b2, s)
+}
+
 const EXTRA: &str = "[limits.student]\ntotal_containers = 20\ntotal_cpus = 100\ntotal_memory = \"100G\"\n[reconcile]\ninterval_seconds = 1\nhealth_seconds = 1\n";
 
 async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
@@ -54,25 +83,7 @@ async fn blade_of(s: &Stack, user: &str, name: &str) -> String {
 
 #[tokio::test]
 async fn placement_a_blade_down_drains_and_admin_views() {
-    let b1 = PodmanService::start("place-1", 201);
-    let b2 = PodmanService::start("place-2", 202);
-    let tunnel = run_root().join("tunnel-place.sock");
-    let blades = two_blades(&b1, &b2, 63000, 1, &tunnel);
-    let s = Stack::start(Opts {
-        blades: Some(blades),
-        extra: EXTRA.into(),
-        ..Default::default()
-    })
-    .await;
-    // The remote blade comes up once the ssh tunnel is there.
-    wait_until("both blades up", || async {
-        s.say("admin", "/container blades")
-            .await
-            .matches("| up (Podman")
-            .count()
-            == 2
-    })
-    .await;
+    let (b1, b2, s) = two_blade_stack("place", 201, 63000, 1).await;
     // Least loaded first: four containers spread two and two.
     for i in 0..4 {
         let t = s
@@ -175,24 +186,7 @@ async fn placement_a_blade_down_drains_and_admin_views() {
 
 #[tokio::test]
 async fn ip_pool_exhaustion_and_release_and_reconciliation_after_a_hand_removal() {
-    let b1 = PodmanService::start("ip-1", 203);
-    let b2 = PodmanService::start("ip-2", 204);
-    let tunnel = run_root().join("tunnel-ip.sock");
-    let blades = two_blades(&b1, &b2, 63100, 2, &tunnel);
-    let s = Stack::start(Opts {
-        blades: Some(blades),
-        extra: EXTRA.into(),
-        ..Default::default()
-    })
-    .await;
-    wait_until("both blades up", || async {
-        s.say("admin", "/container blades")
-            .await
-            .matches("| up (Podman")
-            .count()
-            == 2
-    })
-    .await;
+    let (_b1, b2, s) = two_blade_stack("ip", 203, 63100, 2).await;
     // A /29 has 5 addresses for containers (the first host is the gateway).
     for i in 0..5 {
         let t = s
