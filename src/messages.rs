@@ -126,6 +126,7 @@ pub static EN: &[(&str, &str)] = &[
     ("registry.over_quota", "Your images use {usage} of your {limit} registry quota, so pushing is paused. Delete images you no longer need (`/container images`, `/container rmi IMAGE:TAG`); pushing works again once you are under the quota."),
     // sif
     ("sif.ready", "`{image}` as a Singularity image ({size}, {how}):\n- on the cluster: `{path}`\n- download ({minutes} minutes): {url}"),
+    ("sif.progress", "Still converting `{image}` after {seconds} s: {size} of squashfs written so far. The link comes when it is done."),
     ("sif.no_local_blade", "Converting needs a blade on shisa's own machine, and none is configured. Ask {contact}."),
     // identity
     ("identity.unknown_user", "Your Mattermost account `{user}` is not linked to a department account, so I cannot act for you. Ask the shisa admins ({contact}) to link it."),

@@ -1,8 +1,9 @@
-//! The command line: `serve`, `check-config`, `chat`, `demo`.
+//! The command line: `serve`, `check-config`, `chat`, `demo`, `sif`.
 
 pub mod chat;
 pub mod demo;
 pub mod serve;
+pub mod sif;
 
 use std::path::PathBuf;
 
@@ -55,6 +56,11 @@ pub enum Command {
         #[arg(long, env = "SHISA_CONFIG")]
         config: PathBuf,
     },
+    /// Convert images to Singularity (SIF) files and inspect SIF files.
+    Sif {
+        #[command(subcommand)]
+        what: sif::SifCommand,
+    },
     /// Generate the demo identities from the demo users file.
     Demo {
         #[command(subcommand)]
@@ -76,6 +82,7 @@ pub fn run() -> std::process::ExitCode {
             text,
         } => chat::run(&config, &as_user, inbox, users, timeout, text),
         Command::Demo { what } => demo::run(what),
+        Command::Sif { what } => sif::run(what),
         Command::RegistryKeys { config } => registry_keys(&config),
     };
     match result {

@@ -55,11 +55,28 @@ pub struct SifConfig {
     pub compression: String,
     /// The store as the cluster's nodes see it, for job scripts and replies (default: store_dir).
     pub cluster_path: Option<PathBuf>,
-    /// How long a download link works, seconds.
+    /// How long a download link works, seconds (at most 900).
     pub link_ttl_seconds: u64,
+    /// `native` (shisa's own squashfs writer in a confined child) or `mksquashfs`.
+    pub writer: String,
+    /// The shisa binary the native writer runs as `HELPER sif squash` (default: this program).
+    pub helper: Option<PathBuf>,
     /// Size bound of the store (`500G`); least recently used files go first,
     /// never one a pending or running job holds. Unset: unbounded.
     pub max_bytes: Option<String>,
+}
+
+impl SifConfig {
+    pub fn writer(&self) -> crate::sif::convert::Writer {
+        use crate::sif::convert::Writer;
+        if self.writer == "mksquashfs" {
+            return Writer::Mksquashfs;
+        }
+        match self.helper.clone().or_else(|| std::env::current_exe().ok()) {
+            Some(helper) => Writer::Native { helper },
+            None => Writer::Mksquashfs,
+        }
+    }
 }
 
 impl Default for SifConfig {
@@ -69,8 +86,10 @@ impl Default for SifConfig {
             tmp_dir: None,
             compression: "gzip".into(),
             cluster_path: None,
-            link_ttl_seconds: 3600,
+            link_ttl_seconds: 900,
             max_bytes: None,
+            writer: "native".into(),
+            helper: None,
         }
     }
 }
@@ -1021,6 +1040,18 @@ impl Config {
                 )
             })?;
         }
+        if raw.sif.link_ttl_seconds == 0 || raw.sif.link_ttl_seconds > 900 {
+            return Err((
+                "sif.link_ttl_seconds".into(),
+                "a download link may work for 1 to 900 seconds (15 minutes)".into(),
+            ));
+        }
+        if !matches!(raw.sif.writer.as_str(), "native" | "mksquashfs") {
+            return Err((
+                "sif.writer".into(),
+                format!("`{}`: use `native` or `mksquashfs`", raw.sif.writer),
+            ));
+        }
         if !matches!(raw.sif.compression.as_str(), "gzip" | "zstd") {
             return Err((
                 "sif.compression".into(),
@@ -1086,6 +1117,8 @@ impl Config {
                 cluster_path: raw.sif.cluster_path.clone(),
                 compression: raw.sif.compression.clone(),
                 link_ttl_seconds: raw.sif.link_ttl_seconds,
+                writer: raw.sif.writer.clone(),
+                helper: raw.sif.helper.clone(),
                 max_bytes: raw.sif.max_bytes.clone(),
             },
             warnings,

@@ -121,20 +121,69 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
     let store = app.cfg.sif.store_dir.clone().unwrap_or_default();
     let tmp = app.cfg.sif.tmp_dir.clone().unwrap_or_default();
     let started = std::time::Instant::now();
-    let c =
-        crate::sif::convert::convert(client, &reference, &store, &tmp, &app.cfg.sif.compression)
-            .await
-            .map_err(|e| {
-                JobError::User(
-                    UserError::new("command.failed")
-                        .arg("command", "/container")
-                        .arg("sub", "sif")
-                        .arg("reason", e.to_string()),
-                )
-            })?;
-    // The owner's name for it: a link to the content file, replaced atomically.
+    let mut opts =
+        crate::sif::convert::Options::new(&app.cfg.sif.compression, app.cfg.sif.writer());
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    opts.progress = Some(tx);
+    let reporter = tokio::spawn(report_progress(app.clone(), job.clone(), typed.clone(), rx));
+    let converted = crate::sif::convert::convert(client, &reference, &store, &tmp, &opts).await;
+    reporter.abort();
+    let c = converted.map_err(|e| {
+        JobError::User(
+            UserError::new("command.failed")
+                .arg("command", "/container")
+                .arg("sub", "sif")
+                .arg("reason", e.to_string()),
+        )
+    })?;
+    // Readable by the one asking (authorised when the request came in), the image's owner and
+    // those it is shared with; nobody else.
+    let mut readers = vec![job.owner.clone()];
+    if let Ok(img) = images::resolve_with(
+        &typed,
+        &job.owner,
+        &app.cfg.images.allow,
+        app.registry.as_ref().map(|r| r.cfg.host.as_str()),
+    ) {
+        if let images::Source::User(o) = &img.source {
+            readers.push(o.clone());
+        }
+    }
+    if let Some(repo) = registry_repository(app, &reference) {
+        readers.extend(
+            app.store
+                .shared_with_of(&repo)
+                .await
+                .map_err(JobError::Retry)?,
+        );
+    }
+    let mut uids = Vec::new();
+    let mut me = None;
+    for r in readers {
+        if let Ok(Some(a)) = app.directory.lookup(&r).await {
+            uids.push(a.uid_number);
+            if r == job.owner {
+                me = Some(a);
+            }
+        }
+    }
+    crate::sif::acl::grant_read(&c.path, uids).map_err(|e| JobError::Retry(e.into()))?;
+    // The owner's name for it: a link to the content file, replaced atomically, in a
+    // directory only they can list.
     let dir = store.join(&job.owner);
     std::fs::create_dir_all(&dir).map_err(|e| JobError::Retry(e.into()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o711));
+        if let Some(a) = &me {
+            if unsafe { libc::geteuid() } == 0 {
+                std::os::unix::fs::chown(&dir, Some(a.uid_number), Some(a.gid_number))
+                    .map_err(|e| JobError::Retry(e.into()))?;
+            }
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| JobError::Retry(e.into()))?;
+    }
     let name = friendly_name(&reference);
     let link = dir.join(&name);
     let tmp_link = dir.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
@@ -180,6 +229,7 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
         .join(&name);
     let url = download_url(
         app,
+        &job.owner,
         c.path
             .file_name()
             .map(|f| f.to_string_lossy().to_string())
@@ -214,17 +264,50 @@ async fn key(app: &App) -> anyhow::Result<Vec<u8>> {
     Ok(app.store.service_secret("sif_link_key").await?.into_bytes())
 }
 
-fn sign(key: &[u8], file: &str, exp: i64) -> String {
+/// Progress for long conversions: a note after 30 s, then every 2 minutes (the
+/// response_url allows 5 posts, so at most two notes go there).
+async fn report_progress(
+    app: Arc<App>,
+    job: QueuedJob,
+    image: String,
+    rx: tokio::sync::watch::Receiver<u64>,
+) {
+    let Some(target) = job.reply.clone() else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_secs(30);
+    for _ in 0..2 {
+        tokio::time::sleep(wait).await;
+        wait = std::time::Duration::from_secs(120);
+        let text = render(
+            Lang::En,
+            "sif.progress",
+            &[
+                ("image", image.clone()),
+                ("size", crate::containers::fmt_size(*rx.borrow())),
+                ("seconds", started.elapsed().as_secs().to_string()),
+            ],
+        );
+        let reply = crate::mattermost::Reply::new(&job.request_id, text, false);
+        if let Err(e) = app.notifier.reply(&target, &reply).await {
+            tracing::warn!(error = %e, "SIF progress note");
+        }
+    }
+}
+
+/// The signed message: the file (its name is the image digest), the user it was given to, the expiry.
+fn sign(key: &[u8], file: &str, user: &str, exp: i64) -> String {
     let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
-    m.update(format!("{file}.{exp}").as_bytes());
+    m.update(format!("{file}\n{user}\n{exp}").as_bytes());
     hex::encode(m.finalize().into_bytes())
 }
 
-pub async fn download_url(app: &App, file: String) -> anyhow::Result<String> {
-    let exp = crate::store::now() + app.cfg.sif.link_ttl_seconds as i64;
-    let sig = sign(&key(app).await?, &file, exp);
+pub async fn download_url(app: &App, user: &str, file: String) -> anyhow::Result<String> {
+    let exp = crate::store::now() + app.cfg.sif.link_ttl_seconds.min(900) as i64;
+    let sig = sign(&key(app).await?, &file, user, exp);
     Ok(format!(
-        "{}/sif/{file}?exp={exp}&sig={sig}",
+        "{}/sif/{file}?user={user}&exp={exp}&sig={sig}",
         app.cfg.public_url()
     ))
 }
@@ -233,6 +316,7 @@ pub async fn download_url(app: &App, file: String) -> anyhow::Result<String> {
 pub async fn verify(
     app: &App,
     file: &str,
+    user: &str,
     exp: i64,
     sig: &str,
 ) -> anyhow::Result<Option<std::path::PathBuf>> {
@@ -242,10 +326,11 @@ pub async fn verify(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         && !file.starts_with('.');
-    if !valid_name || exp < crate::store::now() {
+    // Never more than 15 minutes ahead, whatever a link claims (the signature covers exp too).
+    if !valid_name || exp < crate::store::now() || exp > crate::store::now() + 900 {
         return Ok(None);
     }
-    let want = sign(&key(app).await?, file, exp);
+    let want = sign(&key(app).await?, file, user, exp);
     if !crate::config::Secret::new(want).matches(sig) {
         return Ok(None);
     }

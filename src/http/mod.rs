@@ -207,29 +207,99 @@ async fn registry_hook(State(app): State<Arc<App>>, headers: HeaderMap, body: By
 
 #[derive(serde::Deserialize)]
 struct SifQuery {
+    user: String,
     exp: i64,
     sig: String,
 }
 
-/// A signed, expiring link to a converted SIF (what `/container sif` replies with).
+/// One `Range: bytes=…` against a file of `len` bytes (RFC 9110 §14.1.2):
+/// `Ok(None)` means send it all (no header, or a form we ignore such as
+/// several ranges, which the RFC allows); `Err(())` means 416.
+#[allow(clippy::result_unit_err)]
+pub fn byte_range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        // The last N bytes.
+        let n: u64 = b.parse().map_err(|_| ())?;
+        if n == 0 || len == 0 {
+            return Err(());
+        }
+        (len.saturating_sub(n), len - 1)
+    } else {
+        let start: u64 = a.parse().map_err(|_| ())?;
+        let end = if b.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            b.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
+        };
+        (start, end)
+    };
+    if start >= len || start > end {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+/// A signed, expiring link to a converted SIF (what `/container sif` replies
+/// with), bound to the user it was given to; Range requests resume downloads.
 async fn sif_download(
     State(app): State<Arc<App>>,
     axum::extract::Path(file): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let Ok(q) = serde_html_form::from_str::<SifQuery>(uri.query().unwrap_or("")) else {
         return error_json(StatusCode::FORBIDDEN, "this link is incomplete");
     };
-    match crate::handlers::sif::verify(&app, &file, q.exp, &q.sig).await {
+    match crate::handlers::sif::verify(&app, &file, &q.user, q.exp, &q.sig).await {
         Ok(Some(path)) => match tokio::fs::File::open(&path).await {
-            Ok(f) => {
+            Ok(mut f) => {
                 let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
                 let _ = app.store.sif_touch(&file, len).await;
-                let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(f));
-                (
+                let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+                let (status, start, end) = match byte_range(range, len) {
+                    Ok(None) => (StatusCode::OK, 0, len.saturating_sub(1)),
+                    Ok(Some((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b),
+                    Err(()) => {
+                        return (
+                            StatusCode::RANGE_NOT_SATISFIABLE,
+                            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                        )
+                            .into_response()
+                    }
+                };
+                let count = if len == 0 { 0 } else { end - start + 1 };
+                if start > 0 && f.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+                    return error_json(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                }
+                let _ = app
+                    .store
+                    .audit(crate::store::audit::NewAudit {
+                        request_id: None,
+                        actor: &q.user,
+                        role: "user",
+                        action: "sif.download",
+                        resource: Some(&format!("sif:{file}")),
+                        outcome: "ok",
+                        detail: Some(&format!("bytes {start}-{end}/{len}")),
+                    })
+                    .await;
+                let body =
+                    axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(f.take(count)));
+                let mut resp = (
+                    status,
                     [
                         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                        (header::CONTENT_LENGTH, len.to_string()),
+                        (header::CONTENT_LENGTH, count.to_string()),
+                        (header::ACCEPT_RANGES, "bytes".to_string()),
                         (
                             header::CONTENT_DISPOSITION,
                             format!("attachment; filename=\"{file}\""),
@@ -237,7 +307,13 @@ async fn sif_download(
                     ],
                     body,
                 )
-                    .into_response()
+                    .into_response();
+                if status == StatusCode::PARTIAL_CONTENT {
+                    if let Ok(v) = format!("bytes {start}-{end}/{len}").parse() {
+                        resp.headers_mut().insert(header::CONTENT_RANGE, v);
+                    }
+                }
+                resp
             }
             Err(_) => error_json(
                 StatusCode::NOT_FOUND,
@@ -251,6 +327,38 @@ async fn sif_download(
         Err(e) => {
             tracing::error!(error = %e, "sif download");
             error_json(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(byte_range(None, 100), Ok(None));
+        assert_eq!(byte_range(Some("bytes=0-9"), 100), Ok(Some((0, 9))));
+        assert_eq!(byte_range(Some("bytes=90-"), 100), Ok(Some((90, 99))));
+        assert_eq!(byte_range(Some("bytes=90-500"), 100), Ok(Some((90, 99))));
+        assert_eq!(byte_range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
+        assert_eq!(byte_range(Some("bytes=-500"), 100), Ok(Some((0, 99))));
+        assert_eq!(byte_range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        assert_eq!(byte_range(Some("items=0-1"), 100), Ok(None));
+        assert_eq!(byte_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(byte_range(Some("bytes=5-4"), 100), Err(()));
+        assert_eq!(byte_range(Some("bytes=x-4"), 100), Err(()));
+        assert_eq!(byte_range(Some("bytes=-0"), 100), Err(()));
+        assert_eq!(byte_range(Some("bytes=0-"), 0), Err(()));
+    }
+
+    proptest! {
+        #[test]
+        fn a_range_given_is_inside_the_file(h in "\\PC{0,30}", len in 0u64..10_000) {
+            if let Ok(Some((a, b))) = byte_range(Some(&h), len) {
+                prop_assert!(a <= b && b < len);
+            }
         }
     }
 }

@@ -1,30 +1,61 @@
-//! Image → SIF on a blade: the image's merged root filesystem, mounted by
-//! Podman without copying, squashed by `mksquashfs` (parallel, gzip by default
-//! for Apptainer) together with the runtime skeleton Apptainer expects
-//! (`/.singularity.d`), then wrapped into a SIF natively.
+//! Image → SIF on a blade: the image's merged root filesystem (whiteouts and
+//! opaque directories applied by the overlay), mounted by Podman without
+//! copying anything, squashed natively (`super::squash`, gzip by default for
+//! Apptainer) in an unprivileged child together with the runtime skeleton
+//! Apptainer expects (`/.singularity.d`), then wrapped into a SIF natively.
+//! `mksquashfs` is the fallback writer.
 //!
 //! Files are content addressed: `IMAGE-ID-vVERSION-COMP.sif`, written to a
 //! temporary name and renamed, so a re-pushed tag never changes a file a job
 //! reads, and a second request for the same image is immediate. Concurrent
 //! requests for one image share one conversion.
-//!
-//! Not yet here (see the closing note): the native squashfs writer (backhand),
-//! the unprivileged child for layer data, the size-bounded LRU store and links.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::squash::Skeleton;
 use super::{DataType, Object, StreamObject, WriteOptions};
 use crate::podman::PodmanClient;
 
 /// Bump when the output of the same input changes.
-pub const CONVERTER_VERSION: u32 = 1;
+pub const CONVERTER_VERSION: u32 = 2;
+
+/// Which program writes the squashfs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Writer {
+    /// `HELPER sif squash …`: the shisa binary's own backhand writer.
+    Native {
+        helper: PathBuf,
+    },
+    Mksquashfs,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `gzip` or `zstd`.
+    pub compression: String,
+    pub writer: Writer,
+    /// Bytes of squashfs written so far, for progress reports.
+    pub progress: Option<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Options {
+    pub fn new(compression: &str, writer: Writer) -> Options {
+        Options {
+            compression: compression.into(),
+            writer,
+            progress: None,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Converted {
     pub path: PathBuf,
     pub cached: bool,
+    /// Which writer made the squashfs (`native` or `mksquashfs`); empty when cached.
+    pub writer: &'static str,
 }
 
 fn locks() -> &'static Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
@@ -37,8 +68,8 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// The `/.singularity.d` files: (path inside, mode, content).
-pub fn skeleton(config: &serde_json::Value) -> Vec<(&'static str, u32, String)> {
+/// The `/.singularity.d` tree for an image with this OCI config.
+pub fn skeleton(config: &serde_json::Value) -> Skeleton {
     let words = |k: &str| -> Vec<String> {
         config[k]
             .as_array()
@@ -97,7 +128,7 @@ pub fn skeleton(config: &serde_json::Value) -> Vec<(&'static str, u32, String)> 
         format!("#!/bin/sh\nfor f in /.singularity.d/env/*.sh; do [ -r \"$f\" ] && . \"$f\"; done\n{target}\n")
     };
     let labels = serde_json::to_string_pretty(&config["Labels"]).unwrap_or_else(|_| "{}".into());
-    vec![
+    let files: Vec<(&str, u32, String)> = vec![
         ("/.singularity.d/runscript", 0o755, runscript),
         ("/.singularity.d/startscript", 0o755, "#!/bin/sh\n".into()),
         ("/.singularity.d/env/10-docker2singularity.sh", 0o755, env),
@@ -124,13 +155,41 @@ pub fn skeleton(config: &serde_json::Value) -> Vec<(&'static str, u32, String)> 
             action("exec /.singularity.d/startscript \"$@\""),
         ),
         ("/.singularity.d/actions/test", 0o755, action("exit 0")),
-    ]
+    ];
+    Skeleton {
+        dirs: [
+            "/.singularity.d",
+            "/.singularity.d/actions",
+            "/.singularity.d/env",
+            "/.singularity.d/libs",
+        ]
+        .map(String::from)
+        .to_vec(),
+        files: files
+            .into_iter()
+            .map(|(p, m, c)| (p.to_string(), m, c))
+            .collect(),
+        links: [
+            ("/singularity", ".singularity.d/runscript"),
+            ("/.run", ".singularity.d/actions/run"),
+            ("/.exec", ".singularity.d/actions/exec"),
+            ("/.shell", ".singularity.d/actions/shell"),
+            ("/.test", ".singularity.d/actions/test"),
+            ("/environment", ".singularity.d/env/90-environment.sh"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .to_vec(),
+    }
 }
 
-/// The image's files are untrusted data. As root, mksquashfs runs as
+/// The image's files are untrusted data. As root, the writer runs as
 /// `nobody` with only CAP_DAC_READ_SEARCH (to read every file, keeping owners
 /// and modes as they are), no other capability, and resource limits.
-fn squash_command(args: &[String], work: &Path) -> anyhow::Result<tokio::process::Command> {
+fn confined(
+    program: &Path,
+    args: &[String],
+    work: &Path,
+) -> anyhow::Result<tokio::process::Command> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let mut c;
@@ -159,15 +218,126 @@ fn squash_command(args: &[String], work: &Path) -> anyhow::Result<tokio::process
             "--no-new-privs",
             "--",
         ])
-        .arg("mksquashfs");
+        .arg(program);
     } else {
-        c = tokio::process::Command::new("mksquashfs");
+        c = tokio::process::Command::new(program);
     }
     c.args(args)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     Ok(c)
+}
+
+fn mksquashfs_args(
+    root: &str,
+    sqfs: &Path,
+    comp: &str,
+    skel: &Skeleton,
+    work: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let mut args: Vec<String> = vec![
+        root.into(),
+        sqfs.display().to_string(),
+        "-noappend".into(),
+        "-quiet".into(),
+        "-no-progress".into(),
+        "-comp".into(),
+        comp.into(),
+    ];
+    let procs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    args.extend(["-processors".into(), procs.to_string()]);
+    for d in &skel.dirs {
+        args.extend(["-p".into(), format!("{d} d 755 0 0")]);
+    }
+    for (i, (path, mode, content)) in skel.files.iter().enumerate() {
+        let f = work.join(format!("skel-{i}"));
+        std::fs::write(&f, content)?;
+        // The command is ours (cat of our own temp file), never user text.
+        args.extend([
+            "-p".into(),
+            format!("{path} f {mode:o} 0 0 cat {}", f.display()),
+        ]);
+    }
+    for (link, target) in &skel.links {
+        args.extend(["-p".into(), format!("{link} s 777 0 0 {target}")]);
+    }
+    Ok(args)
+}
+
+/// Run one writer to completion, reporting the growing file's size.
+async fn run_writer(
+    mut cmd: tokio::process::Command,
+    sqfs: &Path,
+    progress: Option<&tokio::sync::watch::Sender<u64>>,
+) -> anyhow::Result<()> {
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let out = child.wait_with_output();
+    tokio::pin!(out);
+    let out = loop {
+        tokio::select! {
+            o = &mut out => break o?,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                if let (Some(p), Ok(m)) = (progress, std::fs::metadata(sqfs)) {
+                    let _ = p.send(m.len());
+                }
+            }
+        }
+    };
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+            .trim()
+            .chars()
+            .take(500)
+            .collect::<String>()
+    );
+    Ok(())
+}
+
+/// Write the squashfs of `root` with the configured writer, falling back to
+/// `mksquashfs`; says which one wrote it.
+async fn squash(
+    root: &str,
+    sqfs: &Path,
+    skel: &Skeleton,
+    work: &Path,
+    opts: &Options,
+) -> anyhow::Result<&'static str> {
+    if let Writer::Native { helper } = &opts.writer {
+        let spec = work.join("skeleton.json");
+        std::fs::write(&spec, serde_json::to_vec(skel)?)?;
+        let args: Vec<String> = vec![
+            "sif".into(),
+            "squash".into(),
+            root.into(),
+            sqfs.display().to_string(),
+            "--compression".into(),
+            opts.compression.clone(),
+            "--skeleton".into(),
+            spec.display().to_string(),
+        ];
+        match run_writer(confined(helper, &args, work)?, sqfs, opts.progress.as_ref()).await {
+            Ok(()) => return Ok("native"),
+            Err(e) => {
+                tracing::warn!(error = %e, helper = %helper.display(), "native squashfs writer failed; falling back to mksquashfs");
+                let _ = std::fs::remove_file(sqfs);
+            }
+        }
+    }
+    let args = mksquashfs_args(root, sqfs, &opts.compression, skel, work)?;
+    let cmd = confined(Path::new("mksquashfs"), &args, work)?;
+    run_writer(cmd, sqfs, opts.progress.as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("mksquashfs failed: {e}"))?;
+    Ok("mksquashfs")
 }
 
 fn comp_ok(c: &str) -> bool {
@@ -180,8 +350,9 @@ pub async fn convert(
     image: &str,
     store: &Path,
     tmp: &Path,
-    comp: &str,
+    opts: &Options,
 ) -> anyhow::Result<Converted> {
+    let comp = opts.compression.as_str();
     anyhow::ensure!(comp_ok(comp), "compression must be gzip or zstd");
     let info = client.image_inspect(image).await?;
     let id = info.id.trim_start_matches("sha256:").to_string();
@@ -202,6 +373,7 @@ pub async fn convert(
         return Ok(Converted {
             path: target,
             cached: true,
+            writer: "",
         });
     }
     std::fs::create_dir_all(store)?;
@@ -215,55 +387,7 @@ pub async fn convert(
     let result = async {
         let root = client.mount(&cid).await?;
         let sqfs = work.path().join("fs.sqfs");
-        let mut args: Vec<String> = vec![
-            root,
-            sqfs.display().to_string(),
-            "-noappend".into(),
-            "-quiet".into(),
-            "-no-progress".into(),
-            "-comp".into(),
-            comp.into(),
-        ];
-        let procs = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        args.extend(["-processors".into(), procs.to_string()]);
-        for d in [
-            "/.singularity.d",
-            "/.singularity.d/actions",
-            "/.singularity.d/env",
-            "/.singularity.d/libs",
-        ] {
-            args.extend(["-p".into(), format!("{d} d 755 0 0")]);
-        }
-        for (i, (path, mode, content)) in skeleton(&info.config).into_iter().enumerate() {
-            let f = work.path().join(format!("skel-{i}"));
-            std::fs::write(&f, content)?;
-            // The command is ours (cat of our own temp file), never user text.
-            args.extend([
-                "-p".into(),
-                format!("{path} f {mode:o} 0 0 cat {}", f.display()),
-            ]);
-        }
-        for (link, target) in [
-            ("/singularity", ".singularity.d/runscript"),
-            ("/.run", ".singularity.d/actions/run"),
-            ("/.exec", ".singularity.d/actions/exec"),
-            ("/.shell", ".singularity.d/actions/shell"),
-            ("/.test", ".singularity.d/actions/test"),
-            ("/environment", ".singularity.d/env/90-environment.sh"),
-        ] {
-            args.extend(["-p".into(), format!("{link} s 777 0 0 {target}")]);
-        }
-        let out = squash_command(&args, work.path())?.output().await?;
-        anyhow::ensure!(
-            out.status.success(),
-            "mksquashfs failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .chars()
-                .take(500)
-                .collect::<String>()
-        );
+        let writer = squash(&root, &sqfs, &skeleton(&info.config), work.path(), opts).await?;
         let partial = store.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
         let mut f = std::fs::File::create(&partial)?;
         let deffile = format!("bootstrap: docker\nfrom: {image}\n");
@@ -287,14 +411,14 @@ pub async fn convert(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o644))?;
         std::fs::rename(&partial, &target)?;
-        Ok::<_, anyhow::Error>(())
+        Ok::<_, anyhow::Error>(writer)
     }
     .await;
     let _ = client.unmount(&cid).await;
     let _ = client.remove(&cid, true).await;
-    result?;
     Ok(Converted {
         path: target,
         cached: false,
+        writer: result?,
     })
 }

@@ -9,7 +9,9 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
+pub mod acl;
 pub mod convert;
+pub mod squash;
 pub mod store;
 
 pub const MAGIC: &[u8; 10] = b"SIF_MAGIC\0";

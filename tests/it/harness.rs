@@ -184,8 +184,10 @@ pub fn config_text(o: &Opts, data_dir: &Path) -> String {
         .map(|t| format!("{t:?}"))
         .collect::<Vec<_>>()
         .join(", ");
+    // The native squashfs writer runs as `shisa sif squash`; in-process, this test binary is not shisa.
+    let helper = env!("CARGO_BIN_EXE_shisa");
     let mut s = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = 2\n[storage]\ndata_dir = {:?}\n[mattermost]\ntokens = [{tokens}]\nlinking = {:?}\ncontact = \"the test admins\"\ntimeout_seconds = 3\n",
+        "[sif]\nhelper = {helper:?}\n[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = 2\n[storage]\ndata_dir = {:?}\n[mattermost]\ntokens = [{tokens}]\nlinking = {:?}\ncontact = \"the test admins\"\ntimeout_seconds = 3\n",
         data_dir.display().to_string(),
         if o.ldap_linking { "mattermost-ldap" } else { "username" }
     );

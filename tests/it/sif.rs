@@ -207,11 +207,15 @@ async fn convert_a_multi_layer_image_and_run_its_runscript() {
         "localhost/alice/multi:1",
         &store,
         &dir.path().join("tmp"),
-        "gzip",
+        &native(),
     )
     .await
     .unwrap();
-    assert!(!c.cached);
+    assert_eq!(
+        (c.cached, c.writer),
+        (false, "native"),
+        "no silent fallback"
+    );
     let p = c.path.to_str().unwrap();
     assert!(siftool(&["list", p]).contains("FS (Squashfs/*System/amd64)"));
     let bytes = std::fs::read(&c.path).unwrap();
@@ -298,14 +302,9 @@ async fn convert_a_multi_layer_image_and_run_its_runscript() {
         Some("/etc/motd")
     );
     // The runscript does what the image's ENTRYPOINT and CMD say; the environment comes along.
+    // The partition, loop-mounted read-only in place inside the SIF, is what a job would see.
     let root = dir.path().join("root");
-    assert!(Command::new("unsquashfs")
-        .args(["-q", "-o", &d.offset.to_string(), "-d"])
-        .arg(&root)
-        .arg(p)
-        .status()
-        .unwrap()
-        .success());
+    let _mounted = LoopMount::new(&c.path, d.offset, &root);
     let run = |args: &[&str]| {
         String::from_utf8(
             Command::new("chroot")
@@ -349,7 +348,7 @@ async fn convert_a_multi_layer_image_and_run_its_runscript() {
         "localhost/alice/multi:1",
         &store,
         &dir.path().join("tmp"),
-        "gzip",
+        &native(),
     )
     .await
     .unwrap();
@@ -358,6 +357,65 @@ async fn convert_a_multi_layer_image_and_run_its_runscript() {
         std::fs::metadata(&c.path).unwrap().modified().unwrap(),
         before
     );
+    // The fallback writer (mksquashfs) gives the same tree.
+    let other = shisa::sif::convert::convert(
+        &client,
+        "localhost/alice/multi:1",
+        &dir.path().join("store-mk"),
+        &dir.path().join("tmp"),
+        &shisa::sif::convert::Options::new("gzip", shisa::sif::convert::Writer::Mksquashfs),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.writer, "mksquashfs");
+    let ob = std::fs::read(&other.path).unwrap();
+    let od = sif::read_bytes(&ob).unwrap().primary().unwrap().clone();
+    let mk = Command::new("unsquashfs")
+        .args(["-lln", "-o", &od.offset.to_string()])
+        .arg(&other.path)
+        .output()
+        .unwrap();
+    let mk = listing(&String::from_utf8_lossy(&mk.stdout), "squashfs-root/");
+    assert_eq!(mk.keys().collect::<Vec<_>>(), sq.keys().collect::<Vec<_>>());
+    for (path, v) in &mk {
+        assert_eq!(sq.get(path), Some(v), "{path}: native and mksquashfs agree");
+    }
+}
+
+fn native() -> shisa::sif::convert::Options {
+    shisa::sif::convert::Options::new(
+        "gzip",
+        shisa::sif::convert::Writer::Native {
+            helper: env!("CARGO_BIN_EXE_shisa").into(),
+        },
+    )
+}
+
+/// `mount -t squashfs -o loop,ro,offset=N`, undone on drop.
+struct LoopMount(std::path::PathBuf);
+
+impl LoopMount {
+    fn new(file: &std::path::Path, offset: u64, at: &std::path::Path) -> LoopMount {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "squashfs", "-o", &format!("loop,ro,offset={offset}")])
+            .arg(file)
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoopMount(at.to_path_buf())
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,8 +449,71 @@ async fn sif_from_chat_with_a_signed_download_link() {
         &bytes[..],
         "the link serves the file"
     );
+    assert!(
+        url.contains("user=alice"),
+        "the link is bound to its user: {url}"
+    );
     let forged = url.replace("sig=", "sig=0");
     assert_eq!(reqwest::get(&forged).await.unwrap().status(), 403);
+    let as_bob = url.replace("user=alice", "user=bob");
+    assert_eq!(
+        reqwest::get(&as_bob).await.unwrap().status(),
+        403,
+        "bound to alice"
+    );
+    let (exp_at, _) = url.split_once("&sig=").unwrap();
+    let exp: i64 = exp_at.rsplit("exp=").next().unwrap().parse().unwrap();
+    assert!(
+        exp <= shisa::store::now() + 900,
+        "valid for at most 15 minutes"
+    );
+    let later = url.replace(&format!("exp={exp}"), &format!("exp={}", exp + 3600));
+    assert_eq!(
+        reqwest::get(&later).await.unwrap().status(),
+        403,
+        "expiry is signed"
+    );
+    // Range requests, for resuming a large download.
+    let http = reqwest::Client::new();
+    let part = http
+        .get(&url)
+        .header("Range", "bytes=4096-4105")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 4096-4105/{}", bytes.len())
+    );
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &bytes[4096..4106]);
+    let tail = http
+        .get(&url)
+        .header("Range", "bytes=-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        tail.bytes().await.unwrap().as_ref(),
+        &bytes[bytes.len() - 7..]
+    );
+    let past = http
+        .get(&url)
+        .header("Range", format!("bytes={}-", bytes.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(past.status(), 416);
+    // On disk: readable by alice (20001) through an ACL, by nobody else; her names only she lists.
+    let content = std::fs::canonicalize(&path).unwrap();
+    assert_eq!(
+        shisa::sif::acl::readers(&content).unwrap(),
+        std::collections::BTreeSet::from([20001])
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&content).unwrap().mode() & 0o777, 0o640);
+    let linkdir = std::fs::metadata(s.data_dir.join("sif/alice")).unwrap();
+    assert_eq!((linkdir.uid(), linkdir.mode() & 0o777), (20001, 0o700));
     let other = url.replacen("/sif/", "/sif/..%2F", 1);
     assert_ne!(reqwest::get(&other).await.unwrap().status(), 200);
     // Once per image: the second request is immediate.
