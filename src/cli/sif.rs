@@ -81,7 +81,7 @@ fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(
         out,
-        "{:>3}  {:<24} {:>12} {:>12}  name",
+        "{:>3}  {:<40} {:>12} {:>12}  name",
         "id", "type", "offset", "size"
     )?;
     for d in &s.descriptors {
@@ -101,7 +101,7 @@ fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
         };
         writeln!(
             out,
-            "{:>3}  {:<24} {:>12} {:>12}  {}",
+            "{:>3}  {:<40} {:>12} {:>12}  {}",
             d.id, kind, d.offset, d.size, d.name
         )?;
     }

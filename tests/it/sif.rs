@@ -528,3 +528,65 @@ async fn sif_from_chat_with_a_signed_download_link() {
         .contains("There is no image"));
     s.stop().await;
 }
+
+#[test]
+fn native_writer_keeps_links_as_text_and_leaves_devices_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir_in(run_root()).unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(root.join("etc/motd"), "hi\n").unwrap();
+    std::fs::set_permissions(
+        root.join("etc/motd"),
+        std::fs::Permissions::from_mode(0o4711),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", root.join("escape")).unwrap();
+    std::os::unix::fs::symlink("../../../../etc/shadow", root.join("etc/up")).unwrap();
+    assert!(Command::new("mknod")
+        .arg(root.join("null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("mkfifo")
+        .arg(root.join("pipe"))
+        .status()
+        .unwrap()
+        .success());
+    // An image's own /.singularity.d is replaced by ours.
+    std::fs::create_dir_all(root.join(".singularity.d")).unwrap();
+    std::fs::write(root.join(".singularity.d/runscript"), "evil").unwrap();
+    let skel = shisa::sif::convert::skeleton(&serde_json::json!({"Cmd": ["/bin/true"]}));
+    let out = dir.path().join("fs.sqfs");
+    let n = shisa::sif::squash::write(&root, &out, "gzip", &skel).unwrap();
+    assert_eq!(n.skipped, 1, "the device node");
+    let l = Command::new("unsquashfs")
+        .arg("-lln")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let l = listing(&String::from_utf8_lossy(&l.stdout), "squashfs-root/");
+    assert_eq!(l["escape"].2.as_deref(), Some("/etc/shadow"));
+    assert_eq!(l["etc/up"].2.as_deref(), Some("../../../../etc/shadow"));
+    assert_eq!(l["etc/motd"].0, "-rws--x--x", "setuid bit and mode kept");
+    assert!(l["pipe"].0.starts_with('p'));
+    assert!(!l.contains_key("null"), "device nodes are left out");
+    // Extracting never writes outside the target.
+    let x = dir.path().join("x");
+    assert!(Command::new("unsquashfs")
+        .args(["-q", "-d"])
+        .arg(&x)
+        .arg(&out)
+        .status()
+        .unwrap()
+        .success());
+    let rs = std::fs::read_to_string(x.join(".singularity.d/runscript")).unwrap();
+    assert!(rs.contains("/bin/true") && !rs.contains("evil"), "{rs}");
+    let root_mode = std::fs::metadata(&x).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        root_mode, 0o755,
+        "the root keeps the image's mode, not backhand's 000"
+    );
+}
