@@ -211,9 +211,12 @@ const BLOCK: u32 = backhand::DEFAULT_BLOCK_SIZE;
 /// Blocks held ahead of the writer at most (input and output), bytes.
 const AHEAD_LIMIT: usize = 256 << 20;
 
+/// A finished block: its input, and its compressed form (None when compressing failed).
+type Done = (Vec<u8>, Option<Vec<u8>>);
+
 struct AheadState {
-    /// Finished blocks by hash of their input: (input, compressed; None when compressing failed).
-    ready: HashMap<u64, Vec<(Vec<u8>, Option<Vec<u8>>)>>,
+    /// Finished blocks by hash of their input.
+    ready: HashMap<u64, Vec<Done>>,
     /// Blocks handed to a worker and not finished, by hash.
     inflight: HashMap<u64, usize>,
     held: usize,
