@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod containers;
+pub mod gitlab;
 pub mod handlers;
 pub mod http;
 pub mod identity;

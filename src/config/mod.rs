@@ -41,6 +41,83 @@ pub struct RawConfig {
     pub registry: Option<RegistryRaw>,
     #[serde(default)]
     pub sif: SifConfig,
+    #[serde(default)]
+    pub gitlab: Option<GitlabRaw>,
+}
+
+/// GitLab: the webhook receiver and the API client (builds from pushes).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitlabRaw {
+    /// The GitLab instance, e.g. `https://gitlab.example.edu`.
+    pub url: String,
+    /// An admin token with the `api` and `sudo` scopes: calls for a user carry `Sudo:`.
+    pub api_token: SecretSource,
+    /// `X-Gitlab-Token` values accepted (several, for rotation).
+    #[serde(default)]
+    pub webhook_tokens: Vec<SecretSource>,
+    /// `whsec_…` signing keys; a signed delivery must verify against one.
+    #[serde(default)]
+    pub signing_keys: Vec<SecretSource>,
+    #[serde(default = "default_skew")]
+    pub max_skew_seconds: i64,
+    /// Where GitLab reaches the receiver (default: server.public_url + /hooks/gitlab).
+    #[serde(default)]
+    pub hook_url: Option<String>,
+    /// Files whose change in a push starts a build.
+    #[serde(default = "default_build_files")]
+    pub build_files: Vec<String>,
+    #[serde(default = "default_build_timeout")]
+    pub build_timeout_seconds: u64,
+    /// The host uid/gid range a build's root is mapped to (never host root).
+    #[serde(default = "default_build_uid_base")]
+    pub build_uid_base: u32,
+    #[serde(default = "default_build_uid_count")]
+    pub build_uid_count: u32,
+    /// How a GitLab user becomes a department account: `extern_uid` (GitLab signs in
+    /// with LDAP; its identity's extern_uid names the account) or `username` (demo only).
+    #[serde(default = "default_gitlab_link")]
+    pub link_by: String,
+    #[serde(default = "default_gitlab_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_skew() -> i64 {
+    300
+}
+fn default_build_files() -> Vec<String> {
+    vec!["Containerfile".into(), "Dockerfile".into()]
+}
+fn default_build_timeout() -> u64 {
+    1800
+}
+fn default_build_uid_base() -> u32 {
+    200_000
+}
+fn default_build_uid_count() -> u32 {
+    65_536
+}
+fn default_gitlab_link() -> String {
+    "extern_uid".into()
+}
+fn default_gitlab_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug)]
+pub struct Gitlab {
+    pub url: String,
+    pub api_token: Secret,
+    pub webhook_tokens: Vec<Secret>,
+    pub signing_keys: Vec<Vec<u8>>,
+    pub max_skew_seconds: i64,
+    pub hook_url: Option<String>,
+    pub build_files: Vec<String>,
+    pub build_timeout_seconds: u64,
+    pub build_uid_base: u32,
+    pub build_uid_count: u32,
+    pub link_by: String,
+    pub timeout_seconds: u64,
 }
 
 /// Singularity images for Slurm jobs.
@@ -588,6 +665,7 @@ pub struct Config {
     pub reconcile: Reconcile,
     pub registry: Option<Registry>,
     pub sif: SifConfig,
+    pub gitlab: Option<Gitlab>,
     /// Things that are allowed but worth an admin's attention.
     pub warnings: Vec<String>,
 }
@@ -1032,6 +1110,66 @@ impl Config {
                 })
             }
         };
+        let gitlab = match &raw.gitlab {
+            None => None,
+            Some(g) => {
+                check_url("gitlab.url", &g.url)?;
+                let webhook_tokens = g
+                    .webhook_tokens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| t.resolve(base).map_err(|e| (format!("gitlab.webhook_tokens[{i}]"), e)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let signing_keys = g
+                    .signing_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let k = format!("gitlab.signing_keys[{i}]");
+                        let s = t.resolve(base).map_err(|e| (k.clone(), e))?;
+                        crate::gitlab::verify::signing_key(s.expose()).map_err(|e| (k, e))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if webhook_tokens.is_empty() && signing_keys.is_empty() {
+                    return Err((
+                        "gitlab.webhook_tokens".into(),
+                        "give at least one webhook token or signing key, or anyone could post events".into(),
+                    ));
+                }
+                if !matches!(g.link_by.as_str(), "extern_uid" | "username") {
+                    return Err(("gitlab.link_by".into(), "use `extern_uid` or `username`".into()));
+                }
+                if g.link_by == "username" {
+                    warnings.push("gitlab.link_by = \"username\": a GitLab user named like a department account acts as it; use only for demos".into());
+                }
+                if g.build_uid_base == 0 || g.build_uid_count < 65_536 {
+                    return Err((
+                        "gitlab.build_uid_base".into(),
+                        "builds need a range of at least 65536 host ids that does not start at 0".into(),
+                    ));
+                }
+                if let Some(u) = &g.hook_url {
+                    check_url("gitlab.hook_url", u)?;
+                }
+                Some(Gitlab {
+                    url: g.url.trim_end_matches('/').to_string(),
+                    api_token: g
+                        .api_token
+                        .resolve(base)
+                        .map_err(|e| ("gitlab.api_token".to_string(), e))?,
+                    webhook_tokens,
+                    signing_keys,
+                    max_skew_seconds: g.max_skew_seconds.clamp(30, 3600),
+                    hook_url: g.hook_url.clone(),
+                    build_files: g.build_files.clone(),
+                    build_timeout_seconds: g.build_timeout_seconds.clamp(30, 86_400),
+                    build_uid_base: g.build_uid_base,
+                    build_uid_count: g.build_uid_count,
+                    link_by: g.link_by.clone(),
+                    timeout_seconds: g.timeout_seconds.clamp(1, 120),
+                })
+            }
+        };
         if let Some(m) = &raw.sif.max_bytes {
             crate::commands::values::parse_size(m).map_err(|_| {
                 (
@@ -1121,6 +1259,7 @@ impl Config {
                 helper: raw.sif.helper.clone(),
                 max_bytes: raw.sif.max_bytes.clone(),
             },
+            gitlab,
             warnings,
         })
     }

@@ -203,6 +203,49 @@ CREATE TABLE sif_pins (
 );
 "#,
         ),
+        M::up(
+            r#"
+-- GitLab deliveries seen, by Idempotency-Key / webhook-id (or X-Gitlab-Event-UUID): processed once.
+CREATE TABLE gitlab_deliveries (
+    key       TEXT PRIMARY KEY,
+    kind      TEXT NOT NULL,
+    received  INTEGER NOT NULL
+);
+-- Projects whose pushes shisa builds, and who enabled them.
+CREATE TABLE gitlab_projects (
+    project_id  INTEGER PRIMARY KEY,
+    path        TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    hook_id     INTEGER,
+    mode        TEXT NOT NULL DEFAULT 'direct',
+    enabled_at  INTEGER NOT NULL
+);
+-- Projects that pushed while not enabled and whose pusher was told how to enable them.
+CREATE TABLE gitlab_notices (
+    project_id  INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL
+);
+CREATE TABLE builds (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    project_id  INTEGER NOT NULL,
+    path        TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    sha         TEXT NOT NULL,
+    git_ref     TEXT NOT NULL,
+    trigger     TEXT NOT NULL,
+    state       TEXT NOT NULL,        -- queued, running, succeeded, failed, superseded
+    image       TEXT,
+    digest      TEXT,
+    size        INTEGER,
+    blade       TEXT,
+    detail      TEXT,
+    created_at  INTEGER NOT NULL,
+    started_at  INTEGER,
+    finished_at INTEGER
+);
+CREATE INDEX builds_by_project ON builds(project_id, id);
+"#,
+        ),
     ])
 }
 
