@@ -9,7 +9,8 @@
 use base64::Engine;
 use hmac::{KeyInit, Mac};
 
-use crate::config::{any_matches, Secret};
+use crate::config::secret::any_matches;
+use crate::config::Secret;
 
 /// The headers that matter, as received.
 #[derive(Debug, Default, Clone)]

@@ -1,0 +1,286 @@
+//! The GitLab API client: the `gitlab` crate's typed endpoints over shisa's
+//! own reqwest client (the crate's `AsyncClient` trait), with the admin token
+//! from the configuration, timeouts and bounded retries. A client made with
+//! `for_user` sends `Sudo: <that user>` on every call, so GitLab itself
+//! enforces the user's rights: shisa never reads a repository for someone
+//! who could not read it themselves.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use gitlab::api::{ApiError, AsyncClient, AsyncQuery, RestClient};
+
+use crate::config::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("GitLab cannot be reached: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("bad request: {0}")]
+    Request(#[from] http::Error),
+    #[error("bad URL: {0}")]
+    Url(#[from] url::ParseError),
+}
+
+#[derive(Clone)]
+pub struct GitlabApi {
+    http: reqwest::Client,
+    base: url::Url,
+    token: std::sync::Arc<Secret>,
+    sudo: Option<String>,
+    retries: u32,
+}
+
+impl std::fmt::Debug for GitlabApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitlabApi")
+            .field("base", &self.base.as_str())
+            .field("sudo", &self.sudo)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GitlabApi {
+    pub fn new(url: &str, token: Secret, timeout: Duration) -> anyhow::Result<GitlabApi> {
+        let base = url::Url::parse(&format!("{}/api/v4/", url.trim_end_matches('/')))?;
+        Ok(GitlabApi {
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(Duration::from_secs(5))
+                .build()?,
+            base,
+            token: std::sync::Arc::new(token),
+            sudo: None,
+            retries: 2,
+        })
+    }
+
+    /// The same client acting as `user` (a GitLab username or numeric id).
+    pub fn for_user(&self, user: &str) -> GitlabApi {
+        GitlabApi {
+            sudo: Some(user.to_string()),
+            ..self.clone()
+        }
+    }
+}
+
+impl RestClient for GitlabApi {
+    type Error = ClientError;
+
+    fn rest_endpoint(&self, endpoint: &str) -> Result<url::Url, ApiError<Self::Error>> {
+        self.base
+            .join(endpoint)
+            .map_err(|e| ApiError::client(ClientError::Url(e)))
+    }
+}
+
+#[async_trait]
+impl AsyncClient for GitlabApi {
+    async fn rest_async(
+        &self,
+        request: http::request::Builder,
+        body: Vec<u8>,
+    ) -> Result<http::Response<Bytes>, ApiError<Self::Error>> {
+        let req = request
+            .body(body)
+            .map_err(|e| ApiError::client(ClientError::Request(e)))?;
+        let (parts, body) = req.into_parts();
+        // Only reads are retried: a POST that timed out may have been applied.
+        let idempotent = matches!(parts.method, http::Method::GET | http::Method::HEAD);
+        let mut attempt = 0;
+        loop {
+            let mut r = self
+                .http
+                .request(parts.method.clone(), parts.uri.to_string())
+                .headers(parts.headers.clone())
+                .header("PRIVATE-TOKEN", self.token.expose())
+                .body(body.clone());
+            if let Some(s) = &self.sudo {
+                r = r.header("Sudo", s);
+            }
+            let result = r.send().await;
+            let retry = match &result {
+                Ok(resp) => resp.status().is_server_error(),
+                Err(e) => e.is_connect() || e.is_timeout(),
+            };
+            if retry && idempotent && attempt < self.retries {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * (1 << attempt))).await;
+                continue;
+            }
+            let resp = result.map_err(|e| ApiError::client(ClientError::Http(e)))?;
+            let mut out = http::Response::builder().status(resp.status());
+            for (k, v) in resp.headers() {
+                out = out.header(k, v);
+            }
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| ApiError::client(ClientError::Http(e)))?;
+            return out
+                .body(bytes)
+                .map_err(|e| ApiError::client(ClientError::Request(e)));
+        }
+    }
+}
+
+/// What shisa reads of a project (as the user it asks for).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ProjectInfo {
+    pub id: u64,
+    pub path_with_namespace: String,
+    #[serde(default)]
+    pub web_url: String,
+    #[serde(default)]
+    pub default_branch: Option<String>,
+    #[serde(default)]
+    pub permissions: Option<Permissions>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, Default)]
+pub struct Permissions {
+    pub project_access: Option<Access>,
+    pub group_access: Option<Access>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Access {
+    pub access_level: u32,
+}
+
+impl ProjectInfo {
+    /// The user's access level (40 = Maintainer, 50 = Owner).
+    pub fn access_level(&self) -> u32 {
+        let p = self.permissions.clone().unwrap_or_default();
+        p.project_access
+            .map(|a| a.access_level)
+            .max(p.group_access.map(|a| a.access_level))
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct UserInfo {
+    pub id: u64,
+    pub username: String,
+    #[serde(default)]
+    pub identities: Vec<Identity>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Identity {
+    pub provider: String,
+    pub extern_uid: String,
+}
+
+impl UserInfo {
+    /// The department account of an LDAP identity: the value of the first RDN of
+    /// its DN (`uid=alice,ou=people,…` → `alice`).
+    pub fn ldap_uid(&self) -> Option<String> {
+        self.identities
+            .iter()
+            .filter(|i| i.provider.starts_with("ldap"))
+            .find_map(|i| {
+                let first = i.extern_uid.split(',').next()?;
+                let (k, v) = first.split_once('=')?;
+                (k.trim().eq_ignore_ascii_case("uid") && !v.trim().is_empty())
+                    .then(|| v.trim().to_string())
+            })
+    }
+}
+
+/// A GitLab answer in words for a user: 404 means "not found or not yours".
+pub fn explain(e: &ApiError<ClientError>) -> String {
+    match e {
+        ApiError::GitlabService { status, .. } if status.as_u16() == 404 => {
+            "GitLab says it does not exist or you cannot see it".into()
+        }
+        ApiError::GitlabService { status, .. } if status.as_u16() == 403 => {
+            "GitLab says you are not allowed to".into()
+        }
+        ApiError::GitlabWithStatus { status, msg } => format!("GitLab answered {status}: {msg}"),
+        ApiError::GitlabService { status, .. } => format!("GitLab answered {status}"),
+        other => format!("{other}"),
+    }
+}
+
+pub async fn project(api: &GitlabApi, path_or_id: &str) -> Result<ProjectInfo, ApiError<ClientError>> {
+    let ep = gitlab::api::projects::Project::builder()
+        .project(path_or_id)
+        .build()
+        .expect("project is set");
+    ep.query_async(api).await
+}
+
+pub async fn user(api: &GitlabApi, id: u64) -> Result<UserInfo, ApiError<ClientError>> {
+    let ep = gitlab::api::users::User::builder()
+        .user(id)
+        .build()
+        .expect("user is set");
+    ep.query_async(api).await
+}
+
+pub async fn archive(api: &GitlabApi, project: u64, sha: &str) -> Result<Vec<u8>, ApiError<ClientError>> {
+    let ep = gitlab::api::projects::repository::Archive::builder()
+        .project(project)
+        .sha(sha)
+        .format(gitlab::api::projects::repository::ArchiveFormat::TarGz)
+        .build()
+        .expect("project is set");
+    gitlab::api::raw(ep).query_async(api).await
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct HookInfo {
+    pub id: u64,
+}
+
+pub async fn create_hook(
+    api: &GitlabApi,
+    project: u64,
+    url: &str,
+    token: &str,
+) -> Result<HookInfo, ApiError<ClientError>> {
+    let ep = gitlab::api::projects::hooks::CreateHook::builder()
+        .project(project)
+        .url(url)
+        .token(token)
+        .push_events(true)
+        .pipeline_events(true)
+        .job_events(true)
+        .enable_ssl_verification(true)
+        .build()
+        .expect("project and url are set");
+    ep.query_async(api).await
+}
+
+pub async fn delete_hook(api: &GitlabApi, project: u64, hook: u64) -> Result<(), ApiError<ClientError>> {
+    let ep = gitlab::api::projects::hooks::DeleteHook::builder()
+        .project(project)
+        .hook_id(hook)
+        .build()
+        .expect("project and hook are set");
+    gitlab::api::ignore(ep).query_async(api).await
+}
+
+pub async fn commit_status(
+    api: &GitlabApi,
+    project: u64,
+    sha: &str,
+    state: gitlab::api::projects::repository::commits::CommitStatusState,
+    description: &str,
+    target_url: Option<&str>,
+) -> Result<(), ApiError<ClientError>> {
+    let mut b = gitlab::api::projects::repository::commits::CreateCommitStatus::builder();
+    b.project(project)
+        .commit(sha)
+        .state(state)
+        .name("shisa/image")
+        .description(description.chars().take(250).collect::<String>());
+    if let Some(u) = target_url {
+        b.target_url(u);
+    }
+    let ep = b.build().expect("project, commit and state are set");
+    gitlab::api::ignore(ep).query_async(api).await
+}
