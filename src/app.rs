@@ -25,6 +25,8 @@ pub struct App {
     pub allocator: Arc<dyn crate::containers::allocator::Allocator>,
     /// The department registry, when configured.
     pub registry: Option<crate::registry::Registry>,
+    /// The GitLab API client (admin token; `for_user` adds Sudo), when configured.
+    pub gitlab: Option<crate::gitlab::client::GitlabApi>,
     /// Which blades answer.
     pub health: crate::blades::HealthBoard,
     /// Wakes idle workers when a job is queued.
@@ -66,6 +68,14 @@ impl App {
             Some(r) => Some(crate::registry::Registry::new(r)?),
             None => None,
         };
+        let gitlab = match &cfg.gitlab {
+            Some(g) => Some(crate::gitlab::client::GitlabApi::new(
+                &g.url,
+                g.api_token.clone(),
+                std::time::Duration::from_secs(g.timeout_seconds),
+            )?),
+            None => None,
+        };
         let allocator = Arc::new(crate::containers::allocator::LocalAllocator {
             store: store.clone(),
         });
@@ -81,6 +91,7 @@ impl App {
             wake: tokio::sync::Notify::new(),
             health: Default::default(),
             registry,
+            gitlab,
             cfg,
         }))
     }

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod blades;
+pub mod builds;
 pub mod cli;
 pub mod commands;
 pub mod config;

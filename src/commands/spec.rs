@@ -387,15 +387,21 @@ pub static CONTAINER: ProgramSpec = ProgramSpec {
             args: &[
                 ArgSpec {
                     name: "ACTION",
-                    kind: Kind::Choice(&["enable", "disable", "status"]),
+                    kind: Kind::Choice(&["enable", "disable", "status", "run"]),
                     required: true,
-                    help: "`enable`, `disable` or `status`",
+                    help: "`enable`, `disable`, `status` or `run` (build now)",
                 },
                 ArgSpec {
                     name: "PROJECT",
                     kind: Kind::Text,
                     required: false,
                     help: "the GitLab project path, `group/project`",
+                },
+                ArgSpec {
+                    name: "REF",
+                    kind: Kind::Text,
+                    required: false,
+                    help: "with `run`: the branch, tag or commit (default: the default branch)",
                 },
             ],
             trailing: Trailing::None,
@@ -404,6 +410,7 @@ pub static CONTAINER: ProgramSpec = ProgramSpec {
                 "/container build enable alice/mymodel",
                 "/container build enable alice/mymodel --runner",
                 "/container build status",
+                "/container build run alice/mymodel main",
             ],
         },
         SubSpec {

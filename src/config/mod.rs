@@ -1118,7 +1118,10 @@ impl Config {
                     .webhook_tokens
                     .iter()
                     .enumerate()
-                    .map(|(i, t)| t.resolve(base).map_err(|e| (format!("gitlab.webhook_tokens[{i}]"), e)))
+                    .map(|(i, t)| {
+                        t.resolve(base)
+                            .map_err(|e| (format!("gitlab.webhook_tokens[{i}]"), e))
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 let signing_keys = g
                     .signing_keys
@@ -1137,7 +1140,10 @@ impl Config {
                     ));
                 }
                 if !matches!(g.link_by.as_str(), "extern_uid" | "username") {
-                    return Err(("gitlab.link_by".into(), "use `extern_uid` or `username`".into()));
+                    return Err((
+                        "gitlab.link_by".into(),
+                        "use `extern_uid` or `username`".into(),
+                    ));
                 }
                 if g.link_by == "username" {
                     warnings.push("gitlab.link_by = \"username\": a GitLab user named like a department account acts as it; use only for demos".into());
@@ -1145,7 +1151,8 @@ impl Config {
                 if g.build_uid_base == 0 || g.build_uid_count < 65_536 {
                     return Err((
                         "gitlab.build_uid_base".into(),
-                        "builds need a range of at least 65536 host ids that does not start at 0".into(),
+                        "builds need a range of at least 65536 host ids that does not start at 0"
+                            .into(),
                     ));
                 }
                 if let Some(u) = &g.hook_url {

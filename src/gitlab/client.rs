@@ -205,7 +205,10 @@ pub fn explain(e: &ApiError<ClientError>) -> String {
     }
 }
 
-pub async fn project(api: &GitlabApi, path_or_id: &str) -> Result<ProjectInfo, ApiError<ClientError>> {
+pub async fn project(
+    api: &GitlabApi,
+    path_or_id: &str,
+) -> Result<ProjectInfo, ApiError<ClientError>> {
     let ep = gitlab::api::projects::Project::builder()
         .project(path_or_id)
         .build()
@@ -221,7 +224,11 @@ pub async fn user(api: &GitlabApi, id: u64) -> Result<UserInfo, ApiError<ClientE
     ep.query_async(api).await
 }
 
-pub async fn archive(api: &GitlabApi, project: u64, sha: &str) -> Result<Vec<u8>, ApiError<ClientError>> {
+pub async fn archive(
+    api: &GitlabApi,
+    project: u64,
+    sha: &str,
+) -> Result<Vec<u8>, ApiError<ClientError>> {
     let ep = gitlab::api::projects::repository::Archive::builder()
         .project(project)
         .sha(sha)
@@ -255,7 +262,11 @@ pub async fn create_hook(
     ep.query_async(api).await
 }
 
-pub async fn delete_hook(api: &GitlabApi, project: u64, hook: u64) -> Result<(), ApiError<ClientError>> {
+pub async fn delete_hook(
+    api: &GitlabApi,
+    project: u64,
+    hook: u64,
+) -> Result<(), ApiError<ClientError>> {
     let ep = gitlab::api::projects::hooks::DeleteHook::builder()
         .project(project)
         .hook_id(hook)

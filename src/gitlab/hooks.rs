@@ -263,20 +263,32 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (p.user_id, p.project.path_with_namespace.as_str(), p.commits.len()),
+            (
+                p.user_id,
+                p.project.path_with_namespace.as_str(),
+                p.commits.len()
+            ),
             (4, "mike/diaspora", 2)
         );
         let Hook::Job(j) = parse("Job Hook", &fixture("job.json")).unwrap() else {
             panic!()
         };
-        assert_eq!((j.build_id, j.build_status.as_str(), j.pipeline_id), (1977, "created", 2366));
+        assert_eq!(
+            (j.build_id, j.build_status.as_str(), j.pipeline_id),
+            (1977, "created", 2366)
+        );
     }
 
     #[test]
     fn system_hooks_say_their_kind_in_the_body() {
-        assert_eq!(parse("System Hook", &fixture("push.json")).unwrap().kind(), "push");
         assert_eq!(
-            parse("System Hook", &fixture("tag_push.json")).unwrap().kind(),
+            parse("System Hook", &fixture("push.json")).unwrap().kind(),
+            "push"
+        );
+        assert_eq!(
+            parse("System Hook", &fixture("tag_push.json"))
+                .unwrap()
+                .kind(),
             "tag_push"
         );
         assert_eq!(
@@ -287,8 +299,11 @@ mod tests {
 
     #[test]
     fn malformed_bodies_name_the_json_path() {
-        let e = parse("Push Hook", br#"{"before":"a","after":"b","ref":"r","user_id":"four"}"#)
-            .unwrap_err();
+        let e = parse(
+            "Push Hook",
+            br#"{"before":"a","after":"b","ref":"r","user_id":"four"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.path, "user_id");
         let e = parse("Push Hook", b"{not json").unwrap_err();
         assert!(!e.message.is_empty());

@@ -142,10 +142,16 @@ mod tests {
                 webhook_signature: Some(sig),
             }
         };
-        assert_eq!(check(&signed(&sig, now - 10), body, &[], &keys, 300, now), Ok(()));
+        assert_eq!(
+            check(&signed(&sig, now - 10), body, &[], &keys, 300, now),
+            Ok(())
+        );
         // Several entries: one good one is enough.
         let both = format!("v1,AAAA {sig}");
-        assert_eq!(check(&signed(&both, now - 10), body, &[], &keys, 300, now), Ok(()));
+        assert_eq!(
+            check(&signed(&both, now - 10), body, &[], &keys, 300, now),
+            Ok(())
+        );
         assert_eq!(
             check(&signed(&sig, now - 10), b"{ }", &[], &keys, 300, now),
             Err(Refused::BadSignature),

@@ -3,6 +3,7 @@
 //! once or queues the work and acknowledges.
 
 pub mod blades;
+pub mod builds;
 pub mod containers;
 pub mod events;
 pub mod images;

@@ -177,6 +177,25 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
                 }
             }
         }
+        (Program::Container, "build") => {
+            let project = inv.arg_text("PROJECT").map(|p| format!("gitlab:{p}"));
+            match super::builds::handle(app, &account, &inv).await? {
+                Ok(t) => {
+                    audit_res(
+                        action,
+                        "ok",
+                        inv.arg_text("ACTION").map(str::to_string),
+                        project,
+                    )
+                    .await?;
+                    Ok(Reply::new(request_id, t, true))
+                }
+                Err(e) => {
+                    audit_res(action, "denied", Some(e.key.to_string()), project).await?;
+                    Ok(Reply::new(request_id, e.to_string(), true))
+                }
+            }
+        }
         (Program::Container, "info") => {
             let target = reply_target(app, form, &account, program, &inv);
             // In the database before the acknowledgement goes out.

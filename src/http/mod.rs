@@ -26,10 +26,14 @@ use crate::mattermost::slash::{verify_and_parse, SlashError};
 /// Slash-command forms are small; 64 KiB is generous.
 pub const MATTERMOST_BODY_LIMIT: usize = 64 * 1024;
 
+/// GitLab's own request body limit (protocols.md §1.1): large pushes fit.
+pub const GITLAB_BODY_LIMIT: usize = 25 * 1024 * 1024;
+
 pub fn router(app: Arc<App>) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/hooks/mattermost", post(mattermost_hook).layer(DefaultBodyLimit::max(MATTERMOST_BODY_LIMIT)))
+        .route("/hooks/gitlab", post(gitlab_hook).layer(DefaultBodyLimit::max(GITLAB_BODY_LIMIT)))
         .route("/registry/token", get(registry_token))
         .route("/hooks/registry", post(registry_hook).layer(DefaultBodyLimit::max(1024 * 1024)))
         .route("/sif/{file}", get(sif_download))
@@ -202,6 +206,96 @@ async fn registry_hook(State(app): State<Arc<App>>, headers: HeaderMap, body: By
     match crate::registry::notifications(&app, &body).await {
         Ok(n) => Json(serde_json::json!({"applied": n})).into_response(),
         Err(e) => error_json(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+/// GitLab webhooks and system hooks: verify, parse, store with the queue job,
+/// answer at once (GitLab gives up after 10 s); the work happens from the queue.
+async fn gitlab_hook(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::gitlab::{hooks, verify};
+    let Some(g) = app.cfg.gitlab.as_ref() else {
+        return error_json(
+            StatusCode::NOT_FOUND,
+            "GitLab is not configured on this server",
+        );
+    };
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let d = verify::Delivery {
+        token: h("x-gitlab-token"),
+        webhook_id: h("webhook-id"),
+        webhook_timestamp: h("webhook-timestamp"),
+        webhook_signature: h("webhook-signature"),
+    };
+    if let Err(why) = verify::check(
+        &d,
+        &body,
+        &g.webhook_tokens,
+        &g.signing_keys,
+        g.max_skew_seconds,
+        crate::store::now(),
+    ) {
+        tracing::warn!(?why, "GitLab delivery refused");
+        return error_json(
+            StatusCode::UNAUTHORIZED,
+            "this delivery is not signed by a known token or key",
+        );
+    }
+    let event = h("x-gitlab-event").unwrap_or_default().to_string();
+    let hook = match hooks::parse(&event, &body) {
+        Ok(x) => x,
+        Err(e) => {
+            return error_json(
+                StatusCode::BAD_REQUEST,
+                &format!("malformed {event} body {e}"),
+            )
+        }
+    };
+    if let hooks::Hook::Other(kind) = &hook {
+        tracing::info!(kind, "GitLab event of a kind shisa does not use: ignored");
+        return (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ignored"})),
+        )
+            .into_response();
+    }
+    use sha2::Digest;
+    let key = h("idempotency-key")
+        .or(h("webhook-id"))
+        .or(h("x-gitlab-event-uuid"))
+        .map(|k| k.chars().take(200).collect::<String>())
+        .unwrap_or_else(|| format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))));
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let job = crate::store::queue::OwnedJob {
+        kind: crate::handlers::builds::EVENT.into(),
+        payload: serde_json::json!({"event": event, "body": value}),
+        owner: "gitlab".into(),
+        request_id: format!("gitlab-{}", uuid::Uuid::new_v4().simple()),
+        reply: None,
+        max_attempts: app.cfg.queue.max_attempts,
+    };
+    match app.store.accept_delivery(&key, hook.kind(), job).await {
+        Ok(fresh) => {
+            if fresh {
+                app.wake.notify_one();
+            }
+            let status = if fresh { "queued" } else { "duplicate" };
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({"status": status})),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store a GitLab delivery");
+            error_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot store the event now; resend it",
+            )
+        }
     }
 }
 

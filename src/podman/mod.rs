@@ -402,6 +402,7 @@ impl PodmanClient {
         Ok(ImageInfo {
             id: v["Id"].as_str().unwrap_or_default().to_string(),
             architecture: v["Architecture"].as_str().unwrap_or("amd64").to_string(),
+            size: v["Size"].as_u64().unwrap_or(0),
             config: v["Config"].clone(),
         })
     }
@@ -660,6 +661,7 @@ mod tests {
 #[derive(Debug, Clone)]
 pub struct ImageInfo {
     pub id: String,
+    pub size: u64,
     pub architecture: String,
     pub config: serde_json::Value,
 }

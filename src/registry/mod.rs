@@ -27,7 +27,7 @@ pub struct Registry {
     failures: Mutex<HashMap<String, Vec<Instant>>>,
     quota_told: Mutex<HashMap<String, Instant>>,
     /// Short-lived pull credentials shisa hands to a blade's Podman: secret → (uid, repository, until).
-    pulls: Mutex<HashMap<String, (String, String, Instant)>>,
+    pulls: Mutex<HashMap<String, (String, String, Instant, bool)>>,
 }
 
 impl Registry {
@@ -67,8 +67,17 @@ impl Registry {
         }
     }
 
-    /// A one-time-ish credential for a blade's Podman to pull one repository as `uid`.
+    /// A short-lived credential for a blade's Podman to pull one repository as `uid`.
     pub fn pull_credential(&self, uid: &str, repository: &str) -> String {
+        self.ephemeral(uid, repository, false, 120)
+    }
+
+    /// A short-lived credential to push one repository as `uid` (a build's result).
+    pub fn push_credential(&self, uid: &str, repository: &str) -> String {
+        self.ephemeral(uid, repository, true, 600)
+    }
+
+    fn ephemeral(&self, uid: &str, repository: &str, push: bool, seconds: u64) -> String {
         let secret = format!("shisa-pull_{}", uuid::Uuid::new_v4().simple());
         let mut p = self.pulls.lock().unwrap();
         p.retain(|_, v| v.2 > Instant::now());
@@ -77,7 +86,8 @@ impl Registry {
             (
                 uid.to_string(),
                 repository.to_string(),
-                Instant::now() + Duration::from_secs(120),
+                Instant::now() + Duration::from_secs(seconds),
+                push,
             ),
         );
         secret
@@ -129,7 +139,7 @@ async fn authenticate(
     user: &str,
     password: &str,
     address: IpAddr,
-) -> Result<(Account, Option<String>), TokenError> {
+) -> Result<(Account, Option<(String, bool)>), TokenError> {
     let keys = vec![format!("user:{user}"), format!("ip:{address}")];
     if reg.limited(&keys) {
         return Err(TokenError::Limited);
@@ -145,9 +155,9 @@ async fn authenticate(
     if password.starts_with("shisa-pull_") {
         let entry = reg.pulls.lock().unwrap().get(password).cloned();
         return match entry {
-            Some((uid, repo, until)) if uid == user && until > Instant::now() => {
+            Some((uid, repo, until, push)) if uid == user && until > Instant::now() => {
                 match app.directory.lookup(user).await {
-                    Ok(Some(a)) => Ok((a, Some(repo))),
+                    Ok(Some(a)) => Ok((a, Some((repo, push)))),
                     _ => fail("unknown user"),
                 }
             }
@@ -236,14 +246,21 @@ pub async fn issue(app: &Arc<App>, req: TokenRequest) -> Result<Issued, TokenErr
             scope::Scope::Repository { name, .. } => ("repository", name.clone()),
             scope::Scope::Catalog => ("registry", "catalog".to_string()),
         };
-        let mut granted = if let Some(repo) = &only_repo {
-            // A pull credential: pull on its repository, nothing else.
+        let mut granted = if let Some((repo, may_push)) = &only_repo {
+            // An ephemeral credential: its one repository, pull (and push for a build's
+            // own result, within the owner's namespace and quota), nothing else.
             match s {
-                scope::Scope::Repository { name, actions }
-                    if name == repo && actions.iter().any(|a| a == "pull") =>
-                {
-                    vec!["pull".to_string()]
-                }
+                scope::Scope::Repository { name, actions } if name == repo => actions
+                    .iter()
+                    .filter(|a| {
+                        *a == "pull"
+                            || (*a == "push"
+                                && *may_push
+                                && !over_quota
+                                && owner_of(repo).as_deref() == Some(account.uid.as_str()))
+                    })
+                    .cloned()
+                    .collect(),
                 _ => vec![],
             }
         } else {

@@ -217,6 +217,7 @@ CREATE TABLE gitlab_projects (
     path        TEXT NOT NULL,
     owner       TEXT NOT NULL,
     hook_id     INTEGER,
+    gitlab_user TEXT NOT NULL,            -- the enabler's GitLab username: builds fetch as them (Sudo)
     mode        TEXT NOT NULL DEFAULT 'direct',
     enabled_at  INTEGER NOT NULL
 );

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod blades;
 pub mod containers;
+pub mod gitlab;
 pub mod images;
 pub mod migrations;
 pub mod outbox;

@@ -1,0 +1,175 @@
+//! Building an image from a source tree on a blade: `podman build` through
+//! the blade's API socket (Podman's remote client, argument list only, never
+//! a shell), root inside the build mapped to an unprivileged host range,
+//! under the owner's CPU and memory limits and a time limit, with the blade's
+//! layer cache; then a push to the department registry with a short-lived
+//! credential for that one repository.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// A GitLab project path as a repository name: lowercase, `[a-z0-9._-]`
+/// components joined by `-` (`Alice/My Model` → `alice-my-model`).
+pub fn slug(path: &str) -> String {
+    let mut out = String::new();
+    for c in path.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let s = out.trim_matches('-').to_string();
+    if s.is_empty() {
+        "project".into()
+    } else {
+        s.chars().take(100).collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildSpec<'a> {
+    /// The blade's Podman API socket.
+    pub socket: &'a Path,
+    pub context: &'a Path,
+    pub file: &'a Path,
+    pub tags: Vec<String>,
+    pub uid_base: u32,
+    pub uid_count: u32,
+    pub memory_bytes: u64,
+    pub cpus: f64,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct Built {
+    pub ok: bool,
+    /// The last lines of the build's output.
+    pub log_tail: String,
+}
+
+fn podman(socket: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("podman");
+    c.arg("--remote")
+        .arg("--url")
+        .arg(format!("unix://{}", socket.display()))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", std::env::temp_dir())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+fn tail(bytes: &[u8], lines: usize) -> String {
+    let t = String::from_utf8_lossy(bytes);
+    let v: Vec<&str> = t.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+pub async fn build(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
+    let mut c = podman(s.socket);
+    c.arg("build")
+        .arg("--force-rm")
+        .arg("--layers")
+        .arg("--pull=never")
+        .arg(format!("--userns-uid-map=0:{}:{}", s.uid_base, s.uid_count))
+        .arg(format!("--userns-gid-map=0:{}:{}", s.uid_base, s.uid_count))
+        .arg(format!("--memory={}", s.memory_bytes))
+        .arg("--cpu-period=100000")
+        .arg(format!(
+            "--cpu-quota={}",
+            (s.cpus * 100_000.0).round().max(1000.0) as u64
+        ))
+        .arg("--file")
+        .arg(s.file);
+    for t in &s.tags {
+        c.arg("--tag").arg(t);
+    }
+    c.arg(s.context);
+    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    match tokio::time::timeout(s.timeout, child.wait_with_output()).await {
+        Ok(out) => {
+            let out = out?;
+            let mut all = out.stdout.clone();
+            all.extend_from_slice(&out.stderr);
+            Ok(Built {
+                ok: out.status.success(),
+                log_tail: tail(&all, 25),
+            })
+        }
+        // The child is killed on drop; --force-rm has the blade remove what the build left.
+        Err(_) => Ok(Built {
+            ok: false,
+            log_tail: format!(
+                "the build ran longer than its limit of {} s and was stopped",
+                s.timeout.as_secs()
+            ),
+        }),
+    }
+}
+
+/// Push `image` with a credential for its repository; the pushed manifest's digest.
+pub async fn push(
+    socket: &Path,
+    image: &str,
+    user: &str,
+    password: &str,
+    tls_verify: bool,
+) -> anyhow::Result<String> {
+    use base64::Engine;
+    // The credential goes in a private auth file, not on the command line (where `ps` shows it).
+    let dir = tempfile::tempdir()?;
+    let registry = image.split('/').next().unwrap_or_default();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let authfile = dir.path().join("auth.json");
+    std::fs::write(
+        &authfile,
+        serde_json::json!({"auths": {registry: {"auth": auth}}}).to_string(),
+    )?;
+    let digestfile = dir.path().join("digest");
+    let out = podman(socket)
+        .arg("push")
+        .arg(format!("--tls-verify={tls_verify}"))
+        .arg("--authfile")
+        .arg(&authfile)
+        .arg("--digestfile")
+        .arg(&digestfile)
+        .arg(image)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "push failed: {}",
+        tail(&out.stderr, 5)
+    );
+    Ok(std::fs::read_to_string(&digestfile)
+        .unwrap_or_default()
+        .trim()
+        .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slug;
+
+    #[test]
+    fn slugs() {
+        assert_eq!(slug("alice/mymodel"), "alice-mymodel");
+        assert_eq!(slug("Alice/My Model.v2"), "alice-my-model-v2");
+        assert_eq!(slug("//"), "project");
+        assert_eq!(slug("a__b"), "a-b");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn slugs_are_valid_repository_components(p in "\\PC{0,80}") {
+            let s = slug(&p);
+            proptest::prop_assert!(!s.is_empty() && s.len() <= 100);
+            proptest::prop_assert!(s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+            proptest::prop_assert!(!s.starts_with('-') && !s.ends_with('-'));
+        }
+    }
+}

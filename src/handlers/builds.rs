@@ -1,0 +1,577 @@
+//! Git-driven builds: GitLab events from the durable queue, `/container build
+//! enable|disable|status|run`, and the build job itself (fetch the archive
+//! as the project's owner, build on a blade, push, report).
+
+use std::sync::Arc;
+
+use gitlab::api::projects::repository::commits::CommitStatusState;
+
+use crate::app::App;
+use crate::commands::Invocation;
+use crate::gitlab::client::{self, GitlabApi};
+use crate::gitlab::hooks::{self, Hook, Push};
+use crate::identity::Account;
+use crate::messages::{render, Lang, UserError};
+use crate::store::gitlab::{BuildRow, ProjectRow};
+use crate::store::queue::{OwnedJob, QueuedJob};
+
+use super::JobError;
+
+pub const EVENT: &str = "gitlab.event";
+pub const BUILD: &str = "build.run";
+
+fn gitlab(app: &App) -> Result<&GitlabApi, UserError> {
+    app.gitlab.as_ref().ok_or_else(|| {
+        UserError::new("build.no_gitlab").arg("contact", &app.cfg.mattermost.contact)
+    })
+}
+
+/// The department account behind a GitLab user id, by the configured linking.
+async fn account_of_gitlab_user(
+    app: &App,
+    api: &GitlabApi,
+    id: u64,
+) -> anyhow::Result<Option<Account>> {
+    let u = match client::user(api, id).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::info!(gitlab_user = id, error = %client::explain(&e), "GitLab user not found");
+            return Ok(None);
+        }
+    };
+    let uid = if app
+        .cfg
+        .gitlab
+        .as_ref()
+        .is_some_and(|g| g.link_by == "username")
+    {
+        Some(u.username.clone())
+    } else {
+        u.ldap_uid()
+    };
+    match uid {
+        Some(uid) => Ok(app.directory.lookup(&uid).await?),
+        None => Ok(None),
+    }
+}
+
+/// A stored GitLab delivery, taken from the queue.
+pub async fn event(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
+    let name = job.payload["event"].as_str().unwrap_or_default();
+    let body = serde_json::to_vec(&job.payload["body"]).map_err(|e| JobError::Retry(e.into()))?;
+    let hook = hooks::parse(name, &body).map_err(|e| {
+        tracing::warn!(error = %e, "stored GitLab event no longer parses");
+        JobError::Gone
+    })?;
+    match hook {
+        Hook::Push(p) => on_push(app, &p).await.map(|_| String::new()),
+        // Pipeline and Job hooks feed the runner path (issue 7); recorded, nothing to do yet.
+        other => {
+            tracing::info!(kind = other.kind(), "GitLab event recorded");
+            Ok(String::new())
+        }
+    }
+}
+
+async fn on_push(app: &Arc<App>, p: &Push) -> Result<(), JobError> {
+    let Some(g) = app.cfg.gitlab.as_ref() else {
+        return Err(JobError::Gone);
+    };
+    let api = app.gitlab.as_ref().ok_or(JobError::Gone)?;
+    if p.deleted() {
+        return Ok(());
+    }
+    let files: Vec<&str> = g.build_files.iter().map(String::as_str).collect();
+    if !p.touches(&files) {
+        return Ok(());
+    }
+    let Some(pusher) = account_of_gitlab_user(app, api, p.user_id)
+        .await
+        .map_err(JobError::Retry)?
+    else {
+        tracing::info!(gitlab_user = p.user_id, project = %p.project.path_with_namespace, "push by a GitLab user with no department account: ignored");
+        return Ok(());
+    };
+    let Some(project) = app
+        .store
+        .gitlab_project(p.project_id)
+        .await
+        .map_err(JobError::Retry)?
+    else {
+        if app
+            .store
+            .first_notice(p.project_id)
+            .await
+            .map_err(JobError::Retry)?
+        {
+            let text = render(
+                Lang::En,
+                "build.not_enabled",
+                &[("project", p.project.path_with_namespace.clone())],
+            );
+            let _ = app
+                .notifier
+                .direct(&pusher.uid, None, &text, &serde_json::json!({}))
+                .await;
+        }
+        return Ok(());
+    };
+    queue_build(app, &project, p.head(), &p.git_ref, "push")
+        .await
+        .map_err(JobError::Retry)?;
+    Ok(())
+}
+
+async fn queue_build(
+    app: &Arc<App>,
+    project: &ProjectRow,
+    sha: &str,
+    git_ref: &str,
+    trigger: &str,
+) -> anyhow::Result<i64> {
+    let owner = project.owner.clone();
+    let max = app.cfg.queue.max_attempts;
+    let id = app
+        .store
+        .new_build(
+            BuildRow {
+                id: 0,
+                project_id: project.project_id,
+                path: project.path.clone(),
+                owner: project.owner.clone(),
+                sha: sha.to_string(),
+                git_ref: git_ref.to_string(),
+                trigger: trigger.to_string(),
+                state: "queued".into(),
+                image: None,
+                digest: None,
+                size: None,
+                blade: None,
+                detail: None,
+                created_at: 0,
+                finished_at: None,
+            },
+            move |id| OwnedJob {
+                kind: BUILD.into(),
+                payload: serde_json::json!({"build": id}),
+                owner,
+                request_id: format!("build-{id}"),
+                reply: None,
+                max_attempts: max,
+            },
+        )
+        .await?;
+    app.wake.notify_one();
+    Ok(id)
+}
+
+/// `/container build enable|disable|status|run PROJECT [REF]`.
+pub async fn handle(
+    app: &Arc<App>,
+    caller: &Account,
+    inv: &Invocation,
+) -> anyhow::Result<Result<String, UserError>> {
+    let action = inv.arg_text("ACTION").unwrap_or("status");
+    if action == "status" {
+        return Ok(Ok(status(app, caller).await?));
+    }
+    let api = match gitlab(app) {
+        Ok(a) => a,
+        Err(e) => return Ok(Err(e)),
+    };
+    let Some(path) = inv.arg_text("PROJECT") else {
+        return Ok(Err(
+            UserError::new("build.project_missing").arg("action", action)
+        ));
+    };
+    // As the caller: GitLab answers 404 for a project they cannot see.
+    let as_user = api.for_user(&caller.uid);
+    let info = match client::project(&as_user, path).await {
+        Ok(i) => i,
+        Err(e) => {
+            return Ok(Err(UserError::new("build.project_unreachable")
+                .arg("project", path)
+                .arg("reason", client::explain(&e))))
+        }
+    };
+    match action {
+        "enable" => {
+            if info.access_level() < 40 {
+                return Ok(Err(UserError::new("build.not_maintainer")
+                    .arg("project", &info.path_with_namespace)));
+            }
+            if inv.has("runner") {
+                return Ok(Err(UserError::new("build.no_runners")));
+            }
+            let g = app.cfg.gitlab.as_ref().expect("gitlab is configured");
+            let url = g
+                .hook_url
+                .clone()
+                .unwrap_or_else(|| format!("{}/hooks/gitlab", app.cfg.public_url()));
+            let token = g
+                .webhook_tokens
+                .first()
+                .map(|t| t.expose().to_string())
+                .unwrap_or_default();
+            let old = app.store.gitlab_project(info.id).await?;
+            let hook_id = match old.as_ref().and_then(|o| o.hook_id) {
+                Some(h) => h,
+                None => match client::create_hook(&as_user, info.id, &url, &token).await {
+                    Ok(h) => h.id,
+                    Err(e) => {
+                        return Ok(Err(UserError::new("build.project_unreachable")
+                            .arg("project", &info.path_with_namespace)
+                            .arg("reason", client::explain(&e))))
+                    }
+                },
+            };
+            app.store
+                .enable_project(ProjectRow {
+                    project_id: info.id,
+                    path: info.path_with_namespace.clone(),
+                    owner: caller.uid.clone(),
+                    hook_id: Some(hook_id),
+                    gitlab_user: caller.uid.clone(),
+                    mode: "direct".into(),
+                })
+                .await?;
+            Ok(Ok(render(
+                Lang::En,
+                "build.enabled",
+                &[
+                    ("project", info.path_with_namespace.clone()),
+                    (
+                        "image",
+                        image_name(app, &caller.uid, &info.path_with_namespace, "SHA"),
+                    ),
+                ],
+            )))
+        }
+        "disable" => {
+            let Some(p) = app.store.gitlab_project(info.id).await? else {
+                return Ok(Err(UserError::new("build.not_enabled_here")
+                    .arg("project", &info.path_with_namespace)));
+            };
+            if p.owner != caller.uid && caller.role != crate::identity::Role::Admin {
+                return Ok(Err(UserError::new("build.not_enabled_here")
+                    .arg("project", &info.path_with_namespace)));
+            }
+            if let Some(h) = p.hook_id {
+                if let Err(e) = client::delete_hook(&as_user, info.id, h).await {
+                    tracing::warn!(error = %client::explain(&e), "could not delete the project hook");
+                }
+            }
+            app.store.disable_project(info.id).await?;
+            Ok(Ok(render(
+                Lang::En,
+                "build.disabled",
+                &[("project", info.path_with_namespace)],
+            )))
+        }
+        _ => {
+            // run
+            let Some(p) = app.store.gitlab_project(info.id).await? else {
+                return Ok(Err(UserError::new("build.not_enabled_here")
+                    .arg("project", &info.path_with_namespace)));
+            };
+            let git_ref = inv
+                .arg_text("REF")
+                .map(str::to_string)
+                .or(info.default_branch.clone())
+                .unwrap_or_else(|| "main".into());
+            let id = queue_build(app, &p, &git_ref, &git_ref, "command").await?;
+            Ok(Ok(render(
+                Lang::En,
+                "build.queued",
+                &[
+                    ("project", p.path),
+                    ("id", id.to_string()),
+                    ("ref", git_ref),
+                ],
+            )))
+        }
+    }
+}
+
+async fn status(app: &App, caller: &Account) -> anyhow::Result<String> {
+    let rows = app.store.builds_of(&caller.uid, 10).await?;
+    if rows.is_empty() {
+        return Ok(render(Lang::En, "build.none", &[]));
+    }
+    let mut t =
+        String::from("| build | project | commit | state | image |\n|---|---|---|---|---|\n");
+    for b in rows {
+        t.push_str(&format!(
+            "| {} | {} | `{}` | {} | {} |\n",
+            b.id,
+            b.path,
+            b.sha.chars().take(8).collect::<String>(),
+            b.state,
+            b.image.map(|i| format!("`{i}`")).unwrap_or_default()
+        ));
+    }
+    Ok(t)
+}
+
+/// `REGISTRY/OWNER/SLUG:TAG`, or `localhost/OWNER/SLUG:TAG` with no registry.
+pub fn image_name(app: &App, owner: &str, path: &str, tag: &str) -> String {
+    let host = app
+        .registry
+        .as_ref()
+        .map(|r| r.cfg.host.clone())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}/{owner}/{}:{tag}", crate::builds::slug(path))
+}
+
+/// The build job.
+pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
+    let id = job.payload["build"].as_i64().ok_or(JobError::Gone)?;
+    let g = app.cfg.gitlab.as_ref().ok_or(JobError::Gone)?;
+    let api = app.gitlab.as_ref().ok_or(JobError::Gone)?;
+    let b = app
+        .store
+        .build(id)
+        .await
+        .map_err(JobError::Retry)?
+        .ok_or(JobError::Gone)?;
+    if b.state != "queued" {
+        return Err(JobError::Gone);
+    }
+    let project = app
+        .store
+        .gitlab_project(b.project_id)
+        .await
+        .map_err(JobError::Retry)?
+        .ok_or(JobError::Gone)?;
+    // A blade on this machine: the build context is read from local disk.
+    let Some((blade, _)) = app.blades.iter().find(|(bl, _)| bl.ssh.is_none()) else {
+        return Err(JobError::Retry(anyhow::anyhow!(
+            "no blade is up for builds"
+        )));
+    };
+    // One build per project at a time: wait while another runs (a newer push supersedes this one meanwhile).
+    loop {
+        if app
+            .store
+            .start_build(id, &blade.name)
+            .await
+            .map_err(JobError::Retry)?
+        {
+            break;
+        }
+        match app.store.build(id).await.map_err(JobError::Retry)? {
+            Some(x) if x.state == "queued" => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await
+            }
+            _ => return Err(JobError::Gone),
+        }
+    }
+    let as_owner = api.for_user(&project.gitlab_user);
+    let _ = client::commit_status(
+        &as_owner,
+        b.project_id,
+        &b.sha,
+        CommitStatusState::Running,
+        "building the image",
+        None,
+    )
+    .await;
+    let result = build_one(app, g, &as_owner, blade, &b).await;
+    let owner_text;
+    match result {
+        Ok((image, digest, size)) => {
+            app.store
+                .finish_build(
+                    id,
+                    "succeeded",
+                    Some(&image),
+                    Some(&digest),
+                    Some(size as i64),
+                    "",
+                )
+                .await
+                .map_err(JobError::Retry)?;
+            let _ = client::commit_status(
+                &as_owner,
+                b.project_id,
+                &b.sha,
+                CommitStatusState::Success,
+                &format!("{image} {digest}"),
+                None,
+            )
+            .await;
+            owner_text = render(
+                Lang::En,
+                "build.succeeded",
+                &[
+                    ("project", b.path.clone()),
+                    ("sha", b.sha.chars().take(8).collect()),
+                    ("image", image.clone()),
+                    ("digest", digest),
+                    ("size", crate::containers::fmt_size(size)),
+                    (
+                        "run",
+                        image
+                            .split_once('/')
+                            .map(|x| x.1.to_string())
+                            .unwrap_or(image.clone()),
+                    ),
+                ],
+            );
+        }
+        Err(log) => {
+            app.store
+                .finish_build(id, "failed", None, None, None, &log)
+                .await
+                .map_err(JobError::Retry)?;
+            let _ = client::commit_status(
+                &as_owner,
+                b.project_id,
+                &b.sha,
+                CommitStatusState::Failed,
+                "the image build failed",
+                None,
+            )
+            .await;
+            owner_text = render(
+                Lang::En,
+                "build.failed",
+                &[
+                    ("project", b.path.clone()),
+                    ("sha", b.sha.chars().take(8).collect()),
+                    ("log", log),
+                ],
+            );
+        }
+    }
+    if let Err(e) = app
+        .notifier
+        .direct(
+            &b.owner,
+            None,
+            &owner_text,
+            &serde_json::json!({"shisa": {"build": id}}),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "build result not delivered");
+    }
+    Ok(String::new())
+}
+
+/// Fetch, unpack, build, push: (image, digest, size) or the log lines that say why not.
+async fn build_one(
+    app: &Arc<App>,
+    g: &crate::config::Gitlab,
+    as_owner: &GitlabApi,
+    blade: &crate::config::Blade,
+    b: &BuildRow,
+) -> Result<(String, String, u64), String> {
+    let archive = client::archive(as_owner, b.project_id, &b.sha)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot fetch the repository at {}: {}",
+                b.sha,
+                client::explain(&e)
+            )
+        })?;
+    let work = tempfile::Builder::new()
+        .prefix("shisa-build-")
+        .tempdir_in(&app.cfg.data_dir)
+        .map_err(|e| e.to_string())?;
+    let dir = work.path().to_path_buf();
+    let top = tokio::task::spawn_blocking(move || unpack(&archive, &dir))
+        .await
+        .map_err(|e| e.to_string())??;
+    let file = g
+        .build_files
+        .iter()
+        .map(|f| top.join(f))
+        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .ok_or_else(|| {
+            format!(
+                "no {} at the top of the repository",
+                g.build_files.join(" or ")
+            )
+        })?;
+    let account = app
+        .directory
+        .lookup(&b.owner)
+        .await
+        .ok()
+        .flatten()
+        .ok_or("the owner's account is gone")?;
+    let limits = app.cfg.limits_for(account.role);
+    let short: String = b.sha.chars().take(8).collect();
+    let tag_sha = image_name(app, &b.owner, &b.path, &short);
+    let tag_latest = image_name(app, &b.owner, &b.path, "latest");
+    let built = crate::builds::build(&crate::builds::BuildSpec {
+        socket: &blade.podman_socket,
+        context: &top,
+        file: &file,
+        tags: vec![tag_sha.clone(), tag_latest.clone()],
+        uid_base: g.build_uid_base,
+        uid_count: g.build_uid_count,
+        memory_bytes: crate::containers::size_of(&limits.max_memory),
+        cpus: limits.max_cpus,
+        timeout: std::time::Duration::from_secs(g.build_timeout_seconds),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    if !built.ok {
+        return Err(built.log_tail);
+    }
+    let client = app
+        .blades
+        .iter()
+        .find(|(bl, _)| bl.name == blade.name)
+        .map(|x| &x.1)
+        .ok_or("the blade is gone")?;
+    let size = client
+        .image_inspect(&tag_sha)
+        .await
+        .map(|i| i.size)
+        .unwrap_or(0);
+    let mut digest = String::new();
+    if let Some(reg) = app.registry.as_ref() {
+        let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
+        for t in [&tag_sha, &tag_latest] {
+            let cred = reg.push_credential(&b.owner, &repo);
+            digest =
+                crate::builds::push(&blade.podman_socket, t, &b.owner, &cred, !reg.cfg.insecure)
+                    .await
+                    .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok((tag_sha, digest, size))
+}
+
+/// Unpack a GitLab archive (one top directory) safely: the tar crate refuses
+/// entries that would land outside the target (`..`, absolute paths), and we
+/// refuse device nodes outright.
+fn unpack(archive: &[u8], dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    let gz = flate2::read::GzDecoder::new(archive);
+    let mut t = tar::Archive::new(gz);
+    t.set_preserve_permissions(false);
+    t.set_unpack_xattrs(false);
+    for e in t
+        .entries()
+        .map_err(|e| format!("the archive is unreadable: {e}"))?
+    {
+        let mut e = e.map_err(|e| format!("the archive is unreadable: {e}"))?;
+        let kind = e.header().entry_type();
+        if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
+            continue;
+        }
+        e.unpack_in(dir)
+            .map_err(|e| format!("cannot unpack the archive: {e}"))?;
+    }
+    let mut tops = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|d| d.path());
+    let top = tops.next().ok_or("the archive is empty")?;
+    Ok(top)
+}

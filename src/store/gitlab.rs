@@ -1,0 +1,239 @@
+//! GitLab deliveries (deduplicated), enabled projects and builds.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::queue::{enqueue_tx, OwnedJob};
+use super::{now, Store};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectRow {
+    pub project_id: u64,
+    pub path: String,
+    pub owner: String,
+    pub hook_id: Option<u64>,
+    pub gitlab_user: String,
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildRow {
+    pub id: i64,
+    pub project_id: u64,
+    pub path: String,
+    pub owner: String,
+    pub sha: String,
+    pub git_ref: String,
+    pub trigger: String,
+    pub state: String,
+    pub image: Option<String>,
+    pub digest: Option<String>,
+    pub size: Option<i64>,
+    pub blade: Option<String>,
+    pub detail: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+fn build_row(r: &rusqlite::Row) -> rusqlite::Result<BuildRow> {
+    Ok(BuildRow {
+        id: r.get(0)?,
+        project_id: r.get::<_, i64>(1)? as u64,
+        path: r.get(2)?,
+        owner: r.get(3)?,
+        sha: r.get(4)?,
+        git_ref: r.get(5)?,
+        trigger: r.get(6)?,
+        state: r.get(7)?,
+        image: r.get(8)?,
+        digest: r.get(9)?,
+        size: r.get(10)?,
+        blade: r.get(11)?,
+        detail: r.get(12)?,
+        created_at: r.get(13)?,
+        finished_at: r.get(14)?,
+    })
+}
+
+const BUILD_COLS: &str = "id, project_id, path, owner, sha, git_ref, trigger, state, image, digest, size, blade, detail, created_at, finished_at";
+
+impl Store {
+    /// Record a delivery and queue its processing, once per key: false when seen before.
+    pub async fn accept_delivery(
+        &self,
+        key: &str,
+        kind: &str,
+        job: OwnedJob,
+    ) -> anyhow::Result<bool> {
+        let (k, kd) = (key.to_string(), kind.to_string());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO gitlab_deliveries(key, kind, received) VALUES (?1, ?2, ?3)",
+                params![k, kd, now()],
+            )?;
+            if n == 1 {
+                enqueue_tx(&tx, &job)?;
+            }
+            tx.commit()?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub async fn gitlab_project(&self, project_id: u64) -> anyhow::Result<Option<ProjectRow>> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT project_id, path, owner, hook_id, mode, gitlab_user FROM gitlab_projects WHERE project_id = ?1",
+                [project_id as i64],
+                |r| {
+                    Ok(ProjectRow {
+                        project_id: r.get::<_, i64>(0)? as u64,
+                        path: r.get(1)?,
+                        owner: r.get(2)?,
+                        hook_id: r.get::<_, Option<i64>>(3)?.map(|h| h as u64),
+                        mode: r.get(4)?,
+                        gitlab_user: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn enable_project(&self, p: ProjectRow) -> anyhow::Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO gitlab_projects(project_id, path, owner, hook_id, mode, enabled_at, gitlab_user) VALUES (?1,?2,?3,?4,?5,?6,?7)
+                 ON CONFLICT(project_id) DO UPDATE SET path = excluded.path, owner = excluded.owner, hook_id = excluded.hook_id, mode = excluded.mode, gitlab_user = excluded.gitlab_user",
+                params![p.project_id as i64, p.path, p.owner, p.hook_id.map(|h| h as i64), p.mode, now(), p.gitlab_user],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn disable_project(&self, project_id: u64) -> anyhow::Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM gitlab_projects WHERE project_id = ?1",
+                [project_id as i64],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// True the first time only: whether to tell someone how to enable this project.
+    pub async fn first_notice(&self, project_id: u64) -> anyhow::Result<bool> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO gitlab_notices(project_id, at) VALUES (?1, ?2)",
+                params![project_id as i64, now()],
+            )
+        })
+        .await
+        .map(|n| n == 1)
+    }
+
+    /// A new build; queued builds of the same project it replaces are marked superseded.
+    pub async fn new_build(
+        &self,
+        b: BuildRow,
+        job: impl FnOnce(i64) -> OwnedJob + Send + 'static,
+    ) -> anyhow::Result<i64> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE builds SET state = 'superseded', finished_at = ?2 WHERE project_id = ?1 AND state = 'queued'",
+                params![b.project_id as i64, now()],
+            )?;
+            tx.execute(
+                "INSERT INTO builds(project_id, path, owner, sha, git_ref, trigger, state, created_at) VALUES (?1,?2,?3,?4,?5,?6,'queued',?7)",
+                params![b.project_id as i64, b.path, b.owner, b.sha, b.git_ref, b.trigger, now()],
+            )?;
+            let id = tx.last_insert_rowid();
+            enqueue_tx(&tx, &job(id))?;
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    pub async fn build(&self, id: i64) -> anyhow::Result<Option<BuildRow>> {
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {BUILD_COLS} FROM builds WHERE id = ?1"),
+                [id],
+                build_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Start a queued build unless another build of its project is running: false means wait.
+    pub async fn start_build(&self, id: i64, blade: &str) -> anyhow::Result<bool> {
+        let b = blade.to_string();
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE builds SET state = 'running', blade = ?2, started_at = ?3 WHERE id = ?1 AND state = 'queued'
+                 AND NOT EXISTS (SELECT 1 FROM builds o WHERE o.project_id = builds.project_id AND o.state = 'running')",
+                params![id, b, now()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub async fn finish_build(
+        &self,
+        id: i64,
+        state: &str,
+        image: Option<&str>,
+        digest: Option<&str>,
+        size: Option<i64>,
+        detail: &str,
+    ) -> anyhow::Result<()> {
+        let v = (
+            state.to_string(),
+            image.map(str::to_string),
+            digest.map(str::to_string),
+            size,
+            detail.to_string(),
+        );
+        self.call(move |c| {
+            c.execute(
+                "UPDATE builds SET state = ?2, image = ?3, digest = ?4, size = ?5, detail = ?6, finished_at = ?7 WHERE id = ?1",
+                params![id, v.0, v.1, v.2, v.3, v.4, now()],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn builds_of(&self, owner: &str, limit: u32) -> anyhow::Result<Vec<BuildRow>> {
+        let o = owner.to_string();
+        self.call(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {BUILD_COLS} FROM builds WHERE owner = ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let v = st
+                .query_map(params![o, limit], build_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(v)
+        })
+        .await
+    }
+
+    /// Builds left running by a crash go back to queued (their queue job is recovered too).
+    pub async fn requeue_running_builds(&self) -> anyhow::Result<usize> {
+        self.call(|c| {
+            c.execute(
+                "UPDATE builds SET state = 'queued' WHERE state = 'running'",
+                [],
+            )
+        })
+        .await
+    }
+}
