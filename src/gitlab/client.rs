@@ -192,16 +192,18 @@ impl UserInfo {
 
 /// A GitLab answer in words for a user: 404 means "not found or not yours".
 pub fn explain(e: &ApiError<ClientError>) -> String {
-    match e {
-        ApiError::GitlabService { status, .. } if status.as_u16() == 404 => {
-            "GitLab says it does not exist or you cannot see it".into()
+    let status = match e {
+        ApiError::GitlabService { status, .. } | ApiError::GitlabWithStatus { status, .. } => {
+            Some(status.as_u16())
         }
-        ApiError::GitlabService { status, .. } if status.as_u16() == 403 => {
-            "GitLab says you are not allowed to".into()
-        }
-        ApiError::GitlabWithStatus { status, msg } => format!("GitLab answered {status}: {msg}"),
-        ApiError::GitlabService { status, .. } => format!("GitLab answered {status}"),
-        other => format!("{other}"),
+        _ => None,
+    };
+    match (status, e) {
+        (Some(404), _) => "GitLab says it does not exist or you cannot see it".into(),
+        (Some(403), _) => "GitLab says you are not allowed to".into(),
+        (_, ApiError::GitlabWithStatus { status, msg }) => format!("GitLab answered {status}: {msg}"),
+        (Some(s), _) => format!("GitLab answered {s}"),
+        (None, other) => format!("{other}"),
     }
 }
 

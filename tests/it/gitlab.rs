@@ -1,0 +1,515 @@
+//! GitLab: the receiver on every fixture, and builds end to end against a
+//! protocol-faithful fake GitLab (in-process; only the endpoints shisa uses,
+//! shaped by shared/docs/protocols.md §1–3 and the fixtures), real Podman and
+//! a real registry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+
+use crate::harness::{free_port, registry, Opts, Stack};
+
+pub const ADMIN: &str = "glpat-test-admin";
+const HOOK_TOKEN: &str = "hook-secret";
+
+#[derive(Clone)]
+pub struct FakeProject {
+    pub id: u64,
+    pub path: String,
+    /// username → access level (30 Developer, 40 Maintainer).
+    pub members: HashMap<String, u32>,
+    /// sha → tar.gz of the tree (one top directory, as GitLab makes it).
+    pub archives: HashMap<String, Vec<u8>>,
+}
+
+#[derive(Default)]
+pub struct FakeState {
+    pub users: Vec<(u64, String)>,
+    pub projects: Vec<FakeProject>,
+    pub hooks: Vec<(u64, u64, String)>,
+    /// (project, sha, state, name, description)
+    pub statuses: Vec<(u64, String, String, String, String)>,
+    /// Every Sudo header seen, with the path.
+    pub sudo_log: Vec<(String, String)>,
+}
+
+#[derive(Clone)]
+pub struct FakeGitlab {
+    pub url: String,
+    pub state: Arc<Mutex<FakeState>>,
+}
+
+fn gl_error(status: StatusCode, msg: &str) -> Response {
+    (status, Json(serde_json::json!({"message": msg}))).into_response()
+}
+
+type S = State<Arc<Mutex<FakeState>>>;
+
+/// The acting user: the admin token is required; `Sudo` names whom it acts as.
+fn acting(st: &FakeState, h: &HeaderMap, path: &str) -> Result<Option<String>, Response> {
+    if h.get("private-token").and_then(|v| v.to_str().ok()) != Some(ADMIN) {
+        return Err(gl_error(StatusCode::UNAUTHORIZED, "401 Unauthorized"));
+    }
+    match h.get("sudo").and_then(|v| v.to_str().ok()) {
+        None => Ok(None),
+        Some(u) => {
+            let _ = path;
+            if st.users.iter().any(|(id, n)| n == u || id.to_string() == u) {
+                Ok(Some(u.to_string()))
+            } else {
+                Err(gl_error(
+                    StatusCode::FORBIDDEN,
+                    "403 Forbidden - User not found",
+                ))
+            }
+        }
+    }
+}
+
+/// The project as `user` sees it: 404 when they are not a member (GitLab hides private projects).
+fn visible(
+    st: &FakeState,
+    id: &str,
+    user: &Option<String>,
+) -> Result<(FakeProject, u32), Response> {
+    let p = st
+        .projects
+        .iter()
+        .find(|p| p.id.to_string() == id || p.path == id)
+        .cloned()
+        .ok_or_else(|| gl_error(StatusCode::NOT_FOUND, "404 Project Not Found"))?;
+    let level = match user {
+        None => 50,
+        Some(u) => *p
+            .members
+            .get(u)
+            .ok_or_else(|| gl_error(StatusCode::NOT_FOUND, "404 Project Not Found"))?,
+    };
+    Ok((p, level))
+}
+
+async fn get_project(State(s): S, Path(id): Path<String>, h: HeaderMap) -> Response {
+    let mut st = s.lock().unwrap();
+    let who = match acting(&st, &h, "project") {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Some(w) = &who {
+        st.sudo_log.push((w.clone(), format!("projects/{id}")));
+    }
+    match visible(&st, &id, &who) {
+        Ok((p, level)) => Json(serde_json::json!({
+            "id": p.id, "path_with_namespace": p.path, "web_url": format!("http://gitlab.test/{}", p.path),
+            "default_branch": "main",
+            "permissions": {"project_access": {"access_level": level}, "group_access": null}
+        }))
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn get_user(State(s): S, Path(id): Path<String>, h: HeaderMap) -> Response {
+    let st = s.lock().unwrap();
+    if let Err(r) = acting(&st, &h, "user") {
+        return r;
+    }
+    match st.users.iter().find(|(i, _)| i.to_string() == id) {
+        Some((i, n)) => Json(serde_json::json!({
+            "id": i, "username": n,
+            "identities": [{"provider": "ldapmain", "extern_uid": format!("uid={n},ou=people,dc=example,dc=edu")}]
+        }))
+        .into_response(),
+        None => gl_error(StatusCode::NOT_FOUND, "404 User Not Found"),
+    }
+}
+
+async fn create_hook(State(s): S, Path(id): Path<String>, h: HeaderMap, body: String) -> Response {
+    let mut st = s.lock().unwrap();
+    let who = match acting(&st, &h, "hooks") {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let (p, level) = match visible(&st, &id, &who) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if level < 40 {
+        return gl_error(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    // The crate sends form or JSON parameters; keep the URL either way.
+    let url = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["url"].as_str().map(str::to_string))
+        .or_else(|| {
+            serde_html_form::from_str::<HashMap<String, String>>(&body)
+                .ok()
+                .and_then(|m| m.get("url").cloned())
+        })
+        .unwrap_or_default();
+    let hid = 900 + st.hooks.len() as u64;
+    st.hooks.push((p.id, hid, url));
+    (StatusCode::CREATED, Json(serde_json::json!({"id": hid}))).into_response()
+}
+
+async fn delete_hook(State(s): S, Path((id, hid)): Path<(String, u64)>, h: HeaderMap) -> Response {
+    let mut st = s.lock().unwrap();
+    let who = match acting(&st, &h, "hooks") {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = visible(&st, &id, &who) {
+        return r;
+    }
+    st.hooks.retain(|(_, h2, _)| *h2 != hid);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn archive(
+    State(s): S,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    let who = match acting(&st, &h, "archive") {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Some(w) = &who {
+        st.sudo_log
+            .push((w.clone(), format!("projects/{id}/repository/archive")));
+    }
+    let (p, _) = match visible(&st, &id, &who) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match q.get("sha").and_then(|sha| p.archives.get(sha)) {
+        Some(b) => b.clone().into_response(),
+        None => gl_error(StatusCode::NOT_FOUND, "404 Commit Not Found"),
+    }
+}
+
+async fn status(
+    State(s): S,
+    Path((id, sha)): Path<(String, String)>,
+    h: HeaderMap,
+    body: String,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    let who = match acting(&st, &h, "statuses") {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let (p, level) = match visible(&st, &id, &who) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if level < 30 {
+        return gl_error(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let v: HashMap<String, String> = serde_html_form::from_str(&body)
+        .ok()
+        .or_else(|| {
+            serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .map(|v| {
+                    v.as_object()
+                        .map(|o| {
+                            o.iter()
+                                .map(|(k, v)| {
+                                    (k.clone(), v.as_str().unwrap_or_default().to_string())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+        })
+        .unwrap_or_default();
+    let state = v.get("state").cloned().unwrap_or_default();
+    if ![
+        "pending", "running", "success", "failed", "canceled", "skipped",
+    ]
+    .contains(&state.as_str())
+    {
+        return gl_error(StatusCode::BAD_REQUEST, "state is missing or invalid");
+    }
+    st.statuses.push((
+        p.id,
+        sha,
+        state,
+        v.get("name").cloned().unwrap_or_else(|| "default".into()),
+        v.get("description").cloned().unwrap_or_default(),
+    ));
+    (StatusCode::CREATED, Json(serde_json::json!({"id": 1}))).into_response()
+}
+
+impl FakeGitlab {
+    pub async fn start(state: FakeState) -> FakeGitlab {
+        let state = Arc::new(Mutex::new(state));
+        let app = Router::new()
+            .route("/api/v4/projects/{id}", get(get_project))
+            .route("/api/v4/users/{id}", get(get_user))
+            .route("/api/v4/projects/{id}/hooks", post(create_hook))
+            .route("/api/v4/projects/{id}/hooks/{hid}", delete(delete_hook))
+            .route(
+                "/api/v4/projects/{id}/repository/archive.tar.gz",
+                get(archive),
+            )
+            .route("/api/v4/projects/{id}/statuses/{sha}", post(status))
+            .with_state(state.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        FakeGitlab { url, state }
+    }
+}
+
+/// A GitLab-style archive: `NAME-SHA/` holding `files`.
+pub fn tar_gz(top: &str, files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (p, content) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, format!("{top}/{p}"), content.as_bytes())
+            .unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+pub fn whsec() -> (String, Vec<u8>) {
+    let key = vec![42u8; 32];
+    (
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(&key)
+        ),
+        key,
+    )
+}
+
+fn gitlab_toml(url: &str) -> String {
+    format!(
+        "[gitlab]\nurl = {url:?}\napi_token = {ADMIN:?}\nwebhook_tokens = [\"old-secret\", {HOOK_TOKEN:?}]\nsigning_keys = [{:?}]\nlink_by = \"extern_uid\"\nbuild_timeout_seconds = 120\n",
+        whsec().0
+    )
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/gitlab")
+            .join(name),
+    )
+    .unwrap()
+}
+
+async fn deliver(
+    s: &Stack,
+    event: &str,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+) -> (u16, String) {
+    let mut r = reqwest::Client::new()
+        .post(s.url("/hooks/gitlab"))
+        .header("Content-Type", "application/json")
+        .header("X-Gitlab-Event", event)
+        .body(body);
+    for (k, v) in headers {
+        r = r.header(*k, v);
+    }
+    let resp = r.send().await.unwrap();
+    let code = resp.status().as_u16();
+    (code, resp.text().await.unwrap_or_default())
+}
+
+fn deliveries(s: &Stack) -> i64 {
+    s.store()
+        .with(|c| c.query_row("SELECT COUNT(*) FROM gitlab_deliveries", [], |r| r.get(0)))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_on_every_fixture() {
+    let fake = FakeGitlab::start(FakeState::default()).await;
+    let s = Stack::start(Opts {
+        extra: gitlab_toml(&fake.url),
+        ..Default::default()
+    })
+    .await;
+    let tok = |k: &str| {
+        vec![
+            ("X-Gitlab-Token", HOOK_TOKEN.to_string()),
+            ("Idempotency-Key", k.to_string()),
+        ]
+    };
+    let mut n = 0;
+    for (f, event) in [
+        ("push.json", "Push Hook"),
+        ("tag_push.json", "Tag Push Hook"),
+        ("merge_request.json", "Merge Request Hook"),
+        ("note_merge_request.json", "Note Hook"),
+        ("pipeline.json", "Pipeline Hook"),
+        ("job.json", "Job Hook"),
+    ] {
+        let (code, body) = deliver(&s, event, fixture(f), &tok(f)).await;
+        assert_eq!((code, body.contains("queued")), (200, true), "{f}: {body}");
+        n += 1;
+        assert_eq!(deliveries(&s), n, "{f} stored");
+    }
+    // A kind shisa does not use: 200, nothing stored.
+    let (code, body) = deliver(
+        &s,
+        "Deployment Hook",
+        fixture("deployment.json"),
+        &tok("dep"),
+    )
+    .await;
+    assert_eq!((code, body.contains("ignored")), (200, true));
+    assert_eq!(deliveries(&s), n);
+    // Replayed (same Idempotency-Key, as GitLab's "Resend" does): 200, processed once.
+    let (code, body) = deliver(&s, "Push Hook", fixture("push.json"), &tok("push.json")).await;
+    assert_eq!((code, body.contains("duplicate")), (200, true), "{body}");
+    assert_eq!(deliveries(&s), n);
+    // The old token still works during rotation; a wrong or missing one: 401, nothing stored.
+    let (code, _) = deliver(
+        &s,
+        "Push Hook",
+        fixture("push.json"),
+        &[
+            ("X-Gitlab-Token", "old-secret".into()),
+            ("Idempotency-Key", "rot".into()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200);
+    n += 1;
+    for h in [vec![("X-Gitlab-Token", "hook-secreT".to_string())], vec![]] {
+        let (code, _) = deliver(&s, "Push Hook", fixture("push.json"), &h).await;
+        assert_eq!(code, 401);
+    }
+    assert_eq!(deliveries(&s), n);
+    // A System Hook push (admin-wide hooks): understood by event_name.
+    let (code, body) = deliver(&s, "System Hook", fixture("push.json"), &tok("sys")).await;
+    assert_eq!((code, body.contains("queued")), (200, true), "{body}");
+    n += 1;
+    // Signed deliveries: good, tampered body, stale timestamp.
+    let (_, key) = whsec();
+    let now = shisa::store::now();
+    let signed = |id: &str, ts: i64, body: &[u8]| {
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        m.update(format!("{id}.{ts}.").as_bytes());
+        m.update(body);
+        vec![
+            ("webhook-id", id.to_string()),
+            ("Idempotency-Key", id.to_string()),
+            ("webhook-timestamp", ts.to_string()),
+            (
+                "webhook-signature",
+                format!(
+                    "v1,{}",
+                    base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
+                ),
+            ),
+        ]
+    };
+    let body = fixture("pipeline.json");
+    let (code, _) = deliver(
+        &s,
+        "Pipeline Hook",
+        body.clone(),
+        &signed("sig-1", now, &body),
+    )
+    .await;
+    assert_eq!(code, 200);
+    n += 1;
+    let mut tampered = body.clone();
+    tampered.extend_from_slice(b" ");
+    let (code, _) = deliver(&s, "Pipeline Hook", tampered, &signed("sig-2", now, &body)).await;
+    assert_eq!(code, 401, "tampered body");
+    let (code, _) = deliver(
+        &s,
+        "Pipeline Hook",
+        body.clone(),
+        &signed("sig-3", now - 3600, &body),
+    )
+    .await;
+    assert_eq!(code, 401, "stale signature");
+    assert_eq!(deliveries(&s), n);
+    // Malformed JSON: 400 naming the JSON path; oversize: 413.
+    let (code, body) = deliver(
+        &s,
+        "Push Hook",
+        br#"{"before":"a","after":"b","ref":"r","user_id":"x"}"#.to_vec(),
+        &tok("bad"),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(body.contains("user_id"), "{body}");
+    let big = vec![b' '; 26 * 1024 * 1024];
+    let (code, _) = deliver(&s, "Push Hook", big, &tok("big")).await;
+    assert_eq!(code, 413);
+    assert_eq!(deliveries(&s), n);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_fake_gitlab_refuses_a_sudo_user_without_access() {
+    let mut members = HashMap::new();
+    members.insert("alice".to_string(), 40);
+    let fake = FakeGitlab::start(FakeState {
+        users: vec![(101, "alice".into()), (102, "bob".into())],
+        projects: vec![FakeProject {
+            id: 7,
+            path: "alice/mymodel".into(),
+            members,
+            archives: HashMap::new(),
+        }],
+        ..Default::default()
+    })
+    .await;
+    let api = shisa::gitlab::client::GitlabApi::new(
+        &fake.url,
+        shisa::config::Secret::new(ADMIN),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let p = shisa::gitlab::client::project(&api.for_user("alice"), "alice/mymodel")
+        .await
+        .unwrap();
+    assert_eq!((p.id, p.access_level()), (7, 40));
+    let e = shisa::gitlab::client::project(&api.for_user("bob"), "alice/mymodel")
+        .await
+        .unwrap_err();
+    assert!(
+        shisa::gitlab::client::explain(&e).contains("does not exist or you cannot see it"),
+        "{e}"
+    );
+    let e = shisa::gitlab::client::archive(&api.for_user("bob"), 7, "abc")
+        .await
+        .unwrap_err();
+    assert!(shisa::gitlab::client::explain(&e).contains("cannot see it"));
+    let u = shisa::gitlab::client::user(&api, 101).await.unwrap();
+    assert_eq!(u.ldap_uid().as_deref(), Some("alice"));
+    let bad = shisa::gitlab::client::GitlabApi::new(
+        &fake.url,
+        shisa::config::Secret::new("nope"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(shisa::gitlab::client::project(&bad, "alice/mymodel")
+        .await
+        .is_err());
+}
