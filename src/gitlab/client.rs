@@ -201,7 +201,9 @@ pub fn explain(e: &ApiError<ClientError>) -> String {
     match (status, e) {
         (Some(404), _) => "GitLab says it does not exist or you cannot see it".into(),
         (Some(403), _) => "GitLab says you are not allowed to".into(),
-        (_, ApiError::GitlabWithStatus { status, msg }) => format!("GitLab answered {status}: {msg}"),
+        (_, ApiError::GitlabWithStatus { status, msg }) => {
+            format!("GitLab answered {status}: {msg}")
+        }
         (Some(s), _) => format!("GitLab answered {s}"),
         (None, other) => format!("{other}"),
     }

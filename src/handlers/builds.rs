@@ -528,7 +528,7 @@ async fn build_one(
         .find(|(bl, _)| bl.name == blade.name)
         .map(|x| &x.1)
         .ok_or("the blade is gone")?;
-    let size = client
+    let mut size = client
         .image_inspect(&tag_sha)
         .await
         .map(|i| i.size)
@@ -538,11 +538,30 @@ async fn build_one(
         let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
         for t in [&tag_sha, &tag_latest] {
             let cred = reg.push_credential(&b.owner, &repo);
-            digest =
-                crate::builds::push(&blade.podman_socket, t, &b.owner, &cred, !reg.cfg.insecure)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            crate::builds::push(&blade.podman_socket, t, &b.owner, &cred, !reg.cfg.insecure)
+                .await
+                .map_err(|e| e.to_string())?;
         }
+        // The digest is the registry's; the image is recorded now, not only when its notification comes.
+        if let Ok(Some((d, sz))) = reg.client().manifest(&repo, &short).await {
+            digest = d;
+            size = sz;
+            for tag in [short.as_str(), "latest"] {
+                let _ = app
+                    .store
+                    .upsert_image(crate::store::images::ImageRow {
+                        repository: repo.clone(),
+                        tag: tag.to_string(),
+                        owner: b.owner.clone(),
+                        digest: digest.clone(),
+                        size,
+                        pushed_at: crate::store::now(),
+                    })
+                    .await;
+            }
+        }
+    } else if let Ok(i) = client.image_inspect(&tag_sha).await {
+        digest = format!("sha256:{}", i.id.trim_start_matches("sha256:"));
     }
     Ok((tag_sha, digest, size))
 }

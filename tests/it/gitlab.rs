@@ -513,3 +513,366 @@ async fn the_fake_gitlab_refuses_a_sudo_user_without_access() {
         .await
         .is_err());
 }
+
+fn push_body(project: u64, path: &str, user: u64, sha: &str, file: &str) -> Vec<u8> {
+    serde_json::json!({
+        "object_kind": "push", "event_name": "push",
+        "before": "0000000000000000000000000000000000000001", "after": sha, "ref": "refs/heads/main",
+        "checkout_sha": sha, "user_id": user, "user_username": "x", "project_id": project,
+        "project": {"id": project, "path_with_namespace": path, "web_url": format!("http://gitlab.test/{path}")},
+        "commits": [{"id": sha, "message": "m", "added": [], "modified": [file], "removed": []}],
+        "total_commits_count": 1
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn build_rows(s: &Stack) -> Vec<(String, String, String, i64, i64, String)> {
+    s.store()
+        .with(|c| {
+            let mut st = c.prepare("SELECT owner, sha, state, COALESCE(started_at, 0), COALESCE(finished_at, 0), COALESCE(image, detail, '') FROM builds ORDER BY id")?;
+            let v = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(v)
+        })
+        .unwrap()
+}
+
+async fn wait_builds(s: &Stack, done: usize) -> Vec<(String, String, String, i64, i64, String)> {
+    for _ in 0..900 {
+        let rows = build_rows(s);
+        if rows
+            .iter()
+            .filter(|r| matches!(r.2.as_str(), "succeeded" | "failed"))
+            .count()
+            >= done
+        {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("builds did not finish: {:?}", build_rows(s));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_builds_an_image_into_the_registry() {
+    crate::harness::test_images();
+    let sha_a = "a1a1a1a1b2b2b2b2c3c3c3c3d4d4d4d4e5e5e5e5";
+    let sha_f = "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0";
+    let sha_b = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+    let mut alice_p = FakeProject {
+        id: 7,
+        path: "alice/MyModel".into(),
+        members: HashMap::from([("alice".to_string(), 40)]),
+        archives: HashMap::new(),
+    };
+    alice_p.archives.insert(
+        sha_a.into(),
+        tar_gz(&format!("mymodel-{sha_a}"), &[
+            ("Containerfile", "FROM localhost/busybox:latest\nRUN id -u > /etc/build-uid && cat /proc/self/uid_map > /etc/build-map && sleep 4\nCMD [\"cat\", \"/etc/build-uid\"]\n"),
+            ("README.md", "hello\n"),
+        ]),
+    );
+    alice_p.archives.insert(
+        sha_f.into(),
+        tar_gz(
+            &format!("mymodel-{sha_f}"),
+            &[(
+                "Containerfile",
+                "FROM localhost/busybox:latest\nRUN echo about to fail && exit 3\n",
+            )],
+        ),
+    );
+    let mut bob_p = FakeProject {
+        id: 8,
+        path: "bob/tool".into(),
+        members: HashMap::from([("bob".to_string(), 40)]),
+        archives: HashMap::new(),
+    };
+    bob_p.archives.insert(
+        sha_b.into(),
+        tar_gz(
+            &format!("tool-{sha_b}"),
+            &[("Dockerfile", "FROM localhost/busybox:latest\nRUN sleep 4\n")],
+        ),
+    );
+    let other = FakeProject {
+        id: 9,
+        path: "bob/other".into(),
+        members: HashMap::from([("bob".to_string(), 40)]),
+        archives: HashMap::new(),
+    };
+    let fake = FakeGitlab::start(FakeState {
+        users: vec![
+            (101, "alice".into()),
+            (102, "bob".into()),
+            (104, "stranger".into()),
+        ],
+        projects: vec![alice_p, bob_p, other],
+        ..Default::default()
+    })
+    .await;
+    let port = free_port();
+    let reg = registry(port);
+    let s = Stack::start(Opts {
+        podman: true,
+        listen_port: Some(port),
+        extra: format!(
+            "{}\n{}\n[queue]\nworkers = 4\n",
+            reg.toml,
+            gitlab_toml(&fake.url)
+        ),
+        ..Default::default()
+    })
+    .await;
+    // Enabling: only a maintainer who can see the project.
+    let t = s.say("bob", "/container build enable alice/MyModel").await;
+    assert!(t.contains("cannot use the GitLab project"), "{t}");
+    let t = s
+        .say("alice", "/container build enable alice/MyModel")
+        .await;
+    assert!(
+        t.contains("Builds are on for `alice/MyModel`") && t.contains("alice/alice-mymodel:SHA"),
+        "{t}"
+    );
+    assert_eq!(
+        fake.state.lock().unwrap().hooks.len(),
+        1,
+        "a project webhook was installed"
+    );
+    assert!(s
+        .say("bob", "/container build enable bob/tool")
+        .await
+        .contains("Builds are on"));
+    // Two users' pushes, back to back: their builds overlap.
+    let tok = |k: &str| {
+        vec![
+            ("X-Gitlab-Token", HOOK_TOKEN.to_string()),
+            ("Idempotency-Key", k.to_string()),
+        ]
+    };
+    let (code, _) = deliver(
+        &s,
+        "Push Hook",
+        push_body(7, "alice/MyModel", 101, sha_a, "Containerfile"),
+        &tok("p1"),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = deliver(
+        &s,
+        "Push Hook",
+        push_body(8, "bob/tool", 102, sha_b, "Dockerfile"),
+        &tok("p2"),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let rows = wait_builds(&s, 2).await;
+    let a = rows.iter().find(|r| r.1 == sha_a).unwrap().clone();
+    let b = rows.iter().find(|r| r.1 == sha_b).unwrap().clone();
+    assert_eq!(
+        (a.2.as_str(), b.2.as_str()),
+        ("succeeded", "succeeded"),
+        "{rows:?}"
+    );
+    assert!(
+        a.3 < b.4 && b.3 < a.4,
+        "the two builds ran at the same time: {rows:?}"
+    );
+    let image = format!("127.0.0.1:{}/alice/alice-mymodel:a1a1a1a1", reg.port);
+    assert_eq!(a.5, image);
+    // Root inside the build, not on the host: the RUN saw uid 0, mapped to the unprivileged range.
+    let sock = crate::harness::podman();
+    let pdir = sock.parent().unwrap();
+    let out = std::process::Command::new("podman")
+        .env("CONTAINERS_CONF", pdir.join("containers.conf"))
+        .arg("--root")
+        .arg(pdir.join("root"))
+        .arg("--runroot")
+        .arg(pdir.join("runroot"))
+        .args([
+            "run",
+            "--rm",
+            &image,
+            "cat",
+            "/etc/build-uid",
+            "/etc/build-map",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    assert_eq!(words.next(), Some("0"), "id -u in the build: {text}");
+    assert_eq!(
+        words.collect::<Vec<_>>(),
+        vec!["0", "200000", "65536"],
+        "root inside is host uid 200000: {text}"
+    );
+    // In the registry (recorded from its own notifications), on the commit, and in alice's messages.
+    let mut in_registry = false;
+    for _ in 0..100 {
+        let store = s.store();
+        if store
+            .image("alice/alice-mymodel", "a1a1a1a1")
+            .await
+            .unwrap()
+            .is_some()
+            && store
+                .image("alice/alice-mymodel", "latest")
+                .await
+                .unwrap()
+                .is_some()
+        {
+            in_registry = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(in_registry, "both tags reached the registry");
+    {
+        let st = fake.state.lock().unwrap();
+        let mine: Vec<_> = st
+            .statuses
+            .iter()
+            .filter(|x| x.1 == sha_a)
+            .map(|x| (x.2.clone(), x.3.clone()))
+            .collect();
+        assert_eq!(
+            mine.last().unwrap(),
+            &("success".to_string(), "shisa/image".to_string()),
+            "{mine:?}"
+        );
+        // Every call for a build was made as its owner.
+        assert!(st
+            .sudo_log
+            .iter()
+            .any(|(u, p)| u == "alice" && p.contains("archive")));
+        assert!(!st
+            .sudo_log
+            .iter()
+            .any(|(u, p)| u != "alice" && p.contains("projects/7")));
+    }
+    let dm: Vec<String> = s
+        .store()
+        .outbox_take("alice")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message)
+        .collect();
+    assert!(
+        dm.iter().any(|m| m.contains(&image)
+            && m.contains("/container run alice/alice-mymodel:a1a1a1a1")
+            && m.contains("sha256:")),
+        "{dm:?}"
+    );
+    // A failing Containerfile: a failure message with the log's last lines, a failed status.
+    deliver(
+        &s,
+        "Push Hook",
+        push_body(7, "alice/MyModel", 101, sha_f, "Containerfile"),
+        &tok("p3"),
+    )
+    .await;
+    let rows = wait_builds(&s, 3).await;
+    assert_eq!(rows.iter().find(|r| r.1 == sha_f).unwrap().2, "failed");
+    let mut dm = Vec::new();
+    for _ in 0..50 {
+        dm.extend(
+            s.store()
+                .outbox_take("alice")
+                .unwrap()
+                .into_iter()
+                .map(|m| m.message),
+        );
+        if !dm.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        dm.iter()
+            .any(|m| m.contains("failed") && m.contains("about to fail")),
+        "{dm:?}"
+    );
+    assert!(fake
+        .state
+        .lock()
+        .unwrap()
+        .statuses
+        .iter()
+        .any(|x| x.1 == sha_f && x.2 == "failed"));
+    // A push by a GitLab user with no department account: ignored. A push to a project
+    // that is not enabled: one message to the pusher explaining how.
+    deliver(
+        &s,
+        "Push Hook",
+        push_body(7, "alice/MyModel", 104, sha_a, "Containerfile"),
+        &tok("p4"),
+    )
+    .await;
+    deliver(
+        &s,
+        "Push Hook",
+        push_body(9, "bob/other", 102, sha_b, "Containerfile"),
+        &tok("p5"),
+    )
+    .await;
+    deliver(
+        &s,
+        "Push Hook",
+        push_body(9, "bob/other", 102, sha_b, "Containerfile"),
+        &tok("p6"),
+    )
+    .await;
+    let mut dm = Vec::new();
+    for _ in 0..50 {
+        dm.extend(
+            s.store()
+                .outbox_take("bob")
+                .unwrap()
+                .into_iter()
+                .map(|m| m.message),
+        );
+        if dm.iter().any(|m| m.contains("bob/other")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    dm.extend(
+        s.store()
+            .outbox_take("bob")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.message),
+    );
+    assert_eq!(
+        dm.iter()
+            .filter(|m| m.contains("/container build enable bob/other"))
+            .count(),
+        1,
+        "{dm:?}"
+    );
+    assert_eq!(
+        build_rows(&s).len(),
+        3,
+        "no build for the stranger or the project that is not enabled"
+    );
+    // Status and disabling.
+    let t = s.say("alice", "/container build status").await;
+    assert!(
+        t.contains("alice/MyModel") && t.contains("succeeded") && t.contains("failed"),
+        "{t}"
+    );
+    assert!(s
+        .say("alice", "/container build disable alice/MyModel")
+        .await
+        .contains("Builds are off"));
+    assert_eq!(
+        fake.state.lock().unwrap().hooks.len(),
+        1,
+        "only bob's hook is left"
+    );
+    s.stop().await;
+}
