@@ -31,6 +31,9 @@ pub fn slug(path: &str) -> String {
 
 #[derive(Debug, Clone)]
 pub struct BuildSpec<'a> {
+    /// Names the build's cgroup (`shisabuildID.slice`), so a build that runs too
+    /// long can be stopped on the blade: killing Podman's client does not stop it.
+    pub id: i64,
     /// The blade's Podman API socket.
     pub socket: &'a Path,
     pub context: &'a Path,
@@ -83,6 +86,7 @@ pub async fn build(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
             "--cpu-quota={}",
             (s.cpus * 100_000.0).round().max(1000.0) as u64
         ))
+        .arg(format!("--cgroup-parent={}", cgroup_name(s.id)))
         .arg("--file")
         .arg(s.file);
     for t in &s.tags {
@@ -100,14 +104,106 @@ pub async fn build(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
                 log_tail: tail(&all, 25),
             })
         }
-        // The child is killed on drop; --force-rm has the blade remove what the build left.
-        Err(_) => Ok(Built {
-            ok: false,
-            log_tail: format!(
-                "the build ran longer than its limit of {} s and was stopped",
-                s.timeout.as_secs()
-            ),
-        }),
+        Err(_) => {
+            // The RUN step is PID 1 of its namespace, so only SIGKILL ends it; then the
+            // build fails on the blade and --force-rm removes its working container.
+            let name = cgroup_name(s.id);
+            tokio::task::spawn_blocking(move || stop_cgroup(&name))
+                .await
+                .ok();
+            Ok(Built {
+                ok: false,
+                log_tail: format!(
+                    "the build ran longer than its limit of {} s and was stopped",
+                    s.timeout.as_secs()
+                ),
+            })
+        }
+    }
+}
+
+pub fn cgroup_name(id: i64) -> String {
+    // No dashes: systemd reads them as nesting in slice names.
+    format!("shisabuild{id}.slice")
+}
+
+/// Directories named `name` in the cgroup hierarchies (v1 controllers or v2), deepest first.
+fn cgroup_dirs(name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![(std::path::PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name() == name {
+                found.push(e.path());
+            } else if depth < 3 {
+                stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+fn procs_under(dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            stack.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
+/// Kill every process of a build's cgroup, then remove the (empty) cgroups.
+pub fn stop_cgroup(name: &str) {
+    for _ in 0..50 {
+        let pids: Vec<i32> = cgroup_dirs(name)
+            .iter()
+            .flat_map(|d| procs_under(d))
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            if p > 1 {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Give the blade's Podman a moment to fail the step and remove its working container.
+    std::thread::sleep(Duration::from_secs(2));
+    for d in cgroup_dirs(name) {
+        let mut subs = Vec::new();
+        let mut stack = vec![d.clone()];
+        while let Some(x) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&x) {
+                stack.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+            subs.push(x);
+        }
+        for x in subs.iter().rev() {
+            let _ = std::fs::remove_dir(x);
+        }
     }
 }
 

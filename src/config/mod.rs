@@ -1169,7 +1169,7 @@ impl Config {
                     max_skew_seconds: g.max_skew_seconds.clamp(30, 3600),
                     hook_url: g.hook_url.clone(),
                     build_files: g.build_files.clone(),
-                    build_timeout_seconds: g.build_timeout_seconds.clamp(30, 86_400),
+                    build_timeout_seconds: g.build_timeout_seconds.clamp(5, 86_400),
                     build_uid_base: g.build_uid_base,
                     build_uid_count: g.build_uid_count,
                     link_by: g.link_by.clone(),

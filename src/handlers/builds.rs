@@ -507,6 +507,7 @@ async fn build_one(
     let tag_sha = image_name(app, &b.owner, &b.path, &short);
     let tag_latest = image_name(app, &b.owner, &b.path, "latest");
     let built = crate::builds::build(&crate::builds::BuildSpec {
+        id: b.id,
         socket: &blade.podman_socket,
         context: &top,
         file: &file,

@@ -300,9 +300,9 @@ pub fn whsec() -> (String, Vec<u8>) {
     )
 }
 
-fn gitlab_toml(url: &str) -> String {
+fn gitlab_toml(url: &str, timeout: u64) -> String {
     format!(
-        "[gitlab]\nurl = {url:?}\napi_token = {ADMIN:?}\nwebhook_tokens = [\"old-secret\", {HOOK_TOKEN:?}]\nsigning_keys = [{:?}]\nlink_by = \"extern_uid\"\nbuild_timeout_seconds = 120\n",
+        "[gitlab]\nurl = {url:?}\napi_token = {ADMIN:?}\nwebhook_tokens = [\"old-secret\", {HOOK_TOKEN:?}]\nsigning_keys = [{:?}]\nlink_by = \"extern_uid\"\nbuild_timeout_seconds = {timeout}\n",
         whsec().0
     )
 }
@@ -345,7 +345,7 @@ fn deliveries(s: &Stack) -> i64 {
 async fn the_receiver_on_every_fixture() {
     let fake = FakeGitlab::start(FakeState::default()).await;
     let s = Stack::start(Opts {
-        extra: gitlab_toml(&fake.url),
+        extra: gitlab_toml(&fake.url, 120),
         ..Default::default()
     })
     .await;
@@ -561,6 +561,7 @@ async fn a_push_builds_an_image_into_the_registry() {
     let sha_a = "a1a1a1a1b2b2b2b2c3c3c3c3d4d4d4d4e5e5e5e5";
     let sha_f = "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0";
     let sha_b = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+    let sha_slow = "5105105105105105105105105105105105105105";
     let mut alice_p = FakeProject {
         id: 7,
         path: "alice/MyModel".into(),
@@ -581,6 +582,16 @@ async fn a_push_builds_an_image_into_the_registry() {
             &[(
                 "Containerfile",
                 "FROM localhost/busybox:latest\nRUN echo about to fail && exit 3\n",
+            )],
+        ),
+    );
+    alice_p.archives.insert(
+        sha_slow.into(),
+        tar_gz(
+            &format!("mymodel-{sha_slow}"),
+            &[(
+                "Containerfile",
+                "FROM localhost/busybox:latest\nRUN sleep 3600\n",
             )],
         ),
     );
@@ -621,7 +632,7 @@ async fn a_push_builds_an_image_into_the_registry() {
         extra: format!(
             "{}\n{}\n[queue]\nworkers = 4\n",
             reg.toml,
-            gitlab_toml(&fake.url)
+            gitlab_toml(&fake.url, 15)
         ),
         ..Default::default()
     })
@@ -858,6 +869,50 @@ async fn a_push_builds_an_image_into_the_registry() {
         build_rows(&s).len(),
         3,
         "no build for the stranger or the project that is not enabled"
+    );
+    // A build that runs too long is stopped on the blade, not just abandoned.
+    deliver(
+        &s,
+        "Push Hook",
+        push_body(7, "alice/MyModel", 101, sha_slow, "Containerfile"),
+        &tok("p7"),
+    )
+    .await;
+    let rows = wait_builds(&s, 4).await;
+    let slow = rows.iter().find(|r| r.1 == sha_slow).unwrap();
+    assert_eq!(slow.2, "failed");
+    assert!(slow.5.contains("longer than its limit"), "{slow:?}");
+    let mut clean = false;
+    for _ in 0..50 {
+        let ps = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 3600"])
+            .output()
+            .unwrap();
+        let ext = std::process::Command::new("podman")
+            .env("CONTAINERS_CONF", pdir.join("containers.conf"))
+            .arg("--root")
+            .arg(pdir.join("root"))
+            .arg("--runroot")
+            .arg(pdir.join("runroot"))
+            .args([
+                "ps",
+                "-a",
+                "--external",
+                "--format",
+                "{{.Names}} {{.Image}}",
+            ])
+            .output()
+            .unwrap();
+        let ext = String::from_utf8_lossy(&ext.stdout).to_string();
+        if ps.stdout.is_empty() && !ext.contains("working-container") {
+            clean = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        clean,
+        "no build process or working container is left on the blade"
     );
     // Status and disabling.
     let t = s.say("alice", "/container build status").await;
