@@ -80,6 +80,9 @@ pub struct GitlabRaw {
     pub link_by: String,
     #[serde(default = "default_gitlab_timeout")]
     pub timeout_seconds: u64,
+    /// Convert every successful build to a SIF for Slurm (as `/container sif` would).
+    #[serde(default)]
+    pub convert_sif: bool,
 }
 
 fn default_skew() -> i64 {
@@ -118,6 +121,7 @@ pub struct Gitlab {
     pub build_uid_count: u32,
     pub link_by: String,
     pub timeout_seconds: u64,
+    pub convert_sif: bool,
 }
 
 /// Singularity images for Slurm jobs.
@@ -1174,6 +1178,7 @@ impl Config {
                     build_uid_count: g.build_uid_count,
                     link_by: g.link_by.clone(),
                     timeout_seconds: g.timeout_seconds.clamp(1, 120),
+                    convert_sif: g.convert_sif,
                 })
             }
         };

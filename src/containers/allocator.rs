@@ -70,7 +70,7 @@ impl Allocator for LocalAllocator {
         let b = blade.clone();
         self.store
             .call(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 // Idempotent: a retried job keeps what it already has.
                 let mut have: Vec<String> = {
                     let mut st = tx.prepare(

@@ -334,7 +334,8 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
         .await
         .map_err(JobError::Retry)?
         .ok_or(JobError::Gone)?;
-    if b.state != "queued" {
+    // `running` too: a restart re-queues the job of a build it interrupted.
+    if !matches!(b.state.as_str(), "queued" | "running") {
         return Err(JobError::Gone);
     }
     let project = app
@@ -360,7 +361,7 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
             break;
         }
         match app.store.build(id).await.map_err(JobError::Retry)? {
-            Some(x) if x.state == "queued" => {
+            Some(x) if matches!(x.state.as_str(), "queued" | "running") => {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await
             }
             _ => return Err(JobError::Gone),
@@ -400,6 +401,30 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
                 None,
             )
             .await;
+            if g.convert_sif {
+                let typed = image
+                    .split_once('/')
+                    .map(|x| x.1.to_string())
+                    .unwrap_or(image.clone());
+                let target = crate::store::queue::ReplyTarget {
+                    uid: b.owner.clone(),
+                    command: "/container".into(),
+                    sub: "sif".into(),
+                    ..Default::default()
+                };
+                let _ = app
+                    .store
+                    .enqueue(crate::store::queue::NewJob {
+                        kind: super::sif::KIND,
+                        payload: serde_json::json!({"image": image, "typed": typed}),
+                        owner: &b.owner,
+                        request_id: &format!("build-{id}-sif"),
+                        reply: Some(target),
+                        max_attempts: app.cfg.queue.max_attempts,
+                    })
+                    .await;
+                app.wake.notify_one();
+            }
             owner_text = render(
                 Lang::En,
                 "build.succeeded",

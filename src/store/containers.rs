@@ -132,7 +132,7 @@ impl Store {
     pub async fn holdings(&self, owner: &str) -> anyhow::Result<Holdings> {
         let owner = owner.to_string();
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             Self::holdings_tx(&tx, &owner)
         })
         .await
@@ -176,7 +176,7 @@ impl Store {
         check: impl FnOnce(&Holdings, &Transaction<'_>) -> Result<(), E> + Send + 'static,
     ) -> anyhow::Result<Result<ContainerRow, Result<InsertError, E>>> {
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             if let Some(state) =
                 tx.query_row("SELECT state FROM containers WHERE owner = ?1 AND name = ?2", params![n.owner, n.name], |r| r.get::<_, String>(0)).optional()?
             {
@@ -340,7 +340,7 @@ impl Store {
     ) -> anyhow::Result<bool> {
         let b = blade.to_string();
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let lease: Option<(i64, u16, String)> = tx
                 .query_row("SELECT container_id, container_port, proto FROM port_leases WHERE blade = ?1 AND port = ?2", params![b, port], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))

@@ -66,7 +66,7 @@ impl Store {
     ) -> anyhow::Result<bool> {
         let (k, kd) = (key.to_string(), kind.to_string());
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let n = tx.execute(
                 "INSERT OR IGNORE INTO gitlab_deliveries(key, kind, received) VALUES (?1, ?2, ?3)",
                 params![k, kd, now()],
@@ -143,7 +143,7 @@ impl Store {
         job: impl FnOnce(i64) -> OwnedJob + Send + 'static,
     ) -> anyhow::Result<i64> {
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
                 "UPDATE builds SET state = 'superseded', finished_at = ?2 WHERE project_id = ?1 AND state = 'queued'",
                 params![b.project_id as i64, now()],
@@ -172,13 +172,14 @@ impl Store {
         .await
     }
 
-    /// Start a queued build unless another build of its project is running: false means wait.
+    /// Start a queued build (or resume one a restart interrupted) unless another build of
+    /// its project is running: false means wait.
     pub async fn start_build(&self, id: i64, blade: &str) -> anyhow::Result<bool> {
         let b = blade.to_string();
         self.call(move |c| {
             let n = c.execute(
-                "UPDATE builds SET state = 'running', blade = ?2, started_at = ?3 WHERE id = ?1 AND state = 'queued'
-                 AND NOT EXISTS (SELECT 1 FROM builds o WHERE o.project_id = builds.project_id AND o.state = 'running')",
+                "UPDATE builds SET state = 'running', blade = ?2, started_at = ?3 WHERE id = ?1 AND state IN ('queued', 'running')
+                 AND NOT EXISTS (SELECT 1 FROM builds o WHERE o.project_id = builds.project_id AND o.state = 'running' AND o.id != builds.id)",
                 params![id, b, now()],
             )?;
             Ok(n == 1)
@@ -222,17 +223,6 @@ impl Store {
                 .query_map(params![o, limit], build_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(v)
-        })
-        .await
-    }
-
-    /// Builds left running by a crash go back to queued (their queue job is recovered too).
-    pub async fn requeue_running_builds(&self) -> anyhow::Result<usize> {
-        self.call(|c| {
-            c.execute(
-                "UPDATE builds SET state = 'queued' WHERE state = 'running'",
-                [],
-            )
         })
         .await
     }

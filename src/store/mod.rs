@@ -135,7 +135,7 @@ impl Store {
     pub async fn take_response_url(&self, url: &str) -> anyhow::Result<bool> {
         let url = url.to_string();
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now = now();
             tx.execute(
                 "INSERT OR IGNORE INTO response_urls(url, first_seen, uses) VALUES (?1, ?2, 0)",

@@ -41,7 +41,7 @@ impl Store {
     /// Unread messages for a user, marked read as they are returned.
     pub fn outbox_take(&self, recipient: &str) -> anyhow::Result<Vec<OutboxMessage>> {
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let msgs = {
                 let mut st = tx.prepare(
                     "SELECT id, recipient, message, props, created_at FROM outbox WHERE recipient = ?1 AND read_at IS NULL ORDER BY id",

@@ -630,7 +630,7 @@ async fn a_push_builds_an_image_into_the_registry() {
         podman: true,
         listen_port: Some(port),
         extra: format!(
-            "{}\n{}\n[queue]\nworkers = 4\n",
+            "{}\n{}convert_sif = true\n[queue]\nworkers = 4\n",
             reg.toml,
             gitlab_toml(&fake.url, 15)
         ),
@@ -796,7 +796,7 @@ async fn a_push_builds_an_image_into_the_registry() {
                 .into_iter()
                 .map(|m| m.message),
         );
-        if !dm.is_empty() {
+        if dm.iter().any(|m| m.contains("about to fail")) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -914,6 +914,15 @@ async fn a_push_builds_an_image_into_the_registry() {
         clean,
         "no build process or working container is left on the blade"
     );
+    // With convert_sif on, each image also becomes a SIF for Slurm, and alice is told where.
+    let sif = s.data_dir.join("sif/alice/alice-mymodel_a1a1a1a1.sif");
+    for _ in 0..150 {
+        if sif.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sif.exists(), "the build's SIF");
     // Status and disabling.
     let t = s.say("alice", "/container build status").await;
     assert!(
