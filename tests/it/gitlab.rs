@@ -54,9 +54,12 @@ fn gl_error(status: StatusCode, msg: &str) -> Response {
 type S = State<Arc<Mutex<FakeState>>>;
 
 /// The acting user: the admin token is required; `Sudo` names whom it acts as.
-fn acting(st: &FakeState, h: &HeaderMap, path: &str) -> Result<Option<String>, Response> {
+/// Why the fake refuses: a status and GitLab's message.
+type Refusal = (StatusCode, &'static str);
+
+fn acting(st: &FakeState, h: &HeaderMap, path: &str) -> Result<Option<String>, Refusal> {
     if h.get("private-token").and_then(|v| v.to_str().ok()) != Some(ADMIN) {
-        return Err(gl_error(StatusCode::UNAUTHORIZED, "401 Unauthorized"));
+        return Err((StatusCode::UNAUTHORIZED, "401 Unauthorized"));
     }
     match h.get("sudo").and_then(|v| v.to_str().ok()) {
         None => Ok(None),
@@ -65,33 +68,26 @@ fn acting(st: &FakeState, h: &HeaderMap, path: &str) -> Result<Option<String>, R
             if st.users.iter().any(|(id, n)| n == u || id.to_string() == u) {
                 Ok(Some(u.to_string()))
             } else {
-                Err(gl_error(
-                    StatusCode::FORBIDDEN,
-                    "403 Forbidden - User not found",
-                ))
+                Err((StatusCode::FORBIDDEN, "403 Forbidden - User not found"))
             }
         }
     }
 }
 
 /// The project as `user` sees it: 404 when they are not a member (GitLab hides private projects).
-fn visible(
-    st: &FakeState,
-    id: &str,
-    user: &Option<String>,
-) -> Result<(FakeProject, u32), Response> {
+fn visible(st: &FakeState, id: &str, user: &Option<String>) -> Result<(FakeProject, u32), Refusal> {
     let p = st
         .projects
         .iter()
         .find(|p| p.id.to_string() == id || p.path == id)
         .cloned()
-        .ok_or_else(|| gl_error(StatusCode::NOT_FOUND, "404 Project Not Found"))?;
+        .ok_or((StatusCode::NOT_FOUND, "404 Project Not Found"))?;
     let level = match user {
         None => 50,
         Some(u) => *p
             .members
             .get(u)
-            .ok_or_else(|| gl_error(StatusCode::NOT_FOUND, "404 Project Not Found"))?,
+            .ok_or((StatusCode::NOT_FOUND, "404 Project Not Found"))?,
     };
     Ok((p, level))
 }
@@ -100,7 +96,7 @@ async fn get_project(State(s): S, Path(id): Path<String>, h: HeaderMap) -> Respo
     let mut st = s.lock().unwrap();
     let who = match acting(&st, &h, "project") {
         Ok(w) => w,
-        Err(r) => return r,
+        Err((c, m)) => return gl_error(c, m),
     };
     if let Some(w) = &who {
         st.sudo_log.push((w.clone(), format!("projects/{id}")));
@@ -112,14 +108,14 @@ async fn get_project(State(s): S, Path(id): Path<String>, h: HeaderMap) -> Respo
             "permissions": {"project_access": {"access_level": level}, "group_access": null}
         }))
         .into_response(),
-        Err(r) => r,
+        Err((c, m)) => gl_error(c, m),
     }
 }
 
 async fn get_user(State(s): S, Path(id): Path<String>, h: HeaderMap) -> Response {
     let st = s.lock().unwrap();
-    if let Err(r) = acting(&st, &h, "user") {
-        return r;
+    if let Err((c, m)) = acting(&st, &h, "user") {
+        return gl_error(c, m);
     }
     match st.users.iter().find(|(i, _)| i.to_string() == id) {
         Some((i, n)) => Json(serde_json::json!({
@@ -135,11 +131,11 @@ async fn create_hook(State(s): S, Path(id): Path<String>, h: HeaderMap, body: St
     let mut st = s.lock().unwrap();
     let who = match acting(&st, &h, "hooks") {
         Ok(w) => w,
-        Err(r) => return r,
+        Err((c, m)) => return gl_error(c, m),
     };
     let (p, level) = match visible(&st, &id, &who) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err((c, m)) => return gl_error(c, m),
     };
     if level < 40 {
         return gl_error(StatusCode::FORBIDDEN, "403 Forbidden");
@@ -163,10 +159,10 @@ async fn delete_hook(State(s): S, Path((id, hid)): Path<(String, u64)>, h: Heade
     let mut st = s.lock().unwrap();
     let who = match acting(&st, &h, "hooks") {
         Ok(w) => w,
-        Err(r) => return r,
+        Err((c, m)) => return gl_error(c, m),
     };
-    if let Err(r) = visible(&st, &id, &who) {
-        return r;
+    if let Err((c, m)) = visible(&st, &id, &who) {
+        return gl_error(c, m);
     }
     st.hooks.retain(|(_, h2, _)| *h2 != hid);
     StatusCode::NO_CONTENT.into_response()
@@ -181,7 +177,7 @@ async fn archive(
     let mut st = s.lock().unwrap();
     let who = match acting(&st, &h, "archive") {
         Ok(w) => w,
-        Err(r) => return r,
+        Err((c, m)) => return gl_error(c, m),
     };
     if let Some(w) = &who {
         st.sudo_log
@@ -189,7 +185,7 @@ async fn archive(
     }
     let (p, _) = match visible(&st, &id, &who) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err((c, m)) => return gl_error(c, m),
     };
     match q.get("sha").and_then(|sha| p.archives.get(sha)) {
         Some(b) => b.clone().into_response(),
@@ -206,11 +202,11 @@ async fn status(
     let mut st = s.lock().unwrap();
     let who = match acting(&st, &h, "statuses") {
         Ok(w) => w,
-        Err(r) => return r,
+        Err((c, m)) => return gl_error(c, m),
     };
     let (p, level) = match visible(&st, &id, &who) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err((c, m)) => return gl_error(c, m),
     };
     if level < 30 {
         return gl_error(StatusCode::FORBIDDEN, "403 Forbidden");
