@@ -227,3 +227,75 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(project: u64, sha: &str) -> BuildRow {
+        BuildRow {
+            id: 0,
+            project_id: project,
+            path: "alice/app".into(),
+            owner: "alice".into(),
+            sha: sha.into(),
+            git_ref: "refs/heads/main".into(),
+            trigger: "push".into(),
+            state: "queued".into(),
+            image: None,
+            digest: None,
+            size: None,
+            blade: None,
+            detail: None,
+            created_at: 0,
+            finished_at: None,
+        }
+    }
+
+    fn job(id: i64) -> OwnedJob {
+        OwnedJob {
+            kind: "build.run".into(),
+            payload: serde_json::json!({"build": id}),
+            owner: "alice".into(),
+            request_id: format!("build-{id}"),
+            reply: None,
+            max_attempts: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_build_per_project_and_newer_pushes_supersede_queued_ones() {
+        let s = Store::open_in_memory().unwrap();
+        let a = s.new_build(row(1, "a"), job).await.unwrap();
+        assert!(s.start_build(a, "local").await.unwrap());
+        let b = s.new_build(row(1, "b"), job).await.unwrap();
+        let other = s.new_build(row(2, "x"), job).await.unwrap();
+        // Another project's build starts at once; b waits for a.
+        assert!(s.start_build(other, "local").await.unwrap());
+        assert!(!s.start_build(b, "local").await.unwrap());
+        // A newer push while b waits: b is superseded, c queued; a (running) is untouched.
+        let c = s.new_build(row(1, "c"), job).await.unwrap();
+        assert_eq!(s.build(b).await.unwrap().unwrap().state, "superseded");
+        assert_eq!(s.build(a).await.unwrap().unwrap().state, "running");
+        assert!(!s.start_build(c, "local").await.unwrap());
+        s.finish_build(a, "succeeded", None, None, None, "")
+            .await
+            .unwrap();
+        assert!(s.start_build(c, "local").await.unwrap());
+        // A restart re-queues the job of a running build: it may start (resume) again.
+        assert!(s.start_build(c, "local").await.unwrap());
+        let queued: i64 = s
+            .with(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM queue WHERE kind = 'build.run'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            queued, 4,
+            "each build was queued with its job, in one transaction"
+        );
+    }
+}
