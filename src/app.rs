@@ -27,6 +27,8 @@ pub struct App {
     pub registry: Option<crate::registry::Registry>,
     /// The GitLab API client (admin token; `for_user` adds Sudo), when configured.
     pub gitlab: Option<crate::gitlab::client::GitlabApi>,
+    /// Slurm, when configured.
+    pub scheduler: Option<Arc<dyn crate::slurm::Scheduler>>,
     /// Which blades answer.
     pub health: crate::blades::HealthBoard,
     /// Wakes idle workers when a job is queued.
@@ -92,6 +94,11 @@ impl App {
             health: Default::default(),
             registry,
             gitlab,
+            scheduler: cfg.slurm.as_ref().map(|sl| {
+                Arc::new(crate::slurm::Cli {
+                    conf: sl.conf.clone(),
+                }) as Arc<dyn crate::slurm::Scheduler>
+            }),
             cfg,
         }))
     }

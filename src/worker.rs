@@ -68,6 +68,7 @@ async fn execute(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
     match job.kind.as_str() {
         handlers::info::KIND => handlers::info::run(app, job).await,
         handlers::sif::KIND => handlers::sif::run(app, job).await,
+        handlers::jobs::SUBMIT => handlers::jobs::submit_job(app, job).await,
         handlers::builds::EVENT => handlers::builds::event(app, job).await,
         handlers::builds::BUILD => handlers::builds::run(app, job).await,
         handlers::containers::RUN => handlers::containers::run_job(app, job).await,

@@ -43,6 +43,61 @@ pub struct RawConfig {
     pub sif: SifConfig,
     #[serde(default)]
     pub gitlab: Option<GitlabRaw>,
+    #[serde(default)]
+    pub slurm: Option<SlurmConfig>,
+}
+
+/// Slurm: `/job` (batch jobs in the user's SIF image).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmConfig {
+    /// `SLURM_CONF` for sbatch, squeue and scancel (default: theirs).
+    #[serde(default)]
+    pub conf: Option<PathBuf>,
+    /// What runs a command in a SIF: `["apptainer", "exec"]`, then `gpu_flag` with GPUs,
+    /// then the SIF and the command.
+    #[serde(default = "default_launcher")]
+    pub launcher: Vec<String>,
+    #[serde(default = "default_gpu_flag")]
+    pub gpu_flag: String,
+    /// The job directories' folder in each home.
+    #[serde(default = "default_jobs_dir")]
+    pub jobs_dir: String,
+    #[serde(default = "default_poll")]
+    pub poll_seconds: u64,
+    #[serde(default)]
+    pub partition: Option<String>,
+    #[serde(default = "default_job_time")]
+    pub default_time: String,
+    #[serde(default = "default_job_memory")]
+    pub default_memory: String,
+    #[serde(default = "default_job_cpus")]
+    pub default_cpus: u32,
+    /// GPU type names users may ask for (`--gpus tesla:1`); empty: any.
+    #[serde(default)]
+    pub gpu_types: Vec<String>,
+}
+
+fn default_launcher() -> Vec<String> {
+    vec!["apptainer".into(), "exec".into()]
+}
+fn default_gpu_flag() -> String {
+    "--nv".into()
+}
+fn default_jobs_dir() -> String {
+    "shisa-jobs".into()
+}
+fn default_poll() -> u64 {
+    10
+}
+fn default_job_time() -> String {
+    "1h".into()
+}
+fn default_job_memory() -> String {
+    "2G".into()
+}
+fn default_job_cpus() -> u32 {
+    1
 }
 
 /// GitLab: the webhook receiver and the API client (builds from pushes).
@@ -670,6 +725,7 @@ pub struct Config {
     pub registry: Option<Registry>,
     pub sif: SifConfig,
     pub gitlab: Option<Gitlab>,
+    pub slurm: Option<SlurmConfig>,
     /// Things that are allowed but worth an admin's attention.
     pub warnings: Vec<String>,
 }
@@ -1182,6 +1238,36 @@ impl Config {
                 })
             }
         };
+        if let Some(sl) = &raw.slurm {
+            if sl.launcher.is_empty() {
+                return Err((
+                    "slurm.launcher".into(),
+                    "name the program that runs a command in a SIF, e.g. [\"apptainer\", \"exec\"]"
+                        .into(),
+                ));
+            }
+            crate::commands::values::parse_duration(&sl.default_time).map_err(|_| {
+                (
+                    "slurm.default_time".to_string(),
+                    format!("`{}` is not a time like `1h`", sl.default_time),
+                )
+            })?;
+            crate::commands::values::parse_size(&sl.default_memory).map_err(|_| {
+                (
+                    "slurm.default_memory".to_string(),
+                    format!("`{}` is not a size like `2G`", sl.default_memory),
+                )
+            })?;
+            if sl.jobs_dir.is_empty()
+                || sl.jobs_dir.starts_with('/')
+                || sl.jobs_dir.split('/').any(|c| c == ".." || c.is_empty())
+            {
+                return Err((
+                    "slurm.jobs_dir".into(),
+                    "a relative folder inside each home, like `shisa-jobs`".into(),
+                ));
+            }
+        }
         if let Some(m) = &raw.sif.max_bytes {
             crate::commands::values::parse_size(m).map_err(|_| {
                 (
@@ -1272,6 +1358,11 @@ impl Config {
                 max_bytes: raw.sif.max_bytes.clone(),
             },
             gitlab,
+            slurm: raw.slurm.clone().map(|mut sl| {
+                sl.conf = sl.conf.map(|c| base.join(c));
+                sl.poll_seconds = sl.poll_seconds.clamp(1, 600);
+                sl
+            }),
             warnings,
         })
     }

@@ -8,6 +8,7 @@ pub mod containers;
 pub mod events;
 pub mod images;
 pub mod info;
+pub mod jobs;
 pub mod sif;
 pub mod slash;
 

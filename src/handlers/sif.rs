@@ -76,6 +76,19 @@ pub fn friendly_name(reference: &str) -> String {
     format!("{s}.sif")
 }
 
+/// A converted image as its owner sees it.
+pub struct Ensured {
+    /// The content file (by image id), what jobs use and pin.
+    pub content: std::path::PathBuf,
+    pub file: String,
+    /// The owner's friendly name for it, as the cluster sees it.
+    pub cluster_link: std::path::PathBuf,
+    /// The content file as the cluster sees it.
+    pub cluster_content: std::path::PathBuf,
+    pub size: u64,
+    pub how: String,
+}
+
 pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
     let reference = job.payload["image"]
         .as_str()
@@ -85,6 +98,33 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let e = ensure(app, job, &reference, &typed).await?;
+    let url = download_url(app, &job.owner, e.file.clone())
+        .await
+        .map_err(JobError::Retry)?;
+    Ok(render(
+        Lang::En,
+        "sif.ready",
+        &[
+            ("image", typed),
+            ("path", e.cluster_link.display().to_string()),
+            ("size", crate::containers::fmt_size(e.size)),
+            ("how", e.how),
+            ("url", url),
+            ("minutes", (app.cfg.sif.link_ttl_seconds / 60).to_string()),
+        ],
+    ))
+}
+
+/// Convert `reference` for `job.owner` (once per image), grant them (and the image's owner and
+/// sharers) read access, and link it under their name.
+pub async fn ensure(
+    app: &Arc<App>,
+    job: &QueuedJob,
+    reference: &str,
+    typed: &str,
+) -> Result<Ensured, JobError> {
+    let (reference, typed) = (reference.to_string(), typed.to_string());
     // The conversion reads the image's mounted root filesystem, so it runs on a blade on this machine.
     let Some((blade, client)) = app.blades.iter().find(|(b, _)| b.ssh.is_none()) else {
         return Err(JobError::User(
@@ -219,24 +259,7 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
             Err(e) => tracing::warn!(error = %e, "SIF eviction failed"),
         }
     }
-    let cluster = app
-        .cfg
-        .sif
-        .cluster_path
-        .clone()
-        .unwrap_or(store.clone())
-        .join(&job.owner)
-        .join(&name);
-    let url = download_url(
-        app,
-        &job.owner,
-        c.path
-            .file_name()
-            .map(|f| f.to_string_lossy().to_string())
-            .unwrap_or_default(),
-    )
-    .await
-    .map_err(JobError::Retry)?;
+    let cluster_root = app.cfg.sif.cluster_path.clone().unwrap_or(store.clone());
     let how = if c.cached {
         "already converted".to_string()
     } else {
@@ -246,18 +269,14 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
             started.elapsed().as_secs_f64()
         )
     };
-    Ok(render(
-        Lang::En,
-        "sif.ready",
-        &[
-            ("image", typed),
-            ("path", cluster.display().to_string()),
-            ("size", crate::containers::fmt_size(size)),
-            ("how", how),
-            ("url", url),
-            ("minutes", (app.cfg.sif.link_ttl_seconds / 60).to_string()),
-        ],
-    ))
+    Ok(Ensured {
+        cluster_link: cluster_root.join(&job.owner).join(&name),
+        cluster_content: cluster_root.join(&file),
+        content: c.path.clone(),
+        file,
+        size,
+        how,
+    })
 }
 
 async fn key(app: &App) -> anyhow::Result<Vec<u8>> {

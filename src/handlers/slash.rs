@@ -177,6 +177,12 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
                 }
             }
         }
+        (Program::Job, "submit" | "ps" | "logs" | "cancel") => {
+            let target = reply_target(app, form, &account, program, &inv);
+            let h = super::jobs::handle(app, &account, &inv, target, request_id).await?;
+            audit_res(action, h.outcome, None, h.resource).await?;
+            Ok(h.reply)
+        }
         (Program::Container, "build") => {
             let project = inv.arg_text("PROJECT").map(|p| format!("gitlab:{p}"));
             match super::builds::handle(app, &account, &inv).await? {

@@ -247,6 +247,29 @@ CREATE TABLE builds (
 CREATE INDEX builds_by_project ON builds(project_id, id);
 "#,
         ),
+        M::up(
+            r#"
+-- Slurm jobs submitted through shisa; the public id is Slurm's.
+CREATE TABLE jobs (
+    slurm_id     INTEGER PRIMARY KEY,
+    owner        TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    image        TEXT NOT NULL,
+    sif          TEXT NOT NULL,      -- the content file it pins
+    dir          TEXT NOT NULL,      -- the job directory in the owner's home
+    gpus         TEXT NOT NULL DEFAULT '',
+    state        TEXT NOT NULL,
+    reason       TEXT NOT NULL DEFAULT '',
+    exit_code    INTEGER,
+    submitted_at INTEGER NOT NULL,
+    start_time   INTEGER NOT NULL DEFAULT 0,
+    end_time     INTEGER NOT NULL DEFAULT 0,
+    node         TEXT NOT NULL DEFAULT '',
+    done         INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX jobs_by_owner ON jobs(owner, slurm_id);
+"#,
+        ),
     ])
 }
 

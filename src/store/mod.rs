@@ -6,6 +6,7 @@ pub mod blades;
 pub mod containers;
 pub mod gitlab;
 pub mod images;
+pub mod jobs;
 pub mod migrations;
 pub mod outbox;
 pub mod queue;

@@ -642,3 +642,68 @@ pub fn registry(shisa_port: u16) -> RegistryProc {
     );
     RegistryProc { port, toml }
 }
+
+/// A private Slurm cluster of one node (this machine), shared by the tests of
+/// this run: its own munged (own key and socket), slurmctld and slurmd on free
+/// ports with their own state, two fake GPUs (`gpu:tesla:2`, the same device
+/// nodes as the fake CDI GPUs), MinJobAge of an hour. The demo users become
+/// Unix accounts, as LDAP/NSS would make them on a real cluster.
+pub struct Slurm {
+    pub conf: PathBuf,
+}
+
+pub fn slurm() -> &'static Slurm {
+    static S: OnceLock<Slurm> = OnceLock::new();
+    S.get_or_init(|| {
+        fake_gpus();
+        shisa::cli::demo::create_unix_accounts(&demo_users(), run_root()).expect("useradd (run as root)");
+        // Jobs run as the demo users: they must reach their homes under the run root.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(run_root(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let dir = run_root().join("slurm");
+        for d in ["state", "spool"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let key = dir.join("munge.key");
+        std::fs::write(&key, (0..1024).map(|i| (i * 7919 % 251) as u8 ^ (std::process::id() as u8)).collect::<Vec<u8>>()).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let sock = dir.join("munge.sock");
+        let mut m = Command::new("munged");
+        m.arg("-F").arg("-f")
+            .arg(format!("--key-file={}", key.display()))
+            .arg(format!("--socket={}", sock.display()))
+            .arg(format!("--log-file={}", dir.join("munged.log").display()))
+            .arg(format!("--pid-file={}", dir.join("munged.pid").display()))
+            .arg(format!("--seed-file={}", dir.join("munged.seed").display()))
+            .stdout(Stdio::null()).stderr(Stdio::null());
+        spawn_daemon(m);
+        wait_for("munged", || sock.exists());
+        let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout).unwrap().trim().to_string();
+        let (p1, p2) = (free_port(), free_port());
+        let conf = dir.join("slurm.conf");
+        std::fs::write(&conf, format!(
+            "ClusterName=shisatest\nSlurmctldHost={host}\nSlurmctldPort={p1}\nSlurmdPort={p2}\nAuthType=auth/munge\nAuthInfo=socket={sock}\nCredType=cred/munge\nSlurmUser=root\nSlurmdUser=root\nStateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\nSlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.pid\nSlurmctldLogFile={d}/slurmctld.log\nSlurmdLogFile={d}/slurmd.log\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nJobAcctGatherType=jobacct_gather/none\nSchedulerType=sched/backfill\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core_Memory\nGresTypes=gpu\nReturnToService=2\nMinJobAge=3600\nNodeName={host} CPUs=2 RealMemory=8000 Gres=gpu:tesla:2 State=UNKNOWN\nPartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
+            sock = sock.display(), d = dir.display()
+        )).unwrap();
+        std::fs::write(dir.join("gres.conf"), format!("NodeName={host} Name=gpu Type=tesla File=/dev/shisa-test-gpu[0-1]\n")).unwrap();
+        for daemon in ["slurmctld", "slurmd"] {
+            let mut c = Command::new(daemon);
+            c.arg("-D").arg("-f").arg(&conf).env("SLURM_CONF", &conf).stdout(Stdio::null()).stderr(Stdio::null());
+            spawn_daemon(c);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        for _ in 0..3 {
+            let idle = || {
+                Command::new("sinfo").args(["-h", "-o", "%t"]).env("SLURM_CONF", &conf).output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle").unwrap_or(false)
+            };
+            let mut ok = false;
+            for _ in 0..200 {
+                if idle() { ok = true; break; }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if ok { return Slurm { conf }; }
+        }
+        panic!("slurm did not come up: see {}", dir.display());
+    })
+}

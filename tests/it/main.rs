@@ -7,6 +7,7 @@ mod containers;
 mod gitlab;
 mod harness;
 mod identity;
+mod jobs;
 mod queue;
 mod reference;
 mod registry;

@@ -1,0 +1,150 @@
+//! Tracking Slurm jobs: one batched `squeue` for every job not yet ended
+//! (jittered, every `slurm.poll_seconds`), state kept in SQLite so it survives
+//! restarts, and one message to the owner when a job ends. A Slurm error is
+//! transient: it never marks a job failed. Without accounting storage a
+//! finished job leaves Slurm's view after MinJobAge; then the exit code the
+//! job script wrote in the job directory tells how it ended.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::App;
+use crate::messages::{render, Lang};
+use crate::store::jobs::JobRow;
+
+pub fn spawn(
+    app: Arc<App>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(sl) = app.cfg.slurm.clone() else {
+        return Vec::new();
+    };
+    vec![tokio::spawn(async move {
+        let base = sl.poll_seconds * 1000;
+        loop {
+            // Jitter (up to a fifth of the period) so many shisas never poll Slurm in step.
+            let jitter = (uuid::Uuid::new_v4().as_u128() % (base as u128 / 5 + 1)) as u64;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(base + jitter)) => {}
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+            if let Err(e) = poll_once(&app).await {
+                tracing::warn!(error = %e, "polling Slurm");
+            }
+        }
+    })]
+}
+
+/// One round: update every open job; handle the ends. Returns how many ended.
+pub async fn poll_once(app: &Arc<App>) -> anyhow::Result<usize> {
+    let Some(sched) = app.scheduler.clone() else {
+        return Ok(0);
+    };
+    let open = app.store.open_jobs().await?;
+    if open.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<u64> = open.iter().map(|j| j.slurm_id).collect();
+    let states = match sched.states(&ids).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Slurm did not answer; job states unchanged");
+            return Ok(0);
+        }
+    };
+    let mut ended = 0;
+    for j in open {
+        match states.get(&j.slurm_id) {
+            Some(st) if !st.finished() => {
+                if st.state != j.state || st.reason != j.reason || st.start_time != j.start_time {
+                    app.store.update_job(j.slurm_id, st).await?;
+                }
+            }
+            Some(st) => {
+                app.store.update_job(j.slurm_id, st).await?;
+                if end(app, &j, &st.state, st.exit_code).await? {
+                    ended += 1;
+                }
+            }
+            None => {
+                if end(app, &j, "", None).await? {
+                    ended += 1;
+                }
+            }
+        }
+    }
+    Ok(ended)
+}
+
+async fn end(app: &Arc<App>, j: &JobRow, state: &str, code: Option<i32>) -> anyhow::Result<bool> {
+    let Some(account) = app.directory.lookup(&j.owner).await? else {
+        return Ok(app
+            .store
+            .close_job(
+                j.slurm_id,
+                if state.is_empty() { "ENDED" } else { state },
+                code,
+            )
+            .await?);
+    };
+    let dir = Path::new(&j.dir);
+    // What the job script recorded wins over Slurm's view (which may be gone).
+    let written = crate::handlers::jobs::read_as(&account, &dir.join("exit-code"), 1)
+        .await
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok());
+    let code = written.or(code);
+    let state = match (state, code) {
+        ("", Some(0)) => "COMPLETED",
+        ("", Some(_)) => "FAILED",
+        ("", None) => "ENDED",
+        (s, _) => s,
+    };
+    if !app.store.close_job(j.slurm_id, state, code).await? {
+        return Ok(false);
+    }
+    let log = crate::handlers::jobs::read_as(&account, &dir.join("output.log"), 15)
+        .await
+        .unwrap_or_else(|e| format!("(the output cannot be read: {e})"));
+    let row = app
+        .store
+        .job(j.slurm_id)
+        .await?
+        .unwrap_or_else(|| j.clone());
+    let ran = if row.start_time > 0 && row.end_time >= row.start_time {
+        let s = row.end_time - row.start_time;
+        format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+    } else {
+        "—".into()
+    };
+    let text = render(
+        Lang::En,
+        "job.ended",
+        &[
+            ("id", j.slurm_id.to_string()),
+            ("name", j.name.clone()),
+            ("state", state.to_string()),
+            (
+                "code",
+                code.map(|c| c.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+            ),
+            ("elapsed", ran),
+            ("log", log.trim_end().to_string()),
+        ],
+    );
+    if let Err(e) = app
+        .notifier
+        .direct(
+            &j.owner,
+            None,
+            &text,
+            &serde_json::json!({"shisa": {"job": j.slurm_id}}),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, job = j.slurm_id, "job end not delivered");
+    }
+    Ok(true)
+}

@@ -1,0 +1,149 @@
+//! `/job` against a real Slurm (slurmctld, slurmd, munge started by the
+//! harness), with the jobs running the converted SIF through the test
+//! launcher `tests/sif-exec.sh` (Apptainer is not packaged here).
+
+use std::time::Duration;
+
+use crate::harness::{slurm, test_images, Opts, Stack};
+
+async fn dm_containing(s: &Stack, user: &str, needle: &str) -> String {
+    let mut seen = Vec::new();
+    for _ in 0..600 {
+        for m in s.store().outbox_take(user).unwrap() {
+            seen.push(m.message);
+        }
+        if let Some(m) = seen.iter().find(|m| m.contains(needle)) {
+            return m.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no message with {needle:?} for {user}: {seen:?}");
+}
+
+fn job_id(reply: &str) -> String {
+    reply
+        .split("Job ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job id in {reply}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_from_chat_run_as_their_owner_with_their_gpu() {
+    test_images();
+    let sl = slurm();
+    // A variable of shisa's own process: it must never reach a job.
+    std::env::set_var("SHISA_TEST_SECRET", "must-not-leak");
+    let launcher = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sif-exec.sh");
+    let s = Stack::start(Opts {
+        podman: true,
+        extra: format!(
+            "[slurm]\nconf = {:?}\nlauncher = [{:?}]\npoll_seconds = 1\ngpu_types = [\"tesla\"]\n",
+            sl.conf.display().to_string(),
+            launcher.display().to_string()
+        ),
+        ..Default::default()
+    })
+    .await;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&s.data_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    // Bad input: a clear answer, nothing submitted.
+    let t = s
+        .say("alice", "/job submit --image tools:1 --gpus 5 -- true")
+        .await;
+    assert!(t.contains("more than your limit"), "{t}");
+    let t = s
+        .say("alice", "/job submit --image tools:1 --gpus a100:1 -- true")
+        .await;
+    assert!(t.contains("no `a100` GPUs"), "{t}");
+    let t = s
+        .say(
+            "alice",
+            "/job submit --image tools:1 --script ../../etc/shadow",
+        )
+        .await;
+    assert!(t.contains("inside your home"), "{t}");
+    let t = s.say("alice", "/job submit --image nosuch:1 -- true").await;
+    assert!(
+        t.contains("no image") || t.contains("There is no image"),
+        "{t}"
+    );
+    // A template gives defaults and bounds: asking for more is lowered, with a note.
+    let t = s
+        .say(
+            "alice",
+            "/job submit --template busybox --memory 2G --dry-run -- true",
+        )
+        .await;
+    assert!(
+        t.contains("--mem=512M") && t.contains("memory lowered"),
+        "{t}"
+    );
+    assert!(t.contains("nothing was submitted"), "{t}");
+    assert!(s.store().open_jobs().await.unwrap().is_empty());
+    // A GPU job from chat.
+    let r = s
+        .chat(
+            "alice",
+            "/job submit --image tools:1 --gpus tesla:1 --name gpujob -- /bin/sh -c 'echo uid=$(id -u); echo gpu=$CUDA_VISIBLE_DEVICES; env; echo the-end; exit 3'",
+        )
+        .await;
+    let last = &r.last().unwrap().text;
+    assert!(last.contains("is submitted"), "{r:?}");
+    let id = job_id(last);
+    let ended = dm_containing(&s, "alice", &format!("Job {id} (`gpujob`) ended")).await;
+    assert!(
+        ended.contains("FAILED") && ended.contains("exit code 3"),
+        "{ended}"
+    );
+    assert!(ended.contains("the-end"), "the log's last lines: {ended}");
+    let log = s.say("alice", &format!("/job logs {id} --tail 500")).await;
+    assert!(log.contains("uid=20001"), "runs as alice: {log}");
+    assert!(
+        log.contains("gpu=0") || log.contains("gpu=1"),
+        "its GPU: {log}"
+    );
+    assert!(
+        !log.contains("SHISA_") && !log.contains("must-not-leak"),
+        "no shisa variable: {log}"
+    );
+    // bob cannot see, read or cancel alice's job.
+    assert!(s
+        .say("bob", &format!("/job logs {id}"))
+        .await
+        .contains("no job"));
+    assert!(s
+        .say("bob", &format!("/job cancel {id}"))
+        .await
+        .contains("no job"));
+    assert!(!s.say("bob", "/job ps --all").await.contains("gpujob"));
+    assert!(s.say("alice", "/job ps --all").await.contains("gpujob"));
+    // Cancelling one's own running job.
+    let r = s
+        .chat(
+            "alice",
+            "/job submit --image tools:1 --name sleeper --time 5m -- sleep 300",
+        )
+        .await;
+    let id2 = job_id(&r.last().unwrap().text);
+    for _ in 0..100 {
+        if s.say("alice", "/job ps").await.contains("RUNNING") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(s
+        .say("alice", &format!("/job cancel {id2}"))
+        .await
+        .contains("is cancelled"));
+    let ended = dm_containing(&s, "alice", &format!("Job {id2} (`sleeper`) ended")).await;
+    assert!(ended.contains("CANCELLED"), "{ended}");
+    assert!(
+        s.store().open_jobs().await.unwrap().is_empty(),
+        "both jobs ended and released their SIF"
+    );
+    s.stop().await;
+}
