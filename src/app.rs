@@ -14,7 +14,7 @@ use crate::store::Store;
 pub struct App {
     pub cfg: Config,
     pub store: Store,
-    pub directory: Directory,
+    pub directory: Arc<Directory>,
     pub mattermost: MattermostClient,
     pub notifier: Notifier,
     pub metrics: Metrics,
@@ -44,7 +44,7 @@ impl App {
             )
         })?;
         let store = Store::open(&cfg.db_path())?;
-        let directory = Directory::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+        let directory = Arc::new(Directory::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?);
         let mattermost = MattermostClient::new(
             cfg.mattermost.url.clone(),
             cfg.mattermost.bot_token.clone(),
@@ -78,9 +78,38 @@ impl App {
             )?),
             None => None,
         };
-        let allocator = Arc::new(crate::containers::allocator::LocalAllocator {
-            store: store.clone(),
+        let scheduler = cfg.slurm.as_ref().map(|sl| {
+            Arc::new(crate::slurm::Cli {
+                conf: sl.conf.clone(),
+            }) as Arc<dyn crate::slurm::Scheduler>
         });
+        // Who owns the blades' GPUs: Slurm when the blades are its nodes, else our own ledger.
+        let allocator: Arc<dyn crate::containers::allocator::Allocator> =
+            match (&cfg.slurm, &scheduler) {
+                (Some(sl), Some(sched)) if sl.gpu_containers => {
+                    use crate::identity::Role;
+                    let lifetimes = [Role::Student, Role::Instructor, Role::Admin]
+                        .into_iter()
+                        .map(|r| {
+                            let secs = crate::commands::values::parse_duration(
+                                &cfg.limits_for(r).gpu_lifetime,
+                            )
+                            .unwrap_or(86_400);
+                            (r.as_str().to_string(), secs.div_ceil(60).max(1))
+                        })
+                        .collect();
+                    Arc::new(crate::slurm::allocator::SlurmAllocator {
+                        store: store.clone(),
+                        slurm: sched.clone(),
+                        directory: directory.clone(),
+                        lifetimes,
+                        partition: sl.partition.clone(),
+                    })
+                }
+                _ => Arc::new(crate::containers::allocator::LocalAllocator {
+                    store: store.clone(),
+                }),
+            };
         Ok(Arc::new(App {
             allocator,
             store,
@@ -94,11 +123,7 @@ impl App {
             health: Default::default(),
             registry,
             gitlab,
-            scheduler: cfg.slurm.as_ref().map(|sl| {
-                Arc::new(crate::slurm::Cli {
-                    conf: sl.conf.clone(),
-                }) as Arc<dyn crate::slurm::Scheduler>
-            }),
+            scheduler,
             cfg,
         }))
     }

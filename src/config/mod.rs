@@ -76,6 +76,10 @@ pub struct SlurmConfig {
     /// GPU type names users may ask for (`--gpus tesla:1`); empty: any.
     #[serde(default)]
     pub gpu_types: Vec<String>,
+    /// The blades are Slurm nodes: Slurm owns their GPUs, and a GPU container holds them
+    /// through an allocation submitted as its owner.
+    #[serde(default)]
+    pub gpu_containers: bool,
 }
 
 fn default_launcher() -> Vec<String> {
@@ -488,6 +492,9 @@ pub struct Blade {
     /// How many containers may share one GPU; 1 means exclusive (the default).
     #[serde(default = "one")]
     pub gpu_share: u32,
+    /// This blade's Slurm node name, when Slurm owns its GPUs (default: the blade's name).
+    #[serde(default)]
+    pub slurm_node: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

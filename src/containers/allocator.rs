@@ -28,6 +28,11 @@ pub trait Allocator: Send + Sync {
     ) -> anyhow::Result<Option<Grant>>;
     /// Give back whatever the container holds.
     async fn release(&self, container_id: i64) -> anyhow::Result<()>;
+    /// For an allocator with a queue of its own (Slurm): whether a waiting container's
+    /// allocation has started. `None`: no queue of its own; count free GPUs instead.
+    async fn ready(&self, _container_id: i64) -> anyhow::Result<Option<bool>> {
+        Ok(None)
+    }
 }
 
 pub struct LocalAllocator {

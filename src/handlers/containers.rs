@@ -1059,10 +1059,17 @@ pub async fn promote_waiting(app: &Arc<App>, blade_name: &str) {
         return;
     };
     for w in waiting {
-        if w.gpus > free {
-            break; // first come, first served: nobody overtakes the head of the queue
+        match app.allocator.ready(w.id).await {
+            // Slurm keeps the queue: promote exactly those whose allocation started.
+            Ok(Some(true)) => {}
+            Ok(Some(false)) | Err(_) => continue,
+            Ok(None) => {
+                if w.gpus > free {
+                    break; // first come, first served: nobody overtakes the head of the queue
+                }
+                free -= w.gpus;
+            }
         }
-        free -= w.gpus;
         if app
             .store
             .set_container_state(w.id, "pending")

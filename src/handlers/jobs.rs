@@ -344,6 +344,7 @@ pub async fn handle(
                     gpus: req.gpus.clone(),
                     output: dir.join("output.log"),
                     workdir: caller.home.join(&req.chdir),
+                    nodelist: None,
                     script: String::new(),
                 };
                 let text = render(
@@ -587,6 +588,7 @@ pub async fn submit_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobEr
         gpus: req.gpus.clone(),
         output: dir.join("output.log"),
         workdir: account.home.join(&req.chdir),
+        nodelist: None,
         script,
     };
     // Pinned before submission, so eviction cannot race a job that is about to start.

@@ -32,6 +32,11 @@ pub fn spawn(
             if let Err(e) = poll_once(&app).await {
                 tracing::warn!(error = %e, "polling Slurm");
             }
+            if sl.gpu_containers {
+                if let Err(e) = holders_once(&app).await {
+                    tracing::warn!(error = %e, "checking GPU allocations");
+                }
+            }
         }
     })]
 }
@@ -147,4 +152,58 @@ async fn end(app: &Arc<App>, j: &JobRow, state: &str, code: Option<i32>) -> anyh
         tracing::warn!(error = %e, job = j.slurm_id, "job end not delivered");
     }
     Ok(true)
+}
+
+/// GPU containers on Slurm nodes: start waiting ones whose allocation began,
+/// stop running ones whose allocation ended (time limit, cancelled), and tell
+/// their owners. Returns how many were stopped.
+pub async fn holders_once(app: &Arc<App>) -> anyhow::Result<usize> {
+    let Some(sched) = app.scheduler.clone() else {
+        return Ok(0);
+    };
+    for b in &app.cfg.blades {
+        crate::handlers::containers::promote_waiting(app, &b.name).await;
+    }
+    let holders = app.store.gpu_holders().await?;
+    if holders.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<u64> = holders.iter().map(|h| h.1).collect();
+    let Ok(states) = sched.states(&ids).await else {
+        return Ok(0); // Slurm not answering: change nothing
+    };
+    let mut stopped = 0;
+    for (cid, hid) in holders {
+        let alive = states.get(&hid).is_some_and(|s| !s.finished());
+        if alive {
+            continue;
+        }
+        let Some(row) = app.store.container(cid).await? else {
+            continue;
+        };
+        if row.state != "running" {
+            continue;
+        }
+        let target = crate::store::queue::ReplyTarget {
+            uid: row.owner.clone(),
+            command: "/container".into(),
+            sub: "stop".into(),
+            ..Default::default()
+        };
+        app.store
+            .enqueue(crate::store::queue::NewJob {
+                kind: crate::handlers::containers::STOP,
+                payload: serde_json::json!({"container": cid, "actor": "shisa", "expired": true}),
+                owner: &row.owner,
+                request_id: &format!("allocation-ended-{cid}-{hid}"),
+                reply: Some(target),
+                max_attempts: app.cfg.queue.max_attempts,
+            })
+            .await?;
+        // So the next round does not queue it twice.
+        app.store.take_gpu_holder(cid).await?;
+        app.wake.notify_one();
+        stopped += 1;
+    }
+    Ok(stopped)
 }

@@ -4,6 +4,7 @@
 //! argument lists only, never a shell, a cleared environment (none of
 //! shisa's secrets reach Slurm or a job), `--export=NONE`.
 
+pub mod allocator;
 pub mod script;
 
 use std::collections::HashMap;
@@ -26,6 +27,8 @@ pub struct Submit {
     pub gpus: Option<(Option<String>, u32)>,
     pub output: PathBuf,
     pub workdir: PathBuf,
+    /// Run on this node only (a GPU container's blade).
+    pub nodelist: Option<String>,
     pub script: String,
 }
 
@@ -51,6 +54,9 @@ impl Submit {
         if let Some(p) = &self.partition {
             a.push(format!("--partition={p}"));
         }
+        if let Some(n) = &self.nodelist {
+            a.push(format!("--nodelist={n}"));
+        }
         if let Some((kind, n)) = &self.gpus {
             a.push(match kind {
                 Some(k) => format!("--gpus={k}:{n}"),
@@ -70,6 +76,8 @@ pub struct JobState {
     pub start_time: i64,
     pub end_time: i64,
     pub node: String,
+    /// Indexes of the GPUs allocated (`gres_detail`: `gpu:tesla:1(IDX:0)`).
+    pub gpu_idx: Vec<u32>,
 }
 
 impl JobState {
@@ -103,6 +111,41 @@ pub trait Scheduler: Send + Sync {
     /// States of these jobs; a job Slurm no longer knows is absent.
     async fn states(&self, ids: &[u64]) -> Result<HashMap<u64, JobState>, SlurmError>;
     async fn cancel(&self, id: u64) -> Result<(), SlurmError>;
+    /// A node's GPUs: (configured, allocated).
+    async fn node_gpus(&self, node: &str) -> Result<(u32, u32), SlurmError>;
+}
+
+/// `IDX:0`, `IDX:0-1`, `IDX:0,2-3` inside a GRES detail string.
+pub fn parse_idx(detail: &str) -> Vec<u32> {
+    let Some(rest) = detail.split("IDX:").nth(1) else {
+        return Vec::new();
+    };
+    let list: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',' || *c == '-')
+        .collect();
+    let mut out = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+                    if b >= a && b - a < 1024 {
+                        out.extend(a..=b);
+                    }
+                }
+            }
+            None => out.extend(part.parse::<u32>().ok()),
+        }
+    }
+    out
+}
+
+/// The GPU count of a `gpu[:type]:N[(…)]` GRES string (`scontrol show node`), summed.
+pub fn gres_count(s: &str) -> u32 {
+    s.split(',')
+        .filter(|g| g.starts_with("gpu"))
+        .filter_map(|g| g.split('(').next()?.rsplit(':').next()?.parse::<u32>().ok())
+        .sum()
 }
 
 /// The command-line tools.
@@ -194,6 +237,15 @@ pub fn parse_squeue(json: &str) -> Result<HashMap<u64, JobState>, String> {
                 start_time: j["start_time"].as_i64().unwrap_or(0),
                 end_time: j["end_time"].as_i64().unwrap_or(0),
                 node: j["nodes"].as_str().unwrap_or_default().to_string(),
+                gpu_idx: j["gres_detail"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|d| d.as_str())
+                            .flat_map(parse_idx)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             },
         );
     }
@@ -234,6 +286,19 @@ impl Scheduler for Cli {
         c.arg(id.to_string());
         self.run(c, None).await.map(|_| ())
     }
+
+    async fn node_gpus(&self, node: &str) -> Result<(u32, u32), SlurmError> {
+        let mut c = self.cmd("scontrol");
+        c.args(["show", "node", "-d", "-o", node]);
+        let out = self.run(c, None).await?;
+        let field = |k: &str| {
+            out.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok((gres_count(&field("Gres=")), gres_count(&field("GresUsed="))))
+    }
 }
 
 #[cfg(test)]
@@ -254,6 +319,25 @@ mod tests {
     }
 
     #[test]
+    fn gres() {
+        assert_eq!(parse_idx("gpu:tesla:1(IDX:0)"), vec![0]);
+        assert_eq!(parse_idx("gpu:tesla:3(IDX:0,2-3)"), vec![0, 2, 3]);
+        assert_eq!(parse_idx("gpu:tesla:0(IDX:N/A)"), Vec::<u32>::new());
+        assert_eq!(gres_count("gpu:tesla:2(S:0)"), 2);
+        assert_eq!(gres_count("gpu:tesla:1(IDX:0)"), 1);
+        assert_eq!(gres_count("gpu:a:1,gpu:b:2"), 3);
+        assert_eq!(gres_count("(null)"), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn gres_parsers_never_panic(s in "\\PC{0,40}") {
+            let _ = parse_idx(&s);
+            let _ = gres_count(&s);
+        }
+    }
+
+    #[test]
     fn resources_go_on_the_command_line() {
         let s = Submit {
             uid: 20001,
@@ -266,6 +350,7 @@ mod tests {
             gpus: Some((Some("tesla".into()), 1)),
             output: "/h/alice/shisa-jobs/3/output.log".into(),
             workdir: "/h/alice".into(),
+            nodelist: None,
             script: String::new(),
         };
         let a = s.args();

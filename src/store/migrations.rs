@@ -268,6 +268,12 @@ CREATE TABLE jobs (
     done         INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX jobs_by_owner ON jobs(owner, slurm_id);
+-- GPU containers on Slurm nodes: the holder allocation that owns their GPUs.
+CREATE TABLE gpu_holders (
+    container_id INTEGER PRIMARY KEY,
+    slurm_id     INTEGER NOT NULL,
+    blade        TEXT NOT NULL
+);
 "#,
         ),
     ])

@@ -652,6 +652,37 @@ pub struct Slurm {
     pub conf: PathBuf,
 }
 
+/// Tests that use the Slurm cluster take turns: they count its two GPUs.
+pub async fn slurm_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let guard = TURN.lock().await;
+    // Whatever an earlier (perhaps failed) test left on the cluster goes first.
+    let conf = slurm().conf.clone();
+    let squeue = |conf: &Path| {
+        let out = Command::new("squeue")
+            .args(["-h", "-t", "PD,R,CG,CF", "-o", "%i"])
+            .env("SLURM_CONF", conf)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..100 {
+        let ids = squeue(&conf);
+        if ids.is_empty() {
+            break;
+        }
+        let _ = Command::new("scancel")
+            .args(&ids)
+            .env("SLURM_CONF", &conf)
+            .status();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    guard
+}
+
 pub fn slurm() -> &'static Slurm {
     static S: OnceLock<Slurm> = OnceLock::new();
     S.get_or_init(|| {

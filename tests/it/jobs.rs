@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{slurm, test_images, Opts, Stack};
+use crate::harness::{slurm, slurm_turn, test_images, Opts, Stack};
 
 async fn dm_containing(s: &Stack, user: &str, needle: &str) -> String {
     let mut seen = Vec::new();
@@ -32,6 +32,7 @@ fn job_id(reply: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_from_chat_run_as_their_owner_with_their_gpu() {
     test_images();
+    let _turn = slurm_turn().await;
     let sl = slurm();
     // A variable of shisa's own process: it must never reach a job.
     std::env::set_var("SHISA_TEST_SECRET", "must-not-leak");
@@ -145,5 +146,92 @@ async fn jobs_from_chat_run_as_their_owner_with_their_gpu() {
         s.store().open_jobs().await.unwrap().is_empty(),
         "both jobs ended and released their SIF"
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gpu_containers_get_the_gpu_slurm_chose_and_jobs_wait_for_it() {
+    test_images();
+    let _turn = slurm_turn().await;
+    let sl = slurm();
+    let launcher = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sif-exec.sh");
+    let host = String::from_utf8(
+        std::process::Command::new("hostname")
+            .arg("-s")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let s = Stack::start(Opts {
+        podman: true,
+        gpus: vec!["0".into(), "1".into()],
+        extra: format!(
+            "slurm_node = {host:?}\n[slurm]\nconf = {:?}\nlauncher = [{:?}]\npoll_seconds = 1\ngpu_containers = true\n",
+            sl.conf.display().to_string(),
+            launcher.display().to_string()
+        ),
+        ..Default::default()
+    })
+    .await;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&s.data_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    // carol's job takes a GPU first: Slurm gives it index 0.
+    let r = s
+        .chat("carol", "/job submit --image localhost/busybox:latest --gpus tesla:1 --name holder --time 5m -- sleep 300")
+        .await;
+    let carol_job = job_id(&r.last().unwrap().text);
+    for _ in 0..100 {
+        if s.say("carol", "/job ps").await.contains("RUNNING") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // alice's GPU container: Slurm places it on the other GPU, and the container gets that one.
+    let t = s
+        .say(
+            "alice",
+            "/container run --name sg --gpu localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(
+        t.contains("GPU shisa.test/gpu=1)"),
+        "the index Slurm chose: {t}"
+    );
+    let t = s.say("alice", "/container exec sg -- ls /dev").await;
+    assert!(
+        t.contains("shisa-test-gpu1") && !t.contains("shisa-test-gpu0"),
+        "{t}"
+    );
+    // Both GPUs are Slurm's now: bob's GPU job waits while the container holds its GPU.
+    let r = s
+        .chat(
+            "bob",
+            "/job submit --image localhost/busybox:latest --gpus tesla:1 --name waits -- echo ran",
+        )
+        .await;
+    let bob_job = job_id(&r.last().unwrap().text);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ps = s.say("bob", "/job ps").await;
+    assert!(ps.contains("PENDING"), "{ps}");
+    // Removing the container ends its allocation; bob's job then runs.
+    assert!(s
+        .say("alice", "/container rm --force sg")
+        .await
+        .contains("removed"));
+    let ended = dm_containing(&s, "bob", &format!("Job {bob_job} (`waits`) ended")).await;
+    assert!(
+        ended.contains("COMPLETED") && ended.contains("ran"),
+        "{ended}"
+    );
+    assert!(s
+        .say("carol", &format!("/job cancel {carol_job}"))
+        .await
+        .contains("is cancelled"));
+    dm_containing(&s, "carol", &format!("Job {carol_job} (`holder`) ended")).await;
     s.stop().await;
 }
