@@ -84,14 +84,14 @@ pub async fn poll_once(app: &Arc<App>) -> anyhow::Result<usize> {
 
 async fn end(app: &Arc<App>, j: &JobRow, state: &str, code: Option<i32>) -> anyhow::Result<bool> {
     let Some(account) = app.directory.lookup(&j.owner).await? else {
-        return Ok(app
+        return app
             .store
             .close_job(
                 j.slurm_id,
                 if state.is_empty() { "ENDED" } else { state },
                 code,
             )
-            .await?);
+            .await;
     };
     let dir = Path::new(&j.dir);
     // What the job script recorded wins over Slurm's view (which may be gone).
