@@ -85,6 +85,7 @@ pub static EN: &[(&str, &str)] = &[
 ```"),
     ("container.died_oom", ", because it ran out of memory (limit {memory}; ask for more with `--memory`)"),
     ("container.died_sigkill", " (killed: SIGKILL, which with a memory limit of {memory} most likely means it ran out of memory; ask for more with `--memory`)"),
+    ("container.allocation_ended", "The Slurm allocation that held the GPU of your container `{name}` ended (its time limit, or it was cancelled), so the container was stopped. `/container start {name}` asks Slurm for a GPU again."),
     ("container.expired", "Your GPU container `{name}` reached its maximum lifetime and was stopped so others can use the GPU. `/container start {name}` starts it again."),
     ("container.staff_action", "An admin (`{actor}`) did `{action}` on your container `{name}`."),
     ("container.busy", "Container `{name}` is busy ({state}); try again in a moment."),

@@ -1162,6 +1162,13 @@ pub async fn stop_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobErro
         .map_err(JobError::Retry)?;
     promote_waiting(app, &row.blade).await;
     tell_owner_if_staff(app, job, &row, "stop").await;
+    if job.payload["allocation_ended"].as_bool() == Some(true) {
+        return Ok(render(
+            Lang::En,
+            "container.allocation_ended",
+            &[("name", row.name.clone())],
+        ));
+    }
     if job.payload["expired"].as_bool() == Some(true) {
         return Ok(render(
             Lang::En,

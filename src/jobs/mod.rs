@@ -193,7 +193,7 @@ pub async fn holders_once(app: &Arc<App>) -> anyhow::Result<usize> {
         app.store
             .enqueue(crate::store::queue::NewJob {
                 kind: crate::handlers::containers::STOP,
-                payload: serde_json::json!({"container": cid, "actor": "shisa", "expired": true}),
+                payload: serde_json::json!({"container": cid, "actor": "shisa", "allocation_ended": true}),
                 owner: &row.owner,
                 request_id: &format!("allocation-ended-{cid}-{hid}"),
                 reply: Some(target),

@@ -146,6 +146,24 @@ async fn jobs_from_chat_run_as_their_owner_with_their_gpu() {
         s.store().open_jobs().await.unwrap().is_empty(),
         "both jobs ended and released their SIF"
     );
+    // Tracked jobs survive a restart: the end of a job that finishes while shisa is down
+    // still reaches its owner.
+    let r = s
+        .chat(
+            "alice",
+            "/job submit --image tools:1 --name across -- /bin/sh -c 'sleep 3; echo made-it'",
+        )
+        .await;
+    let id3 = job_id(&r.last().unwrap().text);
+    let data_dir = s.data_dir.clone();
+    s.stop().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = Stack::start_with(&data_dir.with_extension("toml"), data_dir).await;
+    let ended = dm_containing(&s, "alice", &format!("Job {id3} (`across`) ended")).await;
+    assert!(
+        ended.contains("COMPLETED") && ended.contains("exit code 0") && ended.contains("made-it"),
+        "{ended}"
+    );
     s.stop().await;
 }
 
