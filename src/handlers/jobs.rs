@@ -13,6 +13,7 @@ use crate::commands::Invocation;
 use crate::identity::Account;
 use crate::images;
 use crate::messages::{render, Lang, UserError};
+use crate::ownership::{authorize, Action, ResourceRef};
 use crate::store::jobs::JobRow;
 use crate::store::queue::{NewJob, QueuedJob, ReplyTarget};
 
@@ -380,14 +381,82 @@ pub async fn handle(
             })
         }
         "ps" => {
-            let rows = app.store.jobs_of(&caller.uid, inv.has("all")).await?;
+            use crate::identity::Role;
+            let owners = if let Some(g) = inv.text("group") {
+                let may = caller.role == Role::Admin
+                    || (caller.role == Role::Instructor
+                        && caller.in_group(g)
+                        && !app.role_groups.iter().any(|r| r == g));
+                if !may {
+                    let e = UserError::new("command.forbidden")
+                        .arg("command", "/job")
+                        .arg("sub", "ps --group")
+                        .arg("role", "instructors of that group, and admins");
+                    return Ok(reply(request_id, e.to_string(), "denied"));
+                }
+                app.directory
+                    .members(g)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?
+            } else if let Some(u) = inv.text("user") {
+                if caller.role != Role::Admin {
+                    return Ok(reply(
+                        request_id,
+                        UserError::new("container.only_admins_user").to_string(),
+                        "denied",
+                    ));
+                }
+                vec![u.to_string()]
+            } else {
+                vec![caller.uid.clone()]
+            };
+            let mut rows = Vec::new();
+            for o in &owners {
+                rows.extend(app.store.jobs_of(o, inv.has("all")).await?);
+            }
+            rows.sort_by(|a, b| b.slurm_id.cmp(&a.slurm_id));
             Ok(reply(request_id, ps_table(&rows), "ok"))
         }
         "logs" | "cancel" => {
             let id = inv.arg_text("JOBID").unwrap_or_default();
+            // One answer for "does not exist" and "not yours", so ids reveal nothing.
             let row = match id.parse::<u64>() {
-                Ok(n) => app.store.job(n).await?.filter(|j| j.owner == caller.uid),
+                Ok(n) => app.store.job(n).await?,
                 Err(_) => None,
+            };
+            let row = match row {
+                Some(j) => {
+                    let owner_groups = if caller.uid != j.owner {
+                        app.directory
+                            .lookup(&j.owner)
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|a| a.groups)
+                            .unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
+                    let action = if inv.sub == "logs" {
+                        Action::View
+                    } else {
+                        Action::Modify
+                    };
+                    let d = authorize(
+                        caller,
+                        action,
+                        &ResourceRef {
+                            kind: "job",
+                            name: id,
+                            owner: &j.owner,
+                            shared_with: &[],
+                            owner_groups: &owner_groups,
+                        },
+                        &app.role_groups,
+                    );
+                    d.allowed().then_some(j)
+                }
+                None => None,
             };
             let Some(row) = row else {
                 return Ok(reply(
@@ -401,7 +470,21 @@ pub async fn handle(
                     Some(Value::Count(n)) => *n,
                     _ => 100,
                 };
-                let text = match read_as(caller, &Path::new(&row.dir).join("output.log"), n).await {
+                let owner = if row.owner == caller.uid {
+                    caller.clone()
+                } else {
+                    match app.directory.lookup(&row.owner).await.ok().flatten() {
+                        Some(a) => a,
+                        None => {
+                            return Ok(reply(
+                                request_id,
+                                UserError::new("job.not_found").arg("id", id).to_string(),
+                                "rejected",
+                            ))
+                        }
+                    }
+                };
+                let text = match read_as(&owner, &Path::new(&row.dir).join("output.log"), n).await {
                     Ok(t) if t.trim().is_empty() => {
                         render(Lang::En, "job.log_empty", &[("id", id.to_string())])
                     }
