@@ -414,7 +414,7 @@ pub async fn handle(
             for o in &owners {
                 rows.extend(app.store.jobs_of(o, inv.has("all")).await?);
             }
-            rows.sort_by(|a, b| b.slurm_id.cmp(&a.slurm_id));
+            rows.sort_by_key(|j| std::cmp::Reverse(j.slurm_id));
             Ok(reply(request_id, ps_table(&rows), "ok"))
         }
         "logs" | "cancel" => {
