@@ -299,3 +299,48 @@ pub async fn commit_status(
     let ep = b.build().expect("project, commit and state are set");
     gitlab::api::ignore(ep).query_async(api).await
 }
+
+/// The job a `CI_JOB_TOKEN` belongs to (`GET /api/v4/job` with `JOB-TOKEN`), or None when
+/// GitLab does not know the token (401/403/404). Plain reqwest: this call must carry only the
+/// job's token, never the admin token the typed client adds.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct CiJob {
+    pub id: u64,
+    #[serde(default)]
+    pub status: String,
+    pub pipeline: CiPipeline,
+    pub user: CiUser,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct CiPipeline {
+    pub project_id: u64,
+    #[serde(default)]
+    pub sha: String,
+    #[serde(rename = "ref", default)]
+    pub git_ref: String,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct CiUser {
+    pub id: u64,
+    pub username: String,
+}
+
+pub async fn current_job(
+    base_url: &str,
+    job_token: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<CiJob>> {
+    let r = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()?
+        .get(format!("{}/api/v4/job", base_url.trim_end_matches('/')))
+        .header("JOB-TOKEN", job_token)
+        .send()
+        .await?;
+    if matches!(r.status().as_u16(), 401 | 403 | 404) {
+        return Ok(None);
+    }
+    Ok(Some(r.error_for_status()?.json().await?))
+}

@@ -4,6 +4,7 @@
 
 pub mod blades;
 pub mod builds;
+pub mod ci;
 pub mod containers;
 pub mod events;
 pub mod images;

@@ -34,6 +34,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/hooks/mattermost", post(mattermost_hook).layer(DefaultBodyLimit::max(MATTERMOST_BODY_LIMIT)))
         .route("/hooks/gitlab", post(gitlab_hook).layer(DefaultBodyLimit::max(GITLAB_BODY_LIMIT)))
+        .route("/ci/token", post(ci_token))
         .route("/registry/token", get(registry_token))
         .route("/hooks/registry", post(registry_hook).layer(DefaultBodyLimit::max(1024 * 1024)))
         .route("/sif/{file}", get(sif_download))
@@ -48,7 +49,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
-        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, HeaderName::from_static("x-gitlab-token")]))
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, HeaderName::from_static("x-gitlab-token"), HeaderName::from_static("job-token")]))
         .layer(CatchPanicLayer::new())
         .with_state(app)
 }
@@ -206,6 +207,42 @@ async fn registry_hook(State(app): State<Arc<App>>, headers: HeaderMap, body: By
     match crate::registry::notifications(&app, &body).await {
         Ok(n) => Json(serde_json::json!({"applied": n})).into_response(),
         Err(e) => error_json(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+/// A CI job's identity for a short push credential (`ci-templates/`). `?format=lines`
+/// answers registry, image, username and password on four lines, for `read` in sh.
+async fn ci_token(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    use crate::handlers::ci::{exchange, CiRefusal};
+    let token = headers.get("job-token").and_then(|v| v.to_str().ok());
+    match exchange(&app, token).await {
+        Ok(g) => {
+            if uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .any(|q| q == "format=lines")
+            {
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/plain")],
+                    format!(
+                        "{}\n{}\n{}\n{}\n",
+                        g.registry, g.image, g.username, g.password
+                    ),
+                )
+                    .into_response()
+            } else {
+                (StatusCode::OK, axum::Json(g)).into_response()
+            }
+        }
+        Err(CiRefusal::Unauthorized(m)) => error_json(StatusCode::UNAUTHORIZED, &m),
+        Err(CiRefusal::Forbidden(m)) => error_json(StatusCode::FORBIDDEN, &m),
+        Err(CiRefusal::Unavailable(m)) => error_json(StatusCode::SERVICE_UNAVAILABLE, &m),
     }
 }
 

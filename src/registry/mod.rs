@@ -77,6 +77,11 @@ impl Registry {
         self.ephemeral(uid, repository, true, 600)
     }
 
+    /// The same, valid for `seconds` (the CI token service's).
+    pub fn push_credential_for(&self, uid: &str, repository: &str, seconds: u64) -> String {
+        self.ephemeral(uid, repository, true, seconds)
+    }
+
     fn ephemeral(&self, uid: &str, repository: &str, push: bool, seconds: u64) -> String {
         let secret = format!("shisa-pull_{}", uuid::Uuid::new_v4().simple());
         let mut p = self.pulls.lock().unwrap();

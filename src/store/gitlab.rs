@@ -213,6 +213,40 @@ impl Store {
         Ok(())
     }
 
+    /// A build a CI job runs (recorded when it asks for its push token), once per job.
+    pub async fn record_ci_build(
+        &self,
+        project_id: u64,
+        path: &str,
+        owner: &str,
+        sha: &str,
+        git_ref: &str,
+        detail: &str,
+    ) -> anyhow::Result<()> {
+        let v = (
+            path.to_string(),
+            owner.to_string(),
+            sha.to_string(),
+            git_ref.to_string(),
+            detail.to_string(),
+        );
+        self.call(move |c| {
+            let seen: i64 = c.query_row(
+                "SELECT COUNT(*) FROM builds WHERE project_id = ?1 AND trigger = 'ci' AND detail = ?2",
+                params![project_id as i64, v.4],
+                |r| r.get(0),
+            )?;
+            if seen == 0 {
+                c.execute(
+                    "INSERT INTO builds(project_id, path, owner, sha, git_ref, trigger, state, detail, created_at, started_at) VALUES (?1,?2,?3,?4,?5,'ci','running',?6,?7,?7)",
+                    params![project_id as i64, v.0, v.1, v.2, v.3, v.4, now()],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn builds_of(&self, owner: &str, limit: u32) -> anyhow::Result<Vec<BuildRow>> {
         let o = owner.to_string();
         self.call(move |c| {

@@ -39,6 +39,8 @@ pub struct FakeState {
     pub statuses: Vec<(u64, String, String, String, String)>,
     /// Every Sudo header seen, with the path.
     pub sudo_log: Vec<(String, String)>,
+    /// CI_JOB_TOKEN → (job id, project id, username, status, sha).
+    pub job_tokens: HashMap<String, (u64, u64, String, String, String)>,
 }
 
 #[derive(Clone)]
@@ -247,12 +249,32 @@ async fn status(
     (StatusCode::CREATED, Json(serde_json::json!({"id": 1}))).into_response()
 }
 
+/// `GET /job` with `JOB-TOKEN`: the job the token belongs to (GitLab's Jobs API).
+async fn current_job(State(s): S, h: HeaderMap) -> Response {
+    let st = s.lock().unwrap();
+    let Some((id, project, user, status, sha)) = h
+        .get("job-token")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| st.job_tokens.get(t))
+        .cloned()
+    else {
+        return gl_error(StatusCode::UNAUTHORIZED, "401 Unauthorized");
+    };
+    Json(serde_json::json!({
+        "id": id, "status": status, "stage": "build", "name": "shisa-container-image", "ref": "main",
+        "pipeline": {"id": 1, "project_id": project, "ref": "main", "sha": sha, "status": "running"},
+        "user": {"id": 1, "username": user}
+    }))
+    .into_response()
+}
+
 impl FakeGitlab {
     pub async fn start(state: FakeState) -> FakeGitlab {
         let state = Arc::new(Mutex::new(state));
         let app = Router::new()
             .route("/api/v4/projects/{id}", get(get_project))
             .route("/api/v4/users/{id}", get(get_user))
+            .route("/api/v4/job", get(current_job))
             .route("/api/v4/projects/{id}/hooks", post(create_hook))
             .route("/api/v4/projects/{id}/hooks/{hid}", delete(delete_hook))
             .route(
@@ -934,5 +956,244 @@ async fn a_push_builds_an_image_into_the_registry() {
         1,
         "only bob's hook is left"
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token() {
+    crate::harness::test_images();
+    let mut job_tokens = HashMap::new();
+    job_tokens.insert(
+        "job-token-alice".to_string(),
+        (
+            555,
+            7,
+            "alice".to_string(),
+            "running".to_string(),
+            "c1c1c1c1".to_string(),
+        ),
+    );
+    job_tokens.insert(
+        "job-token-done".to_string(),
+        (
+            556,
+            7,
+            "alice".to_string(),
+            "success".to_string(),
+            "c1c1c1c1".to_string(),
+        ),
+    );
+    job_tokens.insert(
+        "job-token-other".to_string(),
+        (
+            557,
+            9,
+            "bob".to_string(),
+            "running".to_string(),
+            "d2d2d2d2".to_string(),
+        ),
+    );
+    let fake = FakeGitlab::start(FakeState {
+        users: vec![(101, "alice".into()), (102, "bob".into())],
+        projects: vec![
+            FakeProject {
+                id: 7,
+                path: "alice/MyModel".into(),
+                members: HashMap::from([("alice".to_string(), 40)]),
+                archives: HashMap::new(),
+            },
+            FakeProject {
+                id: 9,
+                path: "bob/other".into(),
+                members: HashMap::from([("bob".to_string(), 40)]),
+                archives: HashMap::new(),
+            },
+        ],
+        job_tokens,
+        ..Default::default()
+    })
+    .await;
+    let port = free_port();
+    let reg = registry(port);
+    let s = Stack::start(Opts {
+        podman: true,
+        listen_port: Some(port),
+        extra: format!("{}\n{}", reg.toml, gitlab_toml(&fake.url, 120)),
+        ..Default::default()
+    })
+    .await;
+    assert!(s
+        .say("alice", "/container build enable alice/MyModel")
+        .await
+        .contains("Builds are on"));
+    // Tokens GitLab does not vouch for, jobs that are over, projects shisa does not build: nothing.
+    let post = |token: Option<&str>| {
+        let mut r = reqwest::Client::new().post(s.url("/ci/token"));
+        if let Some(t) = token {
+            r = r.header("JOB-TOKEN", t);
+        }
+        r.send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), 401);
+    assert_eq!(post(Some("forged")).await.unwrap().status(), 401);
+    assert_eq!(post(Some("job-token-done")).await.unwrap().status(), 401);
+    assert_eq!(post(Some("job-token-other")).await.unwrap().status(), 403);
+    // A real job's token: a credential for alice/alice-mymodel, for ten minutes.
+    let g: serde_json::Value = post(Some("job-token-alice"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(g["repository"], "alice/alice-mymodel");
+    assert_eq!(g["expires_in"], 600);
+    // It pushes only that repository: the registry's token service grants nothing else with it.
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("alice:{}", g["password"].as_str().unwrap()));
+    let scope = |repo: &str| {
+        reqwest::Client::new()
+            .get(s.url(&format!(
+                "/registry/token?service=shisa-registry&scope=repository:{repo}:pull,push"
+            )))
+            .header("Authorization", format!("Basic {basic}"))
+            .send()
+    };
+    let granted = |v: serde_json::Value| -> Vec<String> {
+        let t = v["token"].as_str().unwrap_or_default();
+        let payload = t.split('.').nth(1).unwrap_or_default();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        claims["access"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["actions"].as_array().cloned().unwrap_or_default())
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect()
+    };
+    let mine = granted(
+        scope("alice/alice-mymodel")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert!(mine.contains(&"push".to_string()), "{mine:?}");
+    let other = granted(
+        scope("alice/other")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default(),
+    );
+    assert!(!other.contains(&"push".to_string()), "{other:?}");
+    // The template, validated as YAML, its script run for real: the same commands a job runs.
+    let yaml: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("ci-templates/container-image.gitlab-ci.yml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let job = &yaml["shisa-container-image"];
+    assert_eq!(job["tags"][0], "shisa");
+    let script: Vec<String> = job["script"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    let ctx = tempfile::tempdir_in(crate::harness::run_root()).unwrap();
+    std::fs::write(
+        ctx.path().join("Containerfile"),
+        "FROM localhost/busybox:latest\nRUN echo built-by-ci > /etc/ci\n",
+    )
+    .unwrap();
+    let sock = crate::harness::podman();
+    let pdir = sock.parent().unwrap();
+    let storage = ctx.path().join("storage.conf");
+    std::fs::write(
+        &storage,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = {:?}\nrunroot = {:?}\n",
+            pdir.join("root").display().to_string(),
+            pdir.join("runroot").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(script.join("\n"))
+        .current_dir(ctx.path())
+        .env_clear();
+    for (k, v) in yaml["variables"].as_mapping().unwrap() {
+        cmd.env(k.as_str().unwrap(), v.as_str().unwrap());
+    }
+    let out = cmd
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", ctx.path())
+        .env("REGISTRY_AUTH_FILE", ctx.path().join("auth.json"))
+        .env("CONTAINERS_CONF", pdir.join("containers.conf"))
+        .env("CONTAINERS_STORAGE_CONF", &storage)
+        .env("SHISA_URL", format!("http://127.0.0.1:{port}"))
+        .env("SHISA_TLS_VERIFY", "false")
+        .env("CI_JOB_TOKEN", "job-token-alice")
+        .env("CI_COMMIT_SHORT_SHA", "c1c1c1c1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "pushed 127.0.0.1:{}/alice/alice-mymodel:c1c1c1c1",
+            reg.port
+        )),
+        "{text}"
+    );
+    let mut seen = false;
+    for _ in 0..100 {
+        if s.store()
+            .image("alice/alice-mymodel", "c1c1c1c1")
+            .await
+            .unwrap()
+            .is_some()
+            && s.store()
+                .image("alice/alice-mymodel", "latest")
+                .await
+                .unwrap()
+                .is_some()
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "both tags are in the registry");
+    // The build records who started it.
+    let t = s.say("alice", "/container build status").await;
+    assert!(
+        t.contains("alice/MyModel") && t.contains("c1c1c1c1") && t.contains("running"),
+        "{t}"
+    );
+    let detail: String = s
+        .store()
+        .with(|c| {
+            c.query_row("SELECT detail FROM builds WHERE trigger = 'ci'", [], |r| {
+                r.get(0)
+            })
+        })
+        .unwrap();
+    assert_eq!(detail, "started by alice in job 555");
     s.stop().await;
 }
