@@ -79,6 +79,7 @@ pub async fn serve_on(
     workers.extend(crate::handlers::events::spawn(app.clone(), rx.clone()));
     workers.extend(crate::blades::spawn(app.clone(), rx.clone()));
     workers.extend(crate::jobs::spawn(app.clone(), rx.clone()));
+    workers.extend(crate::handlers::runners::spawn(app.clone(), rx.clone()));
     workers.extend(crate::registry::spawn_sync(app.clone(), rx));
     tracing::info!(%listen, "shisa is listening");
     axum::serve(

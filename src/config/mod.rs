@@ -142,6 +142,30 @@ pub struct GitlabRaw {
     /// Convert every successful build to a SIF for Slurm (as `/container sif` would).
     #[serde(default)]
     pub convert_sif: bool,
+    /// The image per-project runners run (it must provide `gitlab-runner` and a shell
+    /// executor that can build images rootless).
+    #[serde(default = "default_runner_image")]
+    pub runner_image: String,
+    /// The host range a runner's root is mapped to.
+    #[serde(default = "default_runner_uid_base")]
+    pub runner_uid_base: u32,
+    /// Where the key that seals runner tokens lives (default DATA_DIR/runner-token.key).
+    #[serde(default)]
+    pub runner_key_file: Option<PathBuf>,
+    /// How often runners are reconciled with GitLab (pending jobs, stray containers).
+    #[serde(default = "default_runner_reconcile")]
+    pub runner_reconcile_seconds: u64,
+}
+
+fn default_runner_reconcile() -> u64 {
+    30
+}
+
+fn default_runner_image() -> String {
+    "docker.io/gitlab/gitlab-runner:alpine".into()
+}
+fn default_runner_uid_base() -> u32 {
+    300_000
 }
 
 fn default_skew() -> i64 {
@@ -181,6 +205,10 @@ pub struct Gitlab {
     pub link_by: String,
     pub timeout_seconds: u64,
     pub convert_sif: bool,
+    pub runner_image: String,
+    pub runner_uid_base: u32,
+    pub runner_key_file: PathBuf,
+    pub runner_reconcile_seconds: u64,
 }
 
 /// Singularity images for Slurm jobs.
@@ -1242,6 +1270,16 @@ impl Config {
                     link_by: g.link_by.clone(),
                     timeout_seconds: g.timeout_seconds.clamp(1, 120),
                     convert_sif: g.convert_sif,
+                    runner_image: g.runner_image.clone(),
+                    runner_uid_base: g.runner_uid_base,
+                    runner_key_file: g
+                        .runner_key_file
+                        .as_ref()
+                        .map(|p| base.join(p))
+                        .unwrap_or_else(|| {
+                            base.join(&raw.storage.data_dir).join("runner-token.key")
+                        }),
+                    runner_reconcile_seconds: g.runner_reconcile_seconds.clamp(1, 3600),
                 })
             }
         };

@@ -65,7 +65,8 @@ pub async fn event(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> 
     })?;
     match hook {
         Hook::Push(p) => on_push(app, &p).await.map(|_| String::new()),
-        // Pipeline and Job hooks feed the runner path (issue 7); recorded, nothing to do yet.
+        Hook::Pipeline(p) => on_pipeline(app, &p).await.map(|_| String::new()),
+        Hook::Job(j) => super::runners::on_job(app, &j).await.map(|_| String::new()),
         other => {
             tracing::info!(kind = other.kind(), "GitLab event recorded");
             Ok(String::new())
@@ -200,9 +201,6 @@ pub async fn handle(
                 return Ok(Err(UserError::new("build.not_maintainer")
                     .arg("project", &info.path_with_namespace)));
             }
-            if inv.has("runner") {
-                return Ok(Err(UserError::new("build.no_runners")));
-            }
             let g = app.cfg.gitlab.as_ref().expect("gitlab is configured");
             let url = g
                 .hook_url
@@ -225,6 +223,22 @@ pub async fn handle(
                     }
                 },
             };
+            // With --runner: the project's own GitLab runner (created as the maintainer).
+            let (mode, runner_id, runner_token) = if inv.has("runner") {
+                let existing = old
+                    .as_ref()
+                    .filter(|o| o.runner_id.is_some() && o.broken.is_none());
+                match existing {
+                    Some(o) => ("runner", o.runner_id, o.runner_token.clone()),
+                    None => match super::runners::create(app, &as_user, info.id, &caller.uid).await
+                    {
+                        Ok((id, sealed)) => ("runner", Some(id), Some(sealed)),
+                        Err(e) => return Ok(Err(e)),
+                    },
+                }
+            } else {
+                ("direct", None, None)
+            };
             app.store
                 .enable_project(ProjectRow {
                     project_id: info.id,
@@ -232,9 +246,26 @@ pub async fn handle(
                     owner: caller.uid.clone(),
                     hook_id: Some(hook_id),
                     gitlab_user: caller.uid.clone(),
-                    mode: "direct".into(),
+                    mode: mode.into(),
+                    runner_id,
+                    runner_token,
+                    broken: None,
                 })
                 .await?;
+            if mode == "runner" {
+                return Ok(Ok(render(
+                    Lang::En,
+                    "build.enabled_runner",
+                    &[
+                        ("project", info.path_with_namespace.clone()),
+                        (
+                            "image",
+                            image_name(app, &caller.uid, &info.path_with_namespace, "SHA"),
+                        ),
+                        ("url", app.cfg.public_url()),
+                    ],
+                )));
+            }
             Ok(Ok(render(
                 Lang::En,
                 "build.enabled",
@@ -255,6 +286,9 @@ pub async fn handle(
             if p.owner != caller.uid && caller.role != crate::identity::Role::Admin {
                 return Ok(Err(UserError::new("build.not_enabled_here")
                     .arg("project", &info.path_with_namespace)));
+            }
+            if p.mode == "runner" {
+                super::runners::delete(app, &as_user, &p).await;
             }
             if let Some(h) = p.hook_id {
                 if let Err(e) = client::delete_hook(&as_user, info.id, h).await {
@@ -378,8 +412,23 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
     )
     .await;
     let result = build_one(app, g, &as_owner, blade, &b).await;
-    let owner_text;
-    match result {
+    report(app, g, &as_owner, &b, result)
+        .await
+        .map_err(JobError::Retry)?;
+    Ok(String::new())
+}
+
+/// The one results path for direct builds and CI pipelines: record the image,
+/// set the commit status, start the SIF conversion if on, and tell the owner.
+async fn report(
+    app: &Arc<App>,
+    g: &crate::config::Gitlab,
+    as_owner: &GitlabApi,
+    b: &BuildRow,
+    result: Result<(String, String, u64), String>,
+) -> anyhow::Result<()> {
+    let id = b.id;
+    let owner_text = match result {
         Ok((image, digest, size)) => {
             app.store
                 .finish_build(
@@ -390,10 +439,9 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
                     Some(size as i64),
                     "",
                 )
-                .await
-                .map_err(JobError::Retry)?;
+                .await?;
             let _ = client::commit_status(
-                &as_owner,
+                as_owner,
                 b.project_id,
                 &b.sha,
                 CommitStatusState::Success,
@@ -401,11 +449,11 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
                 None,
             )
             .await;
+            let typed = image
+                .split_once('/')
+                .map(|x| x.1.to_string())
+                .unwrap_or(image.clone());
             if g.convert_sif {
-                let typed = image
-                    .split_once('/')
-                    .map(|x| x.1.to_string())
-                    .unwrap_or(image.clone());
                 let target = crate::store::queue::ReplyTarget {
                     uid: b.owner.clone(),
                     command: "/container".into(),
@@ -425,7 +473,7 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
                     .await;
                 app.wake.notify_one();
             }
-            owner_text = render(
+            render(
                 Lang::En,
                 "build.succeeded",
                 &[
@@ -434,23 +482,16 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
                     ("image", image.clone()),
                     ("digest", digest),
                     ("size", crate::containers::fmt_size(size)),
-                    (
-                        "run",
-                        image
-                            .split_once('/')
-                            .map(|x| x.1.to_string())
-                            .unwrap_or(image.clone()),
-                    ),
+                    ("run", typed),
                 ],
-            );
+            )
         }
         Err(log) => {
             app.store
                 .finish_build(id, "failed", None, None, None, &log)
-                .await
-                .map_err(JobError::Retry)?;
+                .await?;
             let _ = client::commit_status(
-                &as_owner,
+                as_owner,
                 b.project_id,
                 &b.sha,
                 CommitStatusState::Failed,
@@ -458,7 +499,7 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
                 None,
             )
             .await;
-            owner_text = render(
+            render(
                 Lang::En,
                 "build.failed",
                 &[
@@ -466,9 +507,9 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
                     ("sha", b.sha.chars().take(8).collect()),
                     ("log", log),
                 ],
-            );
+            )
         }
-    }
+    };
     if let Err(e) = app
         .notifier
         .direct(
@@ -481,7 +522,73 @@ pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
     {
         tracing::warn!(error = %e, "build result not delivered");
     }
-    Ok(String::new())
+    Ok(())
+}
+
+/// A Pipeline Hook of a project shisa builds through CI: when the pipeline ends, the
+/// CI builds of its commit get the same results as direct builds.
+async fn on_pipeline(app: &Arc<App>, p: &hooks::Pipeline) -> Result<(), JobError> {
+    let (Some(g), Some(api)) = (app.cfg.gitlab.as_ref(), app.gitlab.as_ref()) else {
+        return Err(JobError::Gone);
+    };
+    let state = p.object_attributes.status.as_str();
+    if !matches!(state, "success" | "failed" | "canceled") {
+        return Ok(());
+    }
+    let Some(project) = app
+        .store
+        .gitlab_project(p.project.id)
+        .await
+        .map_err(JobError::Retry)?
+    else {
+        return Ok(());
+    };
+    let builds = app
+        .store
+        .running_ci_builds(p.project.id, &p.object_attributes.sha)
+        .await
+        .map_err(JobError::Retry)?;
+    let as_owner = api.for_user(&project.gitlab_user);
+    for b in builds {
+        let result = if state == "success" {
+            let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
+            let short: String = b.sha.chars().take(8).collect();
+            match app.registry.as_ref() {
+                Some(reg) => match reg.client().manifest(&repo, &short).await {
+                    Ok(Some((digest, size))) => {
+                        for tag in [short.as_str(), "latest"] {
+                            let _ = app
+                                .store
+                                .upsert_image(crate::store::images::ImageRow {
+                                    repository: repo.clone(),
+                                    tag: tag.to_string(),
+                                    owner: b.owner.clone(),
+                                    digest: digest.clone(),
+                                    size,
+                                    pushed_at: crate::store::now(),
+                                })
+                                .await;
+                        }
+                        Ok((format!("{}/{repo}:{short}", reg.cfg.host), digest, size))
+                    }
+                    Ok(None) => Err(format!(
+                        "the pipeline succeeded but pushed no `{repo}:{short}`"
+                    )),
+                    Err(e) => return Err(JobError::Retry(e)),
+                },
+                None => Err("no registry is configured".to_string()),
+            }
+        } else {
+            Err(format!(
+                "pipeline {} {state}; see it in GitLab",
+                p.object_attributes.id
+            ))
+        };
+        report(app, g, &as_owner, &b, result)
+            .await
+            .map_err(JobError::Retry)?;
+    }
+    Ok(())
 }
 
 /// Fetch, unpack, build, push: (image, digest, size) or the log lines that say why not.

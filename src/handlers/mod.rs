@@ -10,6 +10,7 @@ pub mod events;
 pub mod images;
 pub mod info;
 pub mod jobs;
+pub mod runners;
 pub mod sif;
 pub mod slash;
 

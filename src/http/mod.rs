@@ -35,6 +35,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/hooks/mattermost", post(mattermost_hook).layer(DefaultBodyLimit::max(MATTERMOST_BODY_LIMIT)))
         .route("/hooks/gitlab", post(gitlab_hook).layer(DefaultBodyLimit::max(GITLAB_BODY_LIMIT)))
         .route("/ci/token", post(ci_token))
+        .route("/ci-templates/container-image.gitlab-ci.yml", get(ci_template))
         .route("/registry/token", get(registry_token))
         .route("/hooks/registry", post(registry_hook).layer(DefaultBodyLimit::max(1024 * 1024)))
         .route("/sif/{file}", get(sif_download))
@@ -208,6 +209,13 @@ async fn registry_hook(State(app): State<Arc<App>>, headers: HeaderMap, body: By
         Ok(n) => Json(serde_json::json!({"applied": n})).into_response(),
         Err(e) => error_json(StatusCode::BAD_REQUEST, &e),
     }
+}
+
+/// The CI template, pointing at this shisa (what `include: remote:` fetches).
+async fn ci_template(State(app): State<Arc<App>>) -> Response {
+    const TEMPLATE: &str = include_str!("../../ci-templates/container-image.gitlab-ci.yml");
+    let body = TEMPLATE.replace("https://shisa.example.edu", &app.cfg.public_url());
+    ([(header::CONTENT_TYPE, "text/yaml; charset=utf-8")], body).into_response()
 }
 
 /// A CI job's identity for a short push credential (`ci-templates/`). `?format=lines`

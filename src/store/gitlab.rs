@@ -13,6 +13,10 @@ pub struct ProjectRow {
     pub hook_id: Option<u64>,
     pub gitlab_user: String,
     pub mode: String,
+    pub runner_id: Option<u64>,
+    /// Sealed; `crate::handlers::runners::open_token` opens it.
+    pub runner_token: Option<Vec<u8>>,
+    pub broken: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +87,7 @@ impl Store {
     pub async fn gitlab_project(&self, project_id: u64) -> anyhow::Result<Option<ProjectRow>> {
         self.call(move |c| {
             c.query_row(
-                "SELECT project_id, path, owner, hook_id, mode, gitlab_user FROM gitlab_projects WHERE project_id = ?1",
+                "SELECT project_id, path, owner, hook_id, mode, gitlab_user, runner_id, runner_token, broken FROM gitlab_projects WHERE project_id = ?1",
                 [project_id as i64],
                 |r| {
                     Ok(ProjectRow {
@@ -93,6 +97,9 @@ impl Store {
                         hook_id: r.get::<_, Option<i64>>(3)?.map(|h| h as u64),
                         mode: r.get(4)?,
                         gitlab_user: r.get(5)?,
+                        runner_id: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                        runner_token: r.get(7)?,
+                        broken: r.get(8)?,
                     })
                 },
             )
@@ -104,9 +111,9 @@ impl Store {
     pub async fn enable_project(&self, p: ProjectRow) -> anyhow::Result<()> {
         self.call(move |c| {
             c.execute(
-                "INSERT INTO gitlab_projects(project_id, path, owner, hook_id, mode, enabled_at, gitlab_user) VALUES (?1,?2,?3,?4,?5,?6,?7)
-                 ON CONFLICT(project_id) DO UPDATE SET path = excluded.path, owner = excluded.owner, hook_id = excluded.hook_id, mode = excluded.mode, gitlab_user = excluded.gitlab_user",
-                params![p.project_id as i64, p.path, p.owner, p.hook_id.map(|h| h as i64), p.mode, now(), p.gitlab_user],
+                "INSERT INTO gitlab_projects(project_id, path, owner, hook_id, mode, enabled_at, gitlab_user, runner_id, runner_token, broken) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)
+                 ON CONFLICT(project_id) DO UPDATE SET path = excluded.path, owner = excluded.owner, hook_id = excluded.hook_id, mode = excluded.mode, gitlab_user = excluded.gitlab_user, runner_id = excluded.runner_id, runner_token = excluded.runner_token, broken = excluded.broken",
+                params![p.project_id as i64, p.path, p.owner, p.hook_id.map(|h| h as i64), p.mode, now(), p.gitlab_user, p.runner_id.map(|v| v as i64), p.runner_token, p.broken],
             )
         })
         .await?;
@@ -122,6 +129,31 @@ impl Store {
         })
         .await?;
         Ok(())
+    }
+
+    pub async fn mark_project_broken(&self, project_id: u64, why: &str) -> anyhow::Result<()> {
+        let w = why.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE gitlab_projects SET broken = ?2 WHERE project_id = ?1",
+                params![project_id as i64, w],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Projects built by their own runner.
+    pub async fn runner_projects(&self) -> anyhow::Result<Vec<u64>> {
+        self.call(|c| {
+            let mut st =
+                c.prepare("SELECT project_id FROM gitlab_projects WHERE mode = 'runner'")?;
+            let v = st
+                .query_map([], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(v.into_iter().map(|x| x as u64).collect())
+        })
+        .await
     }
 
     /// True the first time only: whether to tell someone how to enable this project.
@@ -243,6 +275,22 @@ impl Store {
                 )?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    pub async fn running_ci_builds(
+        &self,
+        project_id: u64,
+        sha: &str,
+    ) -> anyhow::Result<Vec<BuildRow>> {
+        let sh = sha.to_string();
+        self.call(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {BUILD_COLS} FROM builds WHERE project_id = ?1 AND sha = ?2 AND trigger = 'ci' AND state = 'running'"
+            ))?;
+            let v = st.query_map(params![project_id as i64, sh], build_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(v)
         })
         .await
     }

@@ -218,7 +218,10 @@ CREATE TABLE gitlab_projects (
     owner       TEXT NOT NULL,
     hook_id     INTEGER,
     gitlab_user TEXT NOT NULL,            -- the enabler's GitLab username: builds fetch as them (Sudo)
-    mode        TEXT NOT NULL DEFAULT 'direct',
+    mode        TEXT NOT NULL DEFAULT 'direct',   -- direct (shisa builds) or runner (the project's CI)
+    runner_id   INTEGER,
+    runner_token BLOB,                    -- sealed (ChaCha20-Poly1305, key file outside the database)
+    broken      TEXT,                     -- why the runner cannot work, when it cannot
     enabled_at  INTEGER NOT NULL
 );
 -- Projects that pushed while not enabled and whose pusher was told how to enable them.

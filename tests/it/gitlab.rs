@@ -41,6 +41,10 @@ pub struct FakeState {
     pub sudo_log: Vec<(String, String)>,
     /// CI_JOB_TOKEN → (job id, project id, username, status, sha).
     pub job_tokens: HashMap<String, (u64, u64, String, String, String)>,
+    /// Runners: id → (project, token, tags).
+    pub runners: HashMap<u64, (u64, String, String)>,
+    /// Pending CI jobs by project.
+    pub pending: HashMap<u64, Vec<u64>>,
 }
 
 #[derive(Clone)]
@@ -268,6 +272,134 @@ async fn current_job(State(s): S, h: HeaderMap) -> Response {
     .into_response()
 }
 
+fn form_or_json(body: &str) -> HashMap<String, String> {
+    serde_html_form::from_str::<Vec<(String, String)>>(body)
+        .ok()
+        .map(|v| {
+            let mut m: HashMap<String, String> = HashMap::new();
+            for (k, x) in v {
+                m.entry(k.trim_end_matches("[]").to_string())
+                    .and_modify(|e| {
+                        e.push(',');
+                        e.push_str(&x);
+                    })
+                    .or_insert(x);
+            }
+            m
+        })
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| {
+            serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.as_object().cloned())
+                .map(|o| {
+                    o.into_iter()
+                        .map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or(v.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+}
+
+/// `POST /user/runners` (GitLab 15.10+): a project runner; Owner or Maintainer of the project.
+async fn create_runner(State(s): S, h: HeaderMap, body: String) -> Response {
+    let mut st = s.lock().unwrap();
+    let who = match acting(&st, &h, "runners") {
+        Ok(w) => w,
+        Err((c, m)) => return gl_error(c, m),
+    };
+    let f = form_or_json(&body);
+    if f.get("runner_type").map(String::as_str) != Some("project_type") {
+        return gl_error(
+            StatusCode::BAD_REQUEST,
+            "runner_type is missing or not project_type",
+        );
+    }
+    let project = f.get("project_id").cloned().unwrap_or_default();
+    let (p, level) = match visible(&st, &project, &who) {
+        Ok(x) => x,
+        Err((c, m)) => return gl_error(c, m),
+    };
+    if level < 40 {
+        return gl_error(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let id = 9000 + st.runners.len() as u64;
+    let token = format!("glrt-fake{id}");
+    st.runners.insert(
+        id,
+        (
+            p.id,
+            token.clone(),
+            f.get("tag_list").cloned().unwrap_or_default(),
+        ),
+    );
+    (
+        StatusCode::CREATED,
+        Json(serde_json::json!({"id": id, "token": token, "token_expires_at": null})),
+    )
+        .into_response()
+}
+
+async fn delete_runner(State(s): S, Path(id): Path<u64>, h: HeaderMap) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Err((c, m)) = acting(&st, &h, "runners") {
+        return gl_error(c, m);
+    }
+    match st.runners.remove(&id) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => gl_error(StatusCode::NOT_FOUND, "404 Runner Not Found"),
+    }
+}
+
+/// `POST /runners/verify`: 200 for a token GitLab knows, 403 otherwise.
+async fn verify_runner(State(s): S, body: String) -> Response {
+    let st = s.lock().unwrap();
+    let token = form_or_json(&body)
+        .get("token")
+        .cloned()
+        .unwrap_or_default();
+    if st.runners.values().any(|r| r.1 == token) {
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({"id": 1, "token": token})),
+        )
+            .into_response()
+    } else {
+        gl_error(StatusCode::FORBIDDEN, "403 Forbidden")
+    }
+}
+
+/// `GET /projects/:id/jobs?scope[]=pending`, as the project's member.
+async fn project_jobs(
+    State(s): S,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let st = s.lock().unwrap();
+    let who = match acting(&st, &h, "jobs") {
+        Ok(w) => w,
+        Err((c, m)) => return gl_error(c, m),
+    };
+    let (p, _) = match visible(&st, &id, &who) {
+        Ok(x) => x,
+        Err((c, m)) => return gl_error(c, m),
+    };
+    let q = uri.query().unwrap_or_default().replace("%5B%5D", "[]");
+    let jobs: Vec<serde_json::Value> = if q.contains("scope[]=pending") {
+        st.pending
+            .get(&p.id)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|j| serde_json::json!({"id": j, "status": "pending"}))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Json(jobs).into_response()
+}
+
 impl FakeGitlab {
     pub async fn start(state: FakeState) -> FakeGitlab {
         let state = Arc::new(Mutex::new(state));
@@ -275,6 +407,10 @@ impl FakeGitlab {
             .route("/api/v4/projects/{id}", get(get_project))
             .route("/api/v4/users/{id}", get(get_user))
             .route("/api/v4/job", get(current_job))
+            .route("/api/v4/user/runners", post(create_runner))
+            .route("/api/v4/runners/{id}", delete(delete_runner))
+            .route("/api/v4/runners/verify", post(verify_runner))
+            .route("/api/v4/projects/{id}/jobs", get(project_jobs))
             .route("/api/v4/projects/{id}/hooks", post(create_hook))
             .route("/api/v4/projects/{id}/hooks/{hid}", delete(delete_hook))
             .route(
@@ -1195,5 +1331,262 @@ async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token
         })
         .unwrap();
     assert_eq!(detail, "started by alice in job 555");
+    s.stop().await;
+}
+
+fn podman_cli() -> std::process::Command {
+    let sock = crate::harness::podman();
+    let pdir = sock.parent().unwrap();
+    let mut c = std::process::Command::new("podman");
+    c.env("CONTAINERS_CONF", pdir.join("containers.conf"))
+        .arg("--root")
+        .arg(pdir.join("root"))
+        .arg("--runroot")
+        .arg(pdir.join("runroot"));
+    c
+}
+
+fn runner_containers(project: u64) -> Vec<serde_json::Value> {
+    let out = podman_cli()
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=shisa.runner={project}"),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pending_job_starts_exactly_one_runner_of_the_project() {
+    crate::harness::test_images();
+    // No gitlab-runner image can be pulled here: a stand-in with the same entry point that
+    // shows what it was given.
+    let ctx = tempfile::tempdir_in(crate::harness::run_root()).unwrap();
+    std::fs::write(
+        ctx.path().join("gitlab-runner"),
+        "#!/bin/sh\necho \"args: $*\"\necho \"uid: $(id -u)\"\ncat /proc/self/uid_map\ncat /etc/gitlab-runner/config.toml\nsleep 60\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.path().join("Containerfile"),
+        "FROM localhost/busybox:latest\nCOPY gitlab-runner /usr/bin/gitlab-runner\nRUN chmod 755 /usr/bin/gitlab-runner\n",
+    )
+    .unwrap();
+    let b = podman_cli()
+        .args(["build", "-q", "-t", "localhost/gitlab-runner-standin:1"])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let fake = FakeGitlab::start(FakeState {
+        users: vec![(101, "alice".into()), (102, "bob".into())],
+        projects: vec![FakeProject {
+            id: 7,
+            path: "alice/MyModel".into(),
+            members: HashMap::from([("alice".to_string(), 40), ("bob".to_string(), 30)]),
+            archives: HashMap::new(),
+        }],
+        ..Default::default()
+    })
+    .await;
+    let s = Stack::start(Opts {
+        podman: true,
+        extra: format!(
+            "{}runner_image = \"localhost/gitlab-runner-standin:1\"\nrunner_reconcile_seconds = 1\n",
+            gitlab_toml(&fake.url, 120)
+        ),
+        ..Default::default()
+    })
+    .await;
+    // Only a maintainer can give a project a runner.
+    assert!(s
+        .say("bob", "/container build enable alice/MyModel --runner")
+        .await
+        .contains("Maintainer"));
+    let t = s
+        .say("alice", "/container build enable alice/MyModel --runner")
+        .await;
+    assert!(
+        t.contains("its own GitLab runner")
+            && t.contains("/ci-templates/container-image.gitlab-ci.yml"),
+        "{t}"
+    );
+    let (runner_id, token) = {
+        let st = fake.state.lock().unwrap();
+        assert_eq!(st.runners.len(), 1, "one runner created");
+        let (id, (project, token, tags)) = st.runners.iter().next().unwrap();
+        assert_eq!(
+            (*project, tags.as_str()),
+            (7, "shisa"),
+            "locked to its project, tagged"
+        );
+        (*id, token.clone())
+    };
+    // The token is sealed at rest: not in the database in clear.
+    let raw: Vec<u8> = s
+        .store()
+        .with(|c| {
+            c.query_row(
+                "SELECT runner_token FROM gitlab_projects WHERE project_id = 7",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap();
+    assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()));
+    // The template is served, pointing at this shisa.
+    let tpl = reqwest::get(s.url("/ci-templates/container-image.gitlab-ci.yml"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        tpl.contains(&format!("SHISA_URL: \"{}\"", s.url(""))),
+        "{tpl}"
+    );
+    // Job Hooks: a pending job starts exactly one runner container, however many arrive.
+    let job_hook = |n: u64, status: &str| {
+        let mut v: serde_json::Value = serde_json::from_slice(&fixture("job.json")).unwrap();
+        v["project_id"] = 7.into();
+        v["build_id"] = n.into();
+        v["build_status"] = status.into();
+        serde_json::to_vec(&v).unwrap()
+    };
+    let tok = |k: &str| {
+        vec![
+            ("X-Gitlab-Token", HOOK_TOKEN.to_string()),
+            ("Idempotency-Key", k.to_string()),
+        ]
+    };
+    fake.state.lock().unwrap().pending.insert(7, vec![1, 2]);
+    deliver(&s, "Job Hook", job_hook(1, "created"), &tok("j0")).await;
+    deliver(&s, "Job Hook", job_hook(1, "pending"), &tok("j1")).await;
+    deliver(&s, "Job Hook", job_hook(2, "pending"), &tok("j2")).await;
+    let mut running = Vec::new();
+    for _ in 0..100 {
+        running = runner_containers(7);
+        if running.iter().any(|c| c["State"] == "running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    running = runner_containers(7);
+    assert_eq!(running.len(), 1, "exactly one runner: {running:?}");
+    let id = running[0]["Id"].as_str().unwrap().to_string();
+    let ins: serde_json::Value =
+        serde_json::from_slice(&podman_cli().args(["inspect", &id]).output().unwrap().stdout)
+            .unwrap();
+    let ins = &ins[0];
+    let cmd: Vec<String> = ins["Config"]["Cmd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        &cmd[..2],
+        &["gitlab-runner".to_string(), "run-single".to_string()],
+        "{cmd:?}"
+    );
+    assert!(
+        cmd.windows(2)
+            .any(|w| w[0] == "--max-builds" && w[1] == "1"),
+        "one job, then exit: {cmd:?}"
+    );
+    let mounts = ins["Mounts"].to_string();
+    assert!(
+        mounts.contains("/etc/gitlab-runner/config.toml") && !mounts.contains("podman.sock"),
+        "{mounts}"
+    );
+    assert_eq!(
+        ins["HostConfig"]["Memory"].as_u64(),
+        Some(16 * 1024 * 1024 * 1024),
+        "the owner's memory limit"
+    );
+    let mut logs = String::new();
+    for _ in 0..50 {
+        let o = podman_cli().args(["logs", &id]).output().unwrap();
+        logs = String::from_utf8_lossy(&o.stdout).to_string();
+        if logs.contains("token") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        logs.contains("uid: 0") && logs.contains("300000"),
+        "root inside, an unprivileged range outside: {logs}"
+    );
+    assert!(
+        logs.contains(&format!("token = \"{token}\"")) && logs.contains("executor = \"shell\""),
+        "{logs}"
+    );
+    // The runner takes job 1 and exits; job 2 is still pending: reconciliation starts the next
+    // runner (and still only one).
+    fake.state.lock().unwrap().pending.insert(7, vec![2]);
+    assert!(podman_cli()
+        .args(["rm", "-f", &id])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let mut next = Vec::new();
+    for _ in 0..100 {
+        next = runner_containers(7);
+        if next
+            .iter()
+            .any(|c| c["State"] == "running" && c["Id"] != id.as_str())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    next = runner_containers(7);
+    assert_eq!(next.len(), 1, "one runner for the pending job: {next:?}");
+    assert_ne!(next[0]["Id"].as_str(), Some(id.as_str()));
+    fake.state.lock().unwrap().pending.clear();
+    // Disabling deletes the runner on both sides.
+    assert!(s
+        .say("alice", "/container build disable alice/MyModel")
+        .await
+        .contains("Builds are off"));
+    assert!(!fake.state.lock().unwrap().runners.contains_key(&runner_id));
+    for _ in 0..50 {
+        if runner_containers(7).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(runner_containers(7).is_empty(), "no runner container left");
+    // A runner whose token GitLab forgot: the project is marked broken and its owner told.
+    assert!(s
+        .say("alice", "/container build enable alice/MyModel --runner")
+        .await
+        .contains("its own GitLab runner"));
+    fake.state.lock().unwrap().runners.clear();
+    deliver(&s, "Job Hook", job_hook(3, "pending"), &tok("j3")).await;
+    let mut dm = Vec::new();
+    for _ in 0..100 {
+        dm.extend(
+            s.store()
+                .outbox_take("alice")
+                .unwrap()
+                .into_iter()
+                .map(|m| m.message),
+        );
+        if dm.iter().any(|m| m.contains("no longer works")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dm.iter().any(|m| m.contains("no longer works")), "{dm:?}");
+    assert!(runner_containers(7).is_empty());
     s.stop().await;
 }

@@ -1,0 +1,409 @@
+//! Per-project GitLab runners, started only when there is work: `build
+//! enable --runner` creates a project runner through the API (locked to the
+//! project, tagged `shisa`) and keeps its token sealed at rest; a Job Hook
+//! with a pending job starts one runner container on a blade (one job, then it
+//! exits), in its own user namespace, under the owner's limits, with a
+//! generated `config.toml` mounted read-only, and never the blade's Podman
+//! socket. `build disable` deletes the runner on both sides.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use gitlab::api::AsyncQuery;
+
+use crate::app::App;
+use crate::gitlab::client::{self, GitlabApi};
+use crate::gitlab::hooks;
+use crate::messages::{render, Lang, UserError};
+use crate::store::gitlab::ProjectRow;
+
+use super::JobError;
+
+/// The label on runner containers (never `shisa.managed`: they are not users' containers).
+pub const LABEL: &str = "shisa.runner";
+
+fn key(app: &App) -> anyhow::Result<[u8; 32]> {
+    let g = app
+        .cfg
+        .gitlab
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no gitlab"))?;
+    let path = &g.runner_key_file;
+    if let Ok(b) = std::fs::read(path) {
+        anyhow::ensure!(b.len() == 32, "{} is not a 32-byte key", path.display());
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&b);
+        return Ok(k);
+    }
+    let mut k = [0u8; 32];
+    getrandom(&mut k)?;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(&k)?;
+    Ok(k)
+}
+
+fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
+    Ok(())
+}
+
+/// Seal a runner token: nonce ‖ ciphertext.
+pub fn seal(key: &[u8; 32], token: &str) -> anyhow::Result<Vec<u8>> {
+    let mut nonce = [0u8; 12];
+    getrandom(&mut nonce)?;
+    let c = ChaCha20Poly1305::new(&Key::from(*key));
+    let mut out = nonce.to_vec();
+    out.extend(
+        c.encrypt(&Nonce::from(nonce), token.as_bytes())
+            .map_err(|_| anyhow::anyhow!("sealing failed"))?,
+    );
+    Ok(out)
+}
+
+pub fn open(key: &[u8; 32], sealed: &[u8]) -> anyhow::Result<String> {
+    anyhow::ensure!(sealed.len() > 12, "sealed token too short");
+    let c = ChaCha20Poly1305::new(&Key::from(*key));
+    let nonce: [u8; 12] = sealed[..12].try_into()?;
+    let plain = c
+        .decrypt(&Nonce::from(nonce), &sealed[12..])
+        .map_err(|_| anyhow::anyhow!("the runner token does not open with this key"))?;
+    Ok(String::from_utf8(plain)?)
+}
+
+#[derive(serde::Deserialize)]
+struct Created {
+    id: u64,
+    token: String,
+}
+
+/// Create the project's runner (as the maintainer enabling it) and seal its token.
+pub async fn create(
+    app: &App,
+    as_user: &GitlabApi,
+    project: u64,
+    owner: &str,
+) -> Result<(u64, Vec<u8>), UserError> {
+    let ep = gitlab::api::users::CreateRunner::builder()
+        .project(project)
+        .tag("shisa")
+        .locked(true)
+        .run_untagged(false)
+        .description(format!("shisa: {owner}'s builds, started on demand"))
+        .build()
+        .map_err(|e| {
+            UserError::new("command.failed")
+                .arg("command", "/container")
+                .arg("sub", "build")
+                .arg("reason", e.to_string())
+        })?;
+    let c: Created = ep.query_async(as_user).await.map_err(|e| {
+        UserError::new("build.project_unreachable")
+            .arg("project", project.to_string())
+            .arg("reason", client::explain(&e))
+    })?;
+    let sealed = key(app).and_then(|k| seal(&k, &c.token)).map_err(|e| {
+        UserError::new("command.failed")
+            .arg("command", "/container")
+            .arg("sub", "build")
+            .arg("reason", e.to_string())
+    })?;
+    Ok((c.id, sealed))
+}
+
+/// Delete the runner in GitLab and any runner container on the blades.
+pub async fn delete(app: &App, as_user: &GitlabApi, p: &ProjectRow) {
+    if let Some(id) = p.runner_id {
+        let ep = gitlab::api::runners::DeleteRunner::builder()
+            .runner(id)
+            .build()
+            .expect("runner is set");
+        if let Err(e) = gitlab::api::ignore(ep).query_async(as_user).await {
+            tracing::warn!(runner = id, error = %client::explain(&e), "could not delete the runner in GitLab");
+        }
+    }
+    for (_, c) in &app.blades {
+        if let Ok(list) = c.list_labelled(&format!("{LABEL}={}", p.project_id)).await {
+            for x in list {
+                let _ = c.remove(&x.id, true).await;
+            }
+        }
+    }
+}
+
+/// The runner's `config.toml`: one runner, one job at a time, shell executor.
+pub fn config_toml(gitlab_url: &str, name: &str, token: &str) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    format!(
+        "concurrent = 1\ncheck_interval = 3\n\n[[runners]]\n  name = {}\n  url = {}\n  token = {}\n  executor = \"shell\"\n  limit = 1\n",
+        q(name),
+        q(gitlab_url),
+        q(token)
+    )
+}
+
+fn project_lock(project: u64) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
+    LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(project)
+        .or_default()
+        .clone()
+}
+
+/// A Job Hook: a pending job of a runner project starts that project's runner, once.
+pub async fn on_job(app: &Arc<App>, j: &hooks::Job) -> Result<(), JobError> {
+    if j.build_status != "pending" {
+        return Ok(());
+    }
+    let Some(p) = app
+        .store
+        .gitlab_project(j.project_id)
+        .await
+        .map_err(JobError::Retry)?
+    else {
+        return Ok(());
+    };
+    start(app, &p, j.build_id).await
+}
+
+/// Start the project's runner unless one is up (one at a time per project, however many
+/// hooks arrive together).
+pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), JobError> {
+    let Some(g) = app.cfg.gitlab.as_ref() else {
+        return Err(JobError::Gone);
+    };
+    if p.mode != "runner" || p.broken.is_some() {
+        return Ok(());
+    }
+    let lock = project_lock(p.project_id);
+    let _one = lock.lock().await;
+    let Some((blade, client)) = app.blades.iter().find(|(b, _)| b.ssh.is_none()) else {
+        return Err(JobError::Retry(anyhow::anyhow!(
+            "no blade on this machine for runners"
+        )));
+    };
+    let label = format!("{LABEL}={}", p.project_id);
+    let existing = client
+        .list_labelled(&label)
+        .await
+        .map_err(|e| JobError::Retry(e.into()))?;
+    if existing
+        .iter()
+        .any(|c| c.state == "running" || c.state == "created")
+    {
+        return Ok(()); // its runner is already up; it takes the next job
+    }
+    for x in existing {
+        let _ = client.remove(&x.id, true).await;
+    }
+    let token = match (key(app), p.runner_token.as_ref()) {
+        (Ok(k), Some(s)) => open(&k, s).map_err(JobError::Retry)?,
+        _ => {
+            return Err(JobError::Retry(anyhow::anyhow!(
+                "no runner token for project {}",
+                p.project_id
+            )))
+        }
+    };
+    // A token GitLab no longer knows: the project is broken until re-enabled, and its owner is told.
+    // GitLab asks runners for a system id ("s_" and 12 hex digits): one per project here.
+    let system_id = format!("s_{:012x}", p.project_id);
+    let verify = gitlab::api::runners::VerifyRunner::builder()
+        .token(token.as_str())
+        .system_id(system_id.as_str())
+        .build()
+        .map_err(|e| JobError::Retry(anyhow::anyhow!("{e}")))?;
+    let api = app.gitlab.as_ref().ok_or(JobError::Gone)?;
+    if let Err(e) = gitlab::api::ignore(verify).query_async(api).await {
+        let why = client::explain(&e);
+        if why.contains("not allowed") || why.contains("does not exist") {
+            app.store
+                .mark_project_broken(p.project_id, &why)
+                .await
+                .map_err(JobError::Retry)?;
+            let text = render(
+                Lang::En,
+                "build.runner_broken",
+                &[("project", p.path.clone())],
+            );
+            let _ = app
+                .notifier
+                .direct(&p.owner, None, &text, &serde_json::json!({}))
+                .await;
+            return Ok(());
+        }
+        return Err(JobError::Retry(anyhow::anyhow!(why)));
+    }
+    let owner = app
+        .directory
+        .lookup(&p.owner)
+        .await
+        .map_err(|e| JobError::Retry(e.into()))?
+        .ok_or(JobError::Gone)?;
+    let limits = app.cfg.limits_for(owner.role);
+    let name = format!("shisa-runner-{}", p.project_id);
+    let dir: PathBuf = app
+        .cfg
+        .data_dir
+        .join("runners")
+        .join(p.project_id.to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| JobError::Retry(e.into()))?;
+    let conf = dir.join("config.toml");
+    std::fs::write(&conf, config_toml(&g.url, &name, &token))
+        .map_err(|e| JobError::Retry(e.into()))?;
+    {
+        // Readable only by the runner's root, which is runner_uid_base on the host.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o400))
+            .map_err(|e| JobError::Retry(e.into()))?;
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&conf, Some(g.runner_uid_base), Some(g.runner_uid_base))
+                .map_err(|e| JobError::Retry(e.into()))?;
+        }
+    }
+    let memory = crate::containers::size_of(&limits.max_memory);
+    let spec = serde_json::json!({
+        "name": format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        "image": g.runner_image,
+        "labels": {LABEL: p.project_id.to_string(), "shisa.runner.owner": p.owner},
+        "command": ["gitlab-runner", "run-single", "--config", "/etc/gitlab-runner/config.toml", "--runner", name, "--max-builds", "1", "--wait-timeout", "600"],
+        "mounts": [{"destination": "/etc/gitlab-runner/config.toml", "type": "bind", "source": conf, "options": ["ro", "nosuid", "nodev"]}],
+        "idmappings": {
+            "uidmap": [{"container_id": 0, "host_id": g.runner_uid_base, "size": 65536}],
+            "gidmap": [{"container_id": 0, "host_id": g.runner_uid_base, "size": 65536}]
+        },
+        "userns": {"nsmode": "private"},
+        "no_new_privileges": true,
+        "resource_limits": {
+            "memory": {"limit": memory, "swap": memory},
+            "cpu": {"quota": (limits.max_cpus * 100_000.0) as i64, "period": 100000},
+            "pids": {"limit": 4096}
+        },
+        "remove": true
+    });
+    let id = client
+        .create(&spec)
+        .await
+        .map_err(|e| JobError::Retry(e.into()))?;
+    client
+        .start(&id)
+        .await
+        .map_err(|e| JobError::Retry(e.into()))?;
+    tracing::info!(project = p.project_id, blade = %blade.name, job = for_job, "runner started for a pending job");
+    Ok(())
+}
+
+/// Keep GitLab, the database and the blades in agreement: a runner project with pending
+/// jobs and no runner gets one (a runner takes one job and exits, so a second pending job
+/// is picked up here); runner containers of projects no longer in runner mode go.
+pub async fn reconcile(app: &Arc<App>) -> anyhow::Result<()> {
+    let Some(api) = app.gitlab.as_ref() else {
+        return Ok(());
+    };
+    let projects = app.store.runner_projects().await?;
+    for (_, c) in &app.blades {
+        if let Ok(list) = c.list_labelled(LABEL).await {
+            for x in list {
+                let id = x
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL))
+                    .and_then(|v| v.parse::<u64>().ok());
+                if id.is_none_or(|id| !projects.contains(&id)) {
+                    let _ = c.remove(&x.id, true).await;
+                }
+            }
+        }
+    }
+    for id in projects {
+        let Some(p) = app.store.gitlab_project(id).await? else {
+            continue;
+        };
+        if p.broken.is_some() {
+            continue;
+        }
+        let ep = gitlab::api::projects::jobs::Jobs::builder()
+            .project(id)
+            .scope(gitlab::api::projects::jobs::JobScope::Pending)
+            .build()?;
+        #[derive(serde::Deserialize)]
+        struct Pending {
+            id: u64,
+        }
+        match ep.query_async(&api.for_user(&p.gitlab_user)).await {
+            Ok(jobs) => {
+                let jobs: Vec<Pending> = jobs;
+                if let Some(j) = jobs.first() {
+                    if let Err(e) = start(app, &p, j.id).await {
+                        tracing::warn!(project = id, error = ?e, "could not start a runner");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(project = id, error = %client::explain(&e), "cannot list pending jobs")
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn spawn(
+    app: Arc<App>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(g) = app.cfg.gitlab.as_ref() else {
+        return Vec::new();
+    };
+    let every = std::time::Duration::from_secs(g.runner_reconcile_seconds);
+    vec![tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+            if let Err(e) = reconcile(&app).await {
+                tracing::warn!(error = %e, "reconciling runners");
+            }
+        }
+    })]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_tokens_open_only_with_their_key() {
+        let k = [7u8; 32];
+        let s = seal(&k, "glrt-abc").unwrap();
+        assert!(
+            !s.windows(8).any(|w| w == b"glrt-abc"),
+            "not stored in clear"
+        );
+        assert_eq!(open(&k, &s).unwrap(), "glrt-abc");
+        assert!(open(&[8u8; 32], &s).is_err());
+        assert!(open(&k, &s[..5]).is_err());
+    }
+
+    #[test]
+    fn config_is_quoted() {
+        let c = config_toml("https://gitlab.test", "shisa-runner-7", "glrt-\"x");
+        assert!(c.contains("token = \"glrt-\\\"x\"") && c.contains("concurrent = 1"));
+    }
+}
