@@ -1331,6 +1331,58 @@ async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token
         })
         .unwrap();
     assert_eq!(detail, "started by alice in job 555");
+    // The pipeline's end feeds the same results path as direct builds.
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture("pipeline.json")).unwrap();
+    v["project"]["id"] = 7.into();
+    v["object_attributes"]["sha"] = "c1c1c1c1".into();
+    v["object_attributes"]["status"] = "success".into();
+    let (code, _) = deliver(
+        &s,
+        "Pipeline Hook",
+        serde_json::to_vec(&v).unwrap(),
+        &[
+            ("X-Gitlab-Token", HOOK_TOKEN.to_string()),
+            ("Idempotency-Key", "pipe-1".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let mut dm = Vec::new();
+    for _ in 0..100 {
+        dm.extend(
+            s.store()
+                .outbox_take("alice")
+                .unwrap()
+                .into_iter()
+                .map(|m| m.message),
+        );
+        if dm.iter().any(|m| m.contains("is ready")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = dm
+        .iter()
+        .find(|m| m.contains("is ready"))
+        .unwrap_or_else(|| panic!("{dm:?}"));
+    assert!(
+        ready.contains(&format!(
+            "127.0.0.1:{}/alice/alice-mymodel:c1c1c1c1",
+            reg.port
+        )) && ready.contains("sha256:"),
+        "{ready}"
+    );
+    assert!(s
+        .say("alice", "/container build status")
+        .await
+        .contains("succeeded"));
+    assert!(fake
+        .state
+        .lock()
+        .unwrap()
+        .statuses
+        .iter()
+        .any(|x| x.1 == "c1c1c1c1" && x.2 == "success"));
     s.stop().await;
 }
 
