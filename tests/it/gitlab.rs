@@ -1520,16 +1520,14 @@ async fn a_pending_job_starts_exactly_one_runner_of_the_project() {
     deliver(&s, "Job Hook", job_hook(1, "created"), &tok("j0")).await;
     deliver(&s, "Job Hook", job_hook(1, "pending"), &tok("j1")).await;
     deliver(&s, "Job Hook", job_hook(2, "pending"), &tok("j2")).await;
-    let mut running = Vec::new();
     for _ in 0..100 {
-        running = runner_containers(7);
-        if running.iter().any(|c| c["State"] == "running") {
+        if runner_containers(7).iter().any(|c| c["State"] == "running") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    running = runner_containers(7);
+    let running = runner_containers(7);
     assert_eq!(running.len(), 1, "exactly one runner: {running:?}");
     let id = running[0]["Id"].as_str().unwrap().to_string();
     let ins: serde_json::Value =
