@@ -1586,10 +1586,8 @@ async fn a_pending_job_starts_exactly_one_runner_of_the_project() {
         .unwrap()
         .status
         .success());
-    let mut next = Vec::new();
     for _ in 0..100 {
-        next = runner_containers(7);
-        if next
+        if runner_containers(7)
             .iter()
             .any(|c| c["State"] == "running" && c["Id"] != id.as_str())
         {
@@ -1598,7 +1596,7 @@ async fn a_pending_job_starts_exactly_one_runner_of_the_project() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    next = runner_containers(7);
+    let next = runner_containers(7);
     assert_eq!(next.len(), 1, "one runner for the pending job: {next:?}");
     assert_ne!(next[0]["Id"].as_str(), Some(id.as_str()));
     fake.state.lock().unwrap().pending.clear();
