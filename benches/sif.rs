@@ -19,16 +19,7 @@ fn main() {
         .unwrap_or(300);
     harness::test_images();
     let sock = harness::podman();
-    let pdir = sock.parent().unwrap().to_path_buf();
-    let podman = || {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", pdir.join("containers.conf"))
-            .arg("--root")
-            .arg(pdir.join("root"))
-            .arg("--runroot")
-            .arg(pdir.join("runroot"));
-        c
-    };
+    let podman = harness::podman_cli;
     // A generated image: three layers, half random (incompressible) and half text-like data, many files.
     let ctx = tempfile::tempdir_in(harness::run_root()).unwrap();
     let per = mb / 6;

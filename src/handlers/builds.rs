@@ -551,32 +551,15 @@ async fn on_pipeline(app: &Arc<App>, p: &hooks::Pipeline) -> Result<(), JobError
     let as_owner = api.for_user(&project.gitlab_user);
     for b in builds {
         let result = if state == "success" {
-            let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
-            let short: String = b.sha.chars().take(8).collect();
-            match app.registry.as_ref() {
-                Some(reg) => match reg.client().manifest(&repo, &short).await {
-                    Ok(Some((digest, size))) => {
-                        for tag in [short.as_str(), "latest"] {
-                            let _ = app
-                                .store
-                                .upsert_image(crate::store::images::ImageRow {
-                                    repository: repo.clone(),
-                                    tag: tag.to_string(),
-                                    owner: b.owner.clone(),
-                                    digest: digest.clone(),
-                                    size,
-                                    pushed_at: crate::store::now(),
-                                })
-                                .await;
-                        }
-                        Ok((format!("{}/{repo}:{short}", reg.cfg.host), digest, size))
-                    }
-                    Ok(None) => Err(format!(
-                        "the pipeline succeeded but pushed no `{repo}:{short}`"
-                    )),
-                    Err(e) => return Err(JobError::Retry(e)),
-                },
-                None => Err("no registry is configured".to_string()),
+            match record_pushed(app, &b).await {
+                Ok(Some(found)) => Ok(found),
+                Ok(None) => Err(format!(
+                    "the pipeline succeeded but pushed no `{}/{}:{}` to the registry",
+                    b.owner,
+                    crate::builds::slug(&b.path),
+                    b.sha.chars().take(8).collect::<String>()
+                )),
+                Err(e) => return Err(JobError::Retry(e)),
             }
         } else {
             Err(format!(
@@ -676,27 +659,44 @@ async fn build_one(
                 .map_err(|e| e.to_string())?;
         }
         // The digest is the registry's; the image is recorded now, not only when its notification comes.
-        if let Ok(Some((d, sz))) = reg.client().manifest(&repo, &short).await {
+        if let Ok(Some((_, d, sz))) = record_pushed(app, b).await {
             digest = d;
             size = sz;
-            for tag in [short.as_str(), "latest"] {
-                let _ = app
-                    .store
-                    .upsert_image(crate::store::images::ImageRow {
-                        repository: repo.clone(),
-                        tag: tag.to_string(),
-                        owner: b.owner.clone(),
-                        digest: digest.clone(),
-                        size,
-                        pushed_at: crate::store::now(),
-                    })
-                    .await;
-            }
         }
     } else if let Ok(i) = client.image_inspect(&tag_sha).await {
         digest = format!("sha256:{}", i.id.trim_start_matches("sha256:"));
     }
     Ok((tag_sha, digest, size))
+}
+
+/// A build's image as the registry has it (`OWNER/SLUG:SHORTSHA`): recorded with its
+/// `latest` tag; (image, digest, size), or None if it is not there.
+async fn record_pushed(app: &App, b: &BuildRow) -> anyhow::Result<Option<(String, String, u64)>> {
+    let Some(reg) = app.registry.as_ref() else {
+        return Ok(None);
+    };
+    let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
+    let short: String = b.sha.chars().take(8).collect();
+    let Some((digest, size)) = reg.client().manifest(&repo, &short).await? else {
+        return Ok(None);
+    };
+    for tag in [short.as_str(), "latest"] {
+        app.store
+            .upsert_image(crate::store::images::ImageRow {
+                repository: repo.clone(),
+                tag: tag.to_string(),
+                owner: b.owner.clone(),
+                digest: digest.clone(),
+                size,
+                pushed_at: crate::store::now(),
+            })
+            .await?;
+    }
+    Ok(Some((
+        format!("{}/{repo}:{short}", reg.cfg.host),
+        digest,
+        size,
+    )))
 }
 
 /// Unpack a GitLab archive (one top directory) safely: the tar crate refuses

@@ -173,17 +173,7 @@ async fn find(
     let Some(row) = app.store.container_by_name(&owner, &name).await? else {
         return Ok(Err(not_found()));
     };
-    let owner_groups = if caller.role == Role::Instructor && caller.uid != row.owner {
-        app.directory
-            .lookup(&row.owner)
-            .await
-            .ok()
-            .flatten()
-            .map(|a| a.groups)
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let owner_groups = super::owner_groups(app, caller, &row.owner).await;
     let d = authorize(
         caller,
         action,
@@ -539,34 +529,9 @@ async fn ps(
     inv: &Invocation,
     request: &str,
 ) -> anyhow::Result<Handled> {
-    let owners = if let Some(g) = inv.text("group") {
-        let may = caller.role == Role::Admin
-            || (caller.role == Role::Instructor
-                && caller.in_group(g)
-                && !app.role_groups.iter().any(|r| r == g));
-        if !may {
-            return Ok(user_err(
-                request,
-                UserError::new("command.forbidden")
-                    .arg("command", "/container")
-                    .arg("sub", "ps --group")
-                    .arg("role", "instructors of that group, and admin"),
-            ));
-        }
-        app.directory
-            .members(g)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?
-    } else if let Some(u) = inv.text("user") {
-        if caller.role != Role::Admin {
-            return Ok(user_err(
-                request,
-                UserError::new("container.only_admins_user"),
-            ));
-        }
-        vec![u.to_string()]
-    } else {
-        vec![caller.uid.clone()]
+    let owners = match super::listed_owners(app, caller, inv, "/container").await? {
+        Ok(o) => o,
+        Err(e) => return Ok(user_err(request, e)),
     };
     let several = owners.len() > 1 || owners.first() != Some(&caller.uid);
     let rows = app.store.containers_of(owners, inv.has("all")).await?;

@@ -39,6 +39,26 @@ pub struct Request {
     pub command: Vec<String>,
 }
 
+impl Request {
+    /// What sbatch gets for this request, run as `account`, output in `job_dir`.
+    fn submit(&self, account: &Account, job_dir: &Path, script: String) -> crate::slurm::Submit {
+        crate::slurm::Submit {
+            uid: account.uid_number,
+            gid: account.gid_number,
+            name: self.name.clone(),
+            partition: self.partition.clone(),
+            cpus: self.cpus,
+            memory_mb: self.memory_mb,
+            time_minutes: self.minutes,
+            gpus: self.gpus.clone(),
+            output: job_dir.join("output.log"),
+            workdir: account.home.join(&self.chdir),
+            nodelist: None,
+            script,
+        }
+    }
+}
+
 fn reply(request: &str, text: String, outcome: &'static str) -> Handled {
     Handled {
         reply: crate::mattermost::Reply::new(request, text, true),
@@ -334,20 +354,7 @@ pub async fn handle(
                     .join(super::sif::friendly_name(&req.image));
                 let script = job_script(app, &req, &caller.home, &dir, &sif)
                     .map_err(|e| anyhow::anyhow!(e))?;
-                let submit = crate::slurm::Submit {
-                    uid: caller.uid_number,
-                    gid: caller.gid_number,
-                    name: req.name.clone(),
-                    partition: req.partition.clone(),
-                    cpus: req.cpus,
-                    memory_mb: req.memory_mb,
-                    time_minutes: req.minutes,
-                    gpus: req.gpus.clone(),
-                    output: dir.join("output.log"),
-                    workdir: caller.home.join(&req.chdir),
-                    nodelist: None,
-                    script: String::new(),
-                };
+                let submit = req.submit(caller, &dir, String::new());
                 let text = render(
                     Lang::En,
                     "job.dry_run",
@@ -381,34 +388,9 @@ pub async fn handle(
             })
         }
         "ps" => {
-            use crate::identity::Role;
-            let owners = if let Some(g) = inv.text("group") {
-                let may = caller.role == Role::Admin
-                    || (caller.role == Role::Instructor
-                        && caller.in_group(g)
-                        && !app.role_groups.iter().any(|r| r == g));
-                if !may {
-                    let e = UserError::new("command.forbidden")
-                        .arg("command", "/job")
-                        .arg("sub", "ps --group")
-                        .arg("role", "instructors of that group, and admins");
-                    return Ok(reply(request_id, e.to_string(), "denied"));
-                }
-                app.directory
-                    .members(g)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?
-            } else if let Some(u) = inv.text("user") {
-                if caller.role != Role::Admin {
-                    return Ok(reply(
-                        request_id,
-                        UserError::new("container.only_admins_user").to_string(),
-                        "denied",
-                    ));
-                }
-                vec![u.to_string()]
-            } else {
-                vec![caller.uid.clone()]
+            let owners = match super::listed_owners(app, caller, inv, "/job").await? {
+                Ok(o) => o,
+                Err(e) => return Ok(reply(request_id, e.to_string(), "denied")),
             };
             let mut rows = Vec::new();
             for o in &owners {
@@ -426,17 +408,7 @@ pub async fn handle(
             };
             let row = match row {
                 Some(j) => {
-                    let owner_groups = if caller.uid != j.owner {
-                        app.directory
-                            .lookup(&j.owner)
-                            .await
-                            .ok()
-                            .flatten()
-                            .map(|a| a.groups)
-                            .unwrap_or_default()
-                    } else {
-                        Vec::new()
-                    };
+                    let owner_groups = super::owner_groups(app, caller, &j.owner).await;
                     let action = if inv.sub == "logs" {
                         Action::View
                     } else {
@@ -660,20 +632,7 @@ pub async fn submit_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobEr
     }
     let script = job_script(app, &req, &account.home, &dir, &sif.cluster_content)
         .map_err(|e| JobError::User(UserError::new("job.bad_text").arg("reason", e)))?;
-    let submit = crate::slurm::Submit {
-        uid: account.uid_number,
-        gid: account.gid_number,
-        name: req.name.clone(),
-        partition: req.partition.clone(),
-        cpus: req.cpus,
-        memory_mb: req.memory_mb,
-        time_minutes: req.minutes,
-        gpus: req.gpus.clone(),
-        output: dir.join("output.log"),
-        workdir: account.home.join(&req.chdir),
-        nodelist: None,
-        script,
-    };
+    let submit = req.submit(&account, &dir, script);
     // Pinned before submission, so eviction cannot race a job that is about to start.
     let holder = format!("submit:{}", job.id);
     app.store

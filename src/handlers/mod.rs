@@ -14,7 +14,63 @@ pub mod runners;
 pub mod sif;
 pub mod slash;
 
+use crate::app::App;
+use crate::identity::{Account, Role};
 use crate::messages::UserError;
+
+/// The groups of a resource's owner, which the authorisation function needs when an
+/// instructor acts on a member of their course (empty for one's own things).
+pub async fn owner_groups(app: &App, caller: &Account, owner: &str) -> Vec<String> {
+    if caller.uid == owner || caller.role == Role::Student {
+        return Vec::new();
+    }
+    app.directory
+        .lookup(owner)
+        .await
+        .ok()
+        .flatten()
+        .map(|a| a.groups)
+        .unwrap_or_default()
+}
+
+/// Whether `caller` may list a whole group's things: admins, and instructors of that
+/// (course) group.
+pub fn may_list_group(app: &App, caller: &Account, group: &str) -> bool {
+    caller.role == Role::Admin
+        || (caller.role == Role::Instructor
+            && caller.in_group(group)
+            && !app.role_groups.iter().any(|r| r == group))
+}
+
+/// Whose things `ps` lists: the caller's; a group's with `--group` (its instructors,
+/// admins); one user's with `--user` (admins).
+pub async fn listed_owners(
+    app: &App,
+    caller: &Account,
+    inv: &crate::commands::Invocation,
+    command: &str,
+) -> anyhow::Result<Result<Vec<String>, UserError>> {
+    if let Some(g) = inv.text("group") {
+        if !may_list_group(app, caller, g) {
+            return Ok(Err(UserError::new("command.forbidden")
+                .arg("command", command)
+                .arg("sub", "ps --group")
+                .arg("role", "instructors of that group, and admins")));
+        }
+        return Ok(Ok(app
+            .directory
+            .members(g)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?));
+    }
+    if let Some(u) = inv.text("user") {
+        if caller.role != Role::Admin {
+            return Ok(Err(UserError::new("container.only_admins_user")));
+        }
+        return Ok(Ok(vec![u.to_string()]));
+    }
+    Ok(Ok(vec![caller.uid.clone()]))
+}
 
 /// How a queued job ended badly.
 #[derive(Debug)]

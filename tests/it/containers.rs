@@ -35,20 +35,6 @@ async fn http_get(port: u16) -> Option<String> {
     None
 }
 
-async fn outbox_wait(s: &Stack, user: &str, needle: &str) -> String {
-    let mut seen = Vec::new();
-    for _ in 0..150 {
-        for m in s.store().outbox_take(user).unwrap() {
-            seen.push(m.message);
-        }
-        if let Some(m) = seen.iter().find(|m| m.contains(needle)) {
-            return m.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no DM for {user} containing {needle:?}; got {seen:?}");
-}
-
 #[tokio::test]
 async fn run_publishes_a_port_answered_over_http_and_the_rest_of_the_lifecycle() {
     let s = stack(Opts::default()).await;
@@ -174,8 +160,7 @@ async fn nobody_else_can_see_or_touch_a_container_but_admins_who_are_audited() {
         .say("admin", "/container stop --user alice own-1")
         .await
         .contains("is stopped"));
-    outbox_wait(
-        &s,
+    s.dm_containing(
         "alice",
         "An admin (`admin`) did `stop` on your container `own-1`",
     )
@@ -326,7 +311,7 @@ async fn gpus_exclusive_exhaustion_wait_queue_and_release_on_stop() {
         .say("alice", "/container stop g-a")
         .await
         .contains("stopped"));
-    let dm = outbox_wait(&s, "carol", "Container `g-c` is running").await;
+    let dm = s.dm_containing("carol", "Container `g-c` is running").await;
     assert!(dm.contains("GPU shisa.test/gpu=0"), "{dm}");
     // Starting alice's again finds no GPU.
     let t = s.say("alice", "/container start g-a").await;
@@ -357,7 +342,7 @@ async fn gpu_containers_are_stopped_after_their_lifetime() {
         )
         .await;
     assert!(t.contains("GPU shisa.test/gpu=0"), "{t}");
-    let dm = outbox_wait(&s, "alice", "maximum lifetime").await;
+    let dm = s.dm_containing("alice", "maximum lifetime").await;
     assert!(dm.contains("`life-1`"), "{dm}");
     assert!(s
         .say("alice", "/container ps --all")
@@ -509,7 +494,7 @@ async fn a_container_killed_for_memory_is_reported_by_dm() {
     let s = stack(Opts::default()).await;
     let t = s.say("alice", "/container run --name oom-1 --memory 16M localhost/busybox -- sh -c 'echo filling; a=$(head -c 200000000 /dev/zero | tr \"\\0\" x); echo survived'").await;
     assert!(t.contains("is running"), "{t}");
-    let dm = outbox_wait(&s, "alice", "`oom-1`").await;
+    let dm = s.dm_containing("alice", "`oom-1`").await;
     assert!(
         dm.contains("stopped on its own with exit code 137")
             && dm.contains("16M")

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use hmac::{KeyInit, Mac};
 
-use crate::harness::{free_port, registry, Opts, Stack};
+use crate::harness::{free_port, podman_cli, registry, Opts, Stack};
 
 pub const ADMIN: &str = "glpat-test-admin";
 const HOOK_TOKEN: &str = "hook-secret";
@@ -848,14 +848,7 @@ async fn a_push_builds_an_image_into_the_registry() {
     let image = format!("127.0.0.1:{}/alice/alice-mymodel:a1a1a1a1", reg.port);
     assert_eq!(a.5, image);
     // Root inside the build, not on the host: the RUN saw uid 0, mapped to the unprivileged range.
-    let sock = crate::harness::podman();
-    let pdir = sock.parent().unwrap();
-    let out = std::process::Command::new("podman")
-        .env("CONTAINERS_CONF", pdir.join("containers.conf"))
-        .arg("--root")
-        .arg(pdir.join("root"))
-        .arg("--runroot")
-        .arg(pdir.join("runroot"))
+    let out = podman_cli()
         .args([
             "run",
             "--rm",
@@ -918,18 +911,12 @@ async fn a_push_builds_an_image_into_the_registry() {
             .iter()
             .any(|(u, p)| u != "alice" && p.contains("projects/7")));
     }
-    let dm: Vec<String> = s
-        .store()
-        .outbox_take("alice")
-        .unwrap()
-        .into_iter()
-        .map(|m| m.message)
-        .collect();
+    let dm = s.dm_containing("alice", "is ready").await;
     assert!(
-        dm.iter().any(|m| m.contains(&image)
-            && m.contains("/container run alice/alice-mymodel:a1a1a1a1")
-            && m.contains("sha256:")),
-        "{dm:?}"
+        dm.contains(&image)
+            && dm.contains("/container run alice/alice-mymodel:a1a1a1a1")
+            && dm.contains("sha256:"),
+        "{dm}"
     );
     // A failing Containerfile: a failure message with the log's last lines, a failed status.
     deliver(
@@ -941,25 +928,8 @@ async fn a_push_builds_an_image_into_the_registry() {
     .await;
     let rows = wait_builds(&s, 3).await;
     assert_eq!(rows.iter().find(|r| r.1 == sha_f).unwrap().2, "failed");
-    let mut dm = Vec::new();
-    for _ in 0..50 {
-        dm.extend(
-            s.store()
-                .outbox_take("alice")
-                .unwrap()
-                .into_iter()
-                .map(|m| m.message),
-        );
-        if dm.iter().any(|m| m.contains("about to fail")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        dm.iter()
-            .any(|m| m.contains("failed") && m.contains("about to fail")),
-        "{dm:?}"
-    );
+    let dm = s.dm_containing("alice", "about to fail").await;
+    assert!(dm.contains("failed"), "{dm:?}");
     assert!(fake
         .state
         .lock()
@@ -990,20 +960,7 @@ async fn a_push_builds_an_image_into_the_registry() {
         &tok("p6"),
     )
     .await;
-    let mut dm = Vec::new();
-    for _ in 0..50 {
-        dm.extend(
-            s.store()
-                .outbox_take("bob")
-                .unwrap()
-                .into_iter()
-                .map(|m| m.message),
-        );
-        if dm.iter().any(|m| m.contains("bob/other")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut dm = vec![s.dm_containing("bob", "bob/other").await];
     tokio::time::sleep(Duration::from_millis(500)).await;
     dm.extend(
         s.store()
@@ -1042,12 +999,7 @@ async fn a_push_builds_an_image_into_the_registry() {
             .args(["-f", "sleep 3600"])
             .output()
             .unwrap();
-        let ext = std::process::Command::new("podman")
-            .env("CONTAINERS_CONF", pdir.join("containers.conf"))
-            .arg("--root")
-            .arg(pdir.join("root"))
-            .arg("--runroot")
-            .arg(pdir.join("runroot"))
+        let ext = podman_cli()
             .args([
                 "ps",
                 "-a",
@@ -1347,24 +1299,7 @@ async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token
     )
     .await;
     assert_eq!(code, 200);
-    let mut dm = Vec::new();
-    for _ in 0..100 {
-        dm.extend(
-            s.store()
-                .outbox_take("alice")
-                .unwrap()
-                .into_iter()
-                .map(|m| m.message),
-        );
-        if dm.iter().any(|m| m.contains("is ready")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let ready = dm
-        .iter()
-        .find(|m| m.contains("is ready"))
-        .unwrap_or_else(|| panic!("{dm:?}"));
+    let ready = s.dm_containing("alice", "is ready").await;
     assert!(
         ready.contains(&format!(
             "127.0.0.1:{}/alice/alice-mymodel:c1c1c1c1",
@@ -1384,18 +1319,6 @@ async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token
         .iter()
         .any(|x| x.1 == "c1c1c1c1" && x.2 == "success"));
     s.stop().await;
-}
-
-fn podman_cli() -> std::process::Command {
-    let sock = crate::harness::podman();
-    let pdir = sock.parent().unwrap();
-    let mut c = std::process::Command::new("podman");
-    c.env("CONTAINERS_CONF", pdir.join("containers.conf"))
-        .arg("--root")
-        .arg(pdir.join("root"))
-        .arg("--runroot")
-        .arg(pdir.join("runroot"));
-    c
 }
 
 fn runner_containers(project: u64) -> Vec<serde_json::Value> {
@@ -1620,21 +1543,7 @@ async fn a_pending_job_starts_exactly_one_runner_of_the_project() {
         .contains("its own GitLab runner"));
     fake.state.lock().unwrap().runners.clear();
     deliver(&s, "Job Hook", job_hook(3, "pending"), &tok("j3")).await;
-    let mut dm = Vec::new();
-    for _ in 0..100 {
-        dm.extend(
-            s.store()
-                .outbox_take("alice")
-                .unwrap()
-                .into_iter()
-                .map(|m| m.message),
-        );
-        if dm.iter().any(|m| m.contains("no longer works")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(dm.iter().any(|m| m.contains("no longer works")), "{dm:?}");
+    s.dm_containing("alice", "no longer works").await;
     assert!(runner_containers(7).is_empty());
     s.stop().await;
 }

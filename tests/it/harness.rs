@@ -57,6 +57,19 @@ fn spawn_daemon(mut cmd: Command) -> u32 {
     rx.recv().unwrap()
 }
 
+/// The `podman` command line on the shared test Podman's storage.
+pub fn podman_cli() -> Command {
+    let sock = podman();
+    let pdir = sock.parent().unwrap();
+    let mut c = Command::new("podman");
+    c.env("CONTAINERS_CONF", pdir.join("containers.conf"))
+        .arg("--root")
+        .arg(pdir.join("root"))
+        .arg("--runroot")
+        .arg(pdir.join("runroot"));
+    c
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -314,6 +327,22 @@ impl Stack {
 
     pub fn store(&self) -> shisa::store::Store {
         shisa::store::Store::open(&self.cfg.db_path()).unwrap()
+    }
+
+    /// The first direct message (from the outbox) to `user` containing `needle`, waiting up
+    /// to a minute; panics with everything seen.
+    pub async fn dm_containing(&self, user: &str, needle: &str) -> String {
+        let mut seen = Vec::new();
+        for _ in 0..600 {
+            for m in self.store().outbox_take(user).unwrap() {
+                seen.push(m.message);
+            }
+            if let Some(m) = seen.iter().find(|m| m.contains(needle)) {
+                return m.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no message to {user} containing {needle:?}; got {seen:?}");
     }
 
     pub async fn stop(mut self) {

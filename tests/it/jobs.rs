@@ -6,20 +6,6 @@ use std::time::Duration;
 
 use crate::harness::{slurm, slurm_turn, test_images, Opts, Stack};
 
-async fn dm_containing(s: &Stack, user: &str, needle: &str) -> String {
-    let mut seen = Vec::new();
-    for _ in 0..600 {
-        for m in s.store().outbox_take(user).unwrap() {
-            seen.push(m.message);
-        }
-        if let Some(m) = seen.iter().find(|m| m.contains(needle)) {
-            return m.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no message with {needle:?} for {user}: {seen:?}");
-}
-
 fn job_id(reply: &str) -> String {
     reply
         .split("Job ")
@@ -95,7 +81,9 @@ async fn jobs_from_chat_run_as_their_owner_with_their_gpu() {
     let last = &r.last().unwrap().text;
     assert!(last.contains("is submitted"), "{r:?}");
     let id = job_id(last);
-    let ended = dm_containing(&s, "alice", &format!("Job {id} (`gpujob`) ended")).await;
+    let ended = s
+        .dm_containing("alice", &format!("Job {id} (`gpujob`) ended"))
+        .await;
     assert!(
         ended.contains("FAILED") && ended.contains("exit code 3"),
         "{ended}"
@@ -140,7 +128,9 @@ async fn jobs_from_chat_run_as_their_owner_with_their_gpu() {
         .say("alice", &format!("/job cancel {id2}"))
         .await
         .contains("is cancelled"));
-    let ended = dm_containing(&s, "alice", &format!("Job {id2} (`sleeper`) ended")).await;
+    let ended = s
+        .dm_containing("alice", &format!("Job {id2} (`sleeper`) ended"))
+        .await;
     assert!(ended.contains("CANCELLED"), "{ended}");
     assert!(
         s.store().open_jobs().await.unwrap().is_empty(),
@@ -159,7 +149,9 @@ async fn jobs_from_chat_run_as_their_owner_with_their_gpu() {
     s.stop().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let s = Stack::start_with(&data_dir.with_extension("toml"), data_dir).await;
-    let ended = dm_containing(&s, "alice", &format!("Job {id3} (`across`) ended")).await;
+    let ended = s
+        .dm_containing("alice", &format!("Job {id3} (`across`) ended"))
+        .await;
     assert!(
         ended.contains("COMPLETED") && ended.contains("exit code 0") && ended.contains("made-it"),
         "{ended}"
@@ -241,7 +233,9 @@ async fn gpu_containers_get_the_gpu_slurm_chose_and_jobs_wait_for_it() {
         .say("alice", "/container rm --force sg")
         .await
         .contains("removed"));
-    let ended = dm_containing(&s, "bob", &format!("Job {bob_job} (`waits`) ended")).await;
+    let ended = s
+        .dm_containing("bob", &format!("Job {bob_job} (`waits`) ended"))
+        .await;
     assert!(
         ended.contains("COMPLETED") && ended.contains("ran"),
         "{ended}"
@@ -250,6 +244,7 @@ async fn gpu_containers_get_the_gpu_slurm_chose_and_jobs_wait_for_it() {
         .say("carol", &format!("/job cancel {carol_job}"))
         .await
         .contains("is cancelled"));
-    dm_containing(&s, "carol", &format!("Job {carol_job} (`holder`) ended")).await;
+    s.dm_containing("carol", &format!("Job {carol_job} (`holder`) ended"))
+        .await;
     s.stop().await;
 }

@@ -172,16 +172,7 @@ fn listing(
 async fn convert_a_multi_layer_image_and_run_its_runscript() {
     crate::harness::test_images();
     let sock = crate::harness::podman();
-    let pdir = sock.parent().unwrap();
-    let podman = || {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", pdir.join("containers.conf"))
-            .arg("--root")
-            .arg(pdir.join("root"))
-            .arg("--runroot")
-            .arg(pdir.join("runroot"));
-        c
-    };
+    let podman = crate::harness::podman_cli;
     let dir = tempfile::tempdir_in(run_root()).unwrap();
     std::fs::write(
         dir.path().join("Containerfile"),
