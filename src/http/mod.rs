@@ -227,7 +227,11 @@ async fn ci_token(
 ) -> Response {
     use crate::handlers::ci::{exchange, CiRefusal};
     let token = headers.get("job-token").and_then(|v| v.to_str().ok());
-    match exchange(&app, token).await {
+    let id_token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match exchange(&app, token, id_token).await {
         Ok(g) => {
             if uri
                 .query()

@@ -45,6 +45,8 @@ pub struct FakeState {
     pub runners: HashMap<u64, (u64, String, String)>,
     /// Pending CI jobs by project.
     pub pending: HashMap<u64, Vec<u64>>,
+    /// What `/oauth/discovery/keys` publishes (the keys that sign `id_tokens`).
+    pub jwks: serde_json::Value,
 }
 
 #[derive(Clone)]
@@ -400,6 +402,40 @@ async fn project_jobs(
     Json(jobs).into_response()
 }
 
+async fn discovery_keys(State(s): S) -> Response {
+    Json(s.lock().unwrap().jwks.clone()).into_response()
+}
+
+/// An RSA key made with openssl: (private PEM, its JWK with `kid`).
+fn rsa_key(dir: &std::path::Path, kid: &str) -> (Vec<u8>, serde_json::Value) {
+    let pem = dir.join(format!("{kid}.pem"));
+    assert!(std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&pem)
+        .arg("2048")
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let m = std::process::Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    let hex_n = String::from_utf8(m.stdout)
+        .unwrap()
+        .trim()
+        .trim_start_matches("Modulus=")
+        .to_string();
+    let n: Vec<u8> = (0..hex_n.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex_n[i..i + 2], 16).unwrap())
+        .collect();
+    let jwk = serde_json::json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+        "n": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n), "e": "AQAB"});
+    (std::fs::read(&pem).unwrap(), jwk)
+}
+
 impl FakeGitlab {
     pub async fn start(state: FakeState) -> FakeGitlab {
         let state = Arc::new(Mutex::new(state));
@@ -411,6 +447,7 @@ impl FakeGitlab {
             .route("/api/v4/runners/{id}", delete(delete_runner))
             .route("/api/v4/runners/verify", post(verify_runner))
             .route("/api/v4/projects/{id}/jobs", get(project_jobs))
+            .route("/oauth/discovery/keys", get(discovery_keys))
             .route("/api/v4/projects/{id}/hooks", post(create_hook))
             .route("/api/v4/projects/{id}/hooks/{hid}", delete(delete_hook))
             .route(
@@ -1126,6 +1163,58 @@ async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token
     assert_eq!(post(Some("forged")).await.unwrap().status(), 401);
     assert_eq!(post(Some("job-token-done")).await.unwrap().status(), 401);
     assert_eq!(post(Some("job-token-other")).await.unwrap().status(), 403);
+    // An id_tokens JWT (aud shisa) signed by a key GitLab publishes works too; one with
+    // another audience, expired, from another issuer or signed by another key does not.
+    let keys = tempfile::tempdir().unwrap();
+    let (pem, jwk) = rsa_key(keys.path(), "k1");
+    let (other_pem, _) = rsa_key(keys.path(), "k1-impostor");
+    fake.state.lock().unwrap().jwks = serde_json::json!({"keys": [jwk]});
+    let now = shisa::store::now();
+    let jwt = |pem: &[u8], aud: &str, iss: &str, exp: i64, project: &str| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some("k1".into());
+        jsonwebtoken::encode(
+            &h,
+            &serde_json::json!({"iss": iss, "aud": aud, "exp": exp, "iat": now, "nbf": now,
+                "sub": "project_path:alice/MyModel:ref_type:branch:ref:main",
+                "project_id": project, "project_path": "alice/MyModel", "user_login": "alice",
+                "job_id": "777", "sha": "e1e1e1e1", "ref": "main"}),
+            &jsonwebtoken::EncodingKey::from_rsa_pem(pem).unwrap(),
+        )
+        .unwrap()
+    };
+    let bearer = |t: String| {
+        reqwest::Client::new()
+            .post(s.url("/ci/token"))
+            .header("Authorization", format!("Bearer {t}"))
+            .send()
+    };
+    let ok = bearer(jwt(&pem, "shisa", &fake.url, now + 300, "7"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let g: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(g["repository"], "alice/alice-mymodel");
+    for (t, why) in [
+        (jwt(&pem, "other", &fake.url, now + 300, "7"), "audience"),
+        (jwt(&pem, "shisa", &fake.url, now - 3600, "7"), "expired"),
+        (
+            jwt(&pem, "shisa", "https://elsewhere.example", now + 300, "7"),
+            "issuer",
+        ),
+        (jwt(&other_pem, "shisa", &fake.url, now + 300, "7"), "key"),
+        ("not.a.jwt".to_string(), "garbage"),
+    ] {
+        assert_eq!(bearer(t).await.unwrap().status(), 401, "{why}");
+    }
+    assert_eq!(
+        bearer(jwt(&pem, "shisa", &fake.url, now + 300, "9"))
+            .await
+            .unwrap()
+            .status(),
+        403,
+        "a project shisa does not build"
+    );
     // A real job's token: a credential for alice/alice-mymodel, for ten minutes.
     let g: serde_json::Value = post(Some("job-token-alice"))
         .await
@@ -1277,7 +1366,7 @@ async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token
     let detail: String = s
         .store()
         .with(|c| {
-            c.query_row("SELECT detail FROM builds WHERE trigger = 'ci'", [], |r| {
+            c.query_row("SELECT detail FROM builds WHERE trigger = 'ci' AND sha = 'c1c1c1c1'", [], |r| {
                 r.get(0)
             })
         })
