@@ -366,6 +366,11 @@ pub async fn handle(
                 );
                 return Ok(reply(request_id, text, "dry-run"));
             }
+            // Slurm down: say so now, queue nothing.
+            if let Err(e) = sched.ping().await {
+                let e = UserError::new("job.slurm_down").arg("reason", e.to_string());
+                return Ok(reply(request_id, e.to_string(), "unavailable"));
+            }
             app.store
                 .enqueue(NewJob {
                     kind: SUBMIT,

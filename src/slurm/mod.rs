@@ -113,6 +113,8 @@ pub trait Scheduler: Send + Sync {
     async fn cancel(&self, id: u64) -> Result<(), SlurmError>;
     /// A node's GPUs: (configured, allocated).
     async fn node_gpus(&self, node: &str) -> Result<(u32, u32), SlurmError>;
+    /// Whether the controller answers (`scontrol ping`).
+    async fn ping(&self) -> Result<(), SlurmError>;
 }
 
 /// `IDX:0`, `IDX:0-1`, `IDX:0,2-3` inside a GRES detail string.
@@ -285,6 +287,17 @@ impl Scheduler for Cli {
         let mut c = self.cmd("scancel");
         c.arg(id.to_string());
         self.run(c, None).await.map(|_| ())
+    }
+
+    async fn ping(&self) -> Result<(), SlurmError> {
+        let mut c = self.cmd("scontrol");
+        c.arg("ping");
+        match self.run(c, None).await {
+            Ok(out) if out.contains("is UP") => Ok(()),
+            Ok(out) => Err(SlurmError::Down(out.trim().to_string())),
+            // scontrol ping exits non-zero when the controller is down: that is "down", not a refusal.
+            Err(SlurmError::Refused(e)) | Err(SlurmError::Down(e)) => Err(SlurmError::Down(e)),
+        }
     }
 
     async fn node_gpus(&self, node: &str) -> Result<(u32, u32), SlurmError> {

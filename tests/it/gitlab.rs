@@ -1366,9 +1366,11 @@ async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token
     let detail: String = s
         .store()
         .with(|c| {
-            c.query_row("SELECT detail FROM builds WHERE trigger = 'ci' AND sha = 'c1c1c1c1'", [], |r| {
-                r.get(0)
-            })
+            c.query_row(
+                "SELECT detail FROM builds WHERE trigger = 'ci' AND sha = 'c1c1c1c1'",
+                [],
+                |r| r.get(0),
+            )
         })
         .unwrap();
     assert_eq!(detail, "started by alice in job 555");

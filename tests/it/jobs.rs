@@ -37,6 +37,39 @@ async fn jobs_from_chat_run_as_their_owner_with_their_gpu() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&s.data_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     }
+    // Slurm down (a controller nobody answers at): a clear reply, nothing queued.
+    let down_conf = sl.conf.with_file_name("down.conf");
+    let conf_text = std::fs::read_to_string(&sl.conf).unwrap();
+    let port_line = conf_text
+        .lines()
+        .find(|l| l.starts_with("SlurmctldPort="))
+        .unwrap();
+    std::fs::write(
+        &down_conf,
+        conf_text.replace(
+            port_line,
+            &format!("SlurmctldPort={}", crate::harness::free_port()),
+        ),
+    )
+    .unwrap();
+    let down = Stack::start(Opts {
+        extra: format!(
+            "[slurm]\nconf = {:?}\nlauncher = [{:?}]\n",
+            down_conf.display().to_string(),
+            launcher.display().to_string()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let t = down
+        .say("alice", "/job submit --image busybox -- true")
+        .await;
+    assert!(
+        t.contains("Slurm is not answering") && t.contains("nothing was changed"),
+        "{t}"
+    );
+    assert_eq!(down.store().queue_depth().await.unwrap(), (0, 0));
+    down.stop().await;
     // Bad input: a clear answer, nothing submitted.
     let t = s
         .say("alice", "/job submit --image tools:1 --gpus 5 -- true")
