@@ -106,10 +106,16 @@ async fn jobs_from_chat_run_as_their_owner_with_their_gpu() {
     assert!(s.store().open_jobs().await.unwrap().is_empty());
     // The controller's own refusal comes back in its words.
     let r = s
-        .chat("alice", "/job submit --image tools:1 --partition nosuch -- true")
+        .chat(
+            "alice",
+            "/job submit --image tools:1 --partition nosuch -- true",
+        )
         .await;
     let last = &r.last().unwrap().text;
-    assert!(last.contains("Slurm refused") && last.contains("nosuch"), "{r:?}");
+    assert!(
+        last.contains("Slurm refused") && last.contains("nosuch"),
+        "{r:?}"
+    );
     assert!(s.store().open_jobs().await.unwrap().is_empty());
     // A GPU job from chat.
     let r = s
