@@ -29,6 +29,84 @@ pub fn slug(path: &str) -> String {
     }
 }
 
+/// The images a Containerfile builds from: every `FROM` and every `--from=` of `COPY`/`ADD`
+/// that is not an earlier stage's name or index, nor `scratch`. A blade may hold other users'
+/// images (pulled for their containers), so each must be checked as the build's owner before
+/// a `--pull=never` build can use it. Variables in these references are refused: their value
+/// could name anything.
+pub fn base_images(containerfile: &str) -> Result<Vec<String>, String> {
+    // Join continuation lines, drop comments.
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for raw in containerfile.lines() {
+        let t = raw.trim();
+        if cur.is_empty() && t.starts_with('#') {
+            continue;
+        }
+        if let Some(x) = t.strip_suffix('\\') {
+            cur.push_str(x);
+            cur.push(' ');
+        } else {
+            cur.push_str(t);
+            lines.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    let mut stages: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    let check = |r: &str, stages: &[String], out: &mut Vec<String>| -> Result<(), String> {
+        let lower = r.to_ascii_lowercase();
+        if lower == "scratch"
+            || stages.iter().any(|s| *s == lower)
+            || r.parse::<usize>().is_ok_and(|i| i < stages.len())
+        {
+            return Ok(());
+        }
+        if r.contains('$') {
+            return Err(format!("`{r}`: build from a named image, not a variable"));
+        }
+        if !out.iter().any(|x| x == r) {
+            out.push(r.to_string());
+        }
+        Ok(())
+    };
+    for l in &lines {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let Some(instr) = words.first().map(|w| w.to_ascii_uppercase()) else {
+            continue;
+        };
+        match instr.as_str() {
+            "FROM" => {
+                let rest: Vec<&str> = words[1..]
+                    .iter()
+                    .copied()
+                    .filter(|w| !w.starts_with("--"))
+                    .collect();
+                let Some(image) = rest.first() else {
+                    return Err("a FROM without an image".into());
+                };
+                check(image, &stages, &mut out)?;
+                if rest.len() >= 3 && rest[1].eq_ignore_ascii_case("as") {
+                    stages.push(rest[2].to_ascii_lowercase());
+                } else {
+                    stages.push(String::new());
+                }
+            }
+            "COPY" | "ADD" => {
+                for w in &words[1..] {
+                    if let Some(f) = w.strip_prefix("--from=") {
+                        check(f, &stages, &mut out)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Clone)]
 pub struct BuildSpec<'a> {
     /// Names the build's cgroup (`shisabuildID.slice`), so a build that runs too
@@ -253,7 +331,28 @@ mod tests {
         assert_eq!(slug("a__b"), "a-b");
     }
 
+    #[test]
+    fn base_images_of_a_containerfile() {
+        let cf = "# comment\nARG X=1\nFROM localhost/busybox:latest AS base\nRUN true\nFROM base\nCOPY --from=base /a /b\nCOPY --from=0 /a /b\nCOPY --from=127.0.0.1:5000/bob/x:1 /c /d\nFROM \\\n  scratch\n";
+        assert_eq!(
+            super::base_images(cf).unwrap(),
+            vec!["localhost/busybox:latest", "127.0.0.1:5000/bob/x:1"]
+        );
+        assert!(super::base_images("FROM $BASE\n").is_err());
+        assert!(super::base_images("FROM --platform=linux/amd64 ${X}\n").is_err());
+        assert!(super::base_images("FROM\n").is_err());
+        assert_eq!(
+            super::base_images("from --platform=linux/amd64 a/b AS c\n").unwrap(),
+            vec!["a/b"]
+        );
+    }
+
     proptest::proptest! {
+        #[test]
+        fn base_images_never_panics(s in "\\PC{0,200}") {
+            let _ = super::base_images(&s);
+        }
+
         #[test]
         fn slugs_are_valid_repository_components(p in "\\PC{0,80}") {
             let s = slug(&p);

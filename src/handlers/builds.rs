@@ -11,6 +11,7 @@ use crate::commands::Invocation;
 use crate::gitlab::client::{self, GitlabApi};
 use crate::gitlab::hooks::{self, Hook, Push};
 use crate::identity::Account;
+use crate::images;
 use crate::messages::{render, Lang, UserError};
 use crate::store::gitlab::{BuildRow, ProjectRow};
 use crate::store::queue::{OwnedJob, QueuedJob};
@@ -617,6 +618,22 @@ async fn build_one(
         .ok()
         .flatten()
         .ok_or("the owner's account is gone")?;
+    // The blade may hold other users' images: every base must be one the owner may use.
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let registry_host = app.registry.as_ref().map(|r| r.cfg.host.as_str());
+    for base in crate::builds::base_images(&text)? {
+        let img = images::resolve_with(&base, &b.owner, &app.cfg.images.allow, registry_host)
+            .map_err(|e| format!("cannot build from `{base}`: {e}"))?;
+        if !super::containers::may_use_image(app, &account, &img)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Err(format!(
+                "cannot build from `{base}`: it is not yours and not shared with you"
+            ));
+        }
+    }
     let limits = app.cfg.limits_for(account.role);
     let short: String = b.sha.chars().take(8).collect();
     let tag_sha = image_name(app, &b.owner, &b.path, &short);

@@ -753,6 +753,7 @@ async fn a_push_builds_an_image_into_the_registry() {
     let sha_f = "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0";
     let sha_b = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
     let sha_slow = "5105105105105105105105105105105105105105";
+    let sha_steal = "5ea15ea15ea15ea15ea15ea15ea15ea15ea15ea1";
     let mut alice_p = FakeProject {
         id: 7,
         path: "alice/MyModel".into(),
@@ -774,6 +775,14 @@ async fn a_push_builds_an_image_into_the_registry() {
                 "Containerfile",
                 "FROM localhost/busybox:latest\nRUN echo about to fail && exit 3\n",
             )],
+        ),
+    );
+    // bob's image is on the blade (pulled for his containers): alice may not build from it.
+    alice_p.archives.insert(
+        sha_steal.into(),
+        tar_gz(
+            &format!("mymodel-{sha_steal}"),
+            &[("Containerfile", "FROM localhost/busybox:latest AS ok\nFROM localhost/bob/tools:1\nCOPY --from=ok /bin/sh /x\n")],
         ),
     );
     alice_p.archives.insert(
@@ -967,6 +976,22 @@ async fn a_push_builds_an_image_into_the_registry() {
     assert_eq!(rows.iter().find(|r| r.1 == sha_f).unwrap().2, "failed");
     let dm = s.dm_containing("alice", "about to fail").await;
     assert!(dm.contains("failed"), "{dm:?}");
+    // Building FROM someone else's image that happens to be on the blade: refused.
+    deliver(
+        &s,
+        "Push Hook",
+        push_body(7, "alice/MyModel", 101, sha_steal, "Containerfile"),
+        &tok("p3b"),
+    )
+    .await;
+    let rows = wait_builds(&s, 4).await;
+    let steal = rows.iter().find(|r| r.1 == sha_steal).unwrap();
+    assert_eq!(steal.2, "failed");
+    assert!(
+        steal.5.contains("localhost/bob/tools:1") && steal.5.contains("not shared with you"),
+        "{steal:?}"
+    );
+    s.dm_containing("alice", "not shared with you").await;
     assert!(fake
         .state
         .lock()
@@ -1015,7 +1040,7 @@ async fn a_push_builds_an_image_into_the_registry() {
     );
     assert_eq!(
         build_rows(&s).len(),
-        3,
+        4,
         "no build for the stranger or the project that is not enabled"
     );
     // A build that runs too long is stopped on the blade, not just abandoned.
@@ -1026,7 +1051,7 @@ async fn a_push_builds_an_image_into_the_registry() {
         &tok("p7"),
     )
     .await;
-    let rows = wait_builds(&s, 4).await;
+    let rows = wait_builds(&s, 5).await;
     let slow = rows.iter().find(|r| r.1 == sha_slow).unwrap();
     assert_eq!(slow.2, "failed");
     assert!(slow.5.contains("longer than its limit"), "{slow:?}");
