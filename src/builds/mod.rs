@@ -59,7 +59,7 @@ pub fn base_images(containerfile: &str) -> Result<Vec<String>, String> {
     let check = |r: &str, stages: &[String], out: &mut Vec<String>| -> Result<(), String> {
         let lower = r.to_ascii_lowercase();
         if lower == "scratch"
-            || stages.iter().any(|s| *s == lower)
+            || stages.contains(&lower)
             || r.parse::<usize>().is_ok_and(|i| i < stages.len())
         {
             return Ok(());
