@@ -207,3 +207,109 @@ pub async fn holders_once(app: &Arc<App>) -> anyhow::Result<usize> {
     }
     Ok(stopped)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::slurm::{JobState, Scheduler, SlurmError, Submit};
+
+    /// Slurm as the poller sees it, scripted: down, or these states.
+    struct Scripted(Mutex<Option<HashMap<u64, JobState>>>);
+
+    #[async_trait]
+    impl Scheduler for Scripted {
+        async fn submit(&self, _: &Submit) -> Result<u64, SlurmError> {
+            Err(SlurmError::Down("scripted".into()))
+        }
+        async fn states(&self, _: &[u64]) -> Result<HashMap<u64, JobState>, SlurmError> {
+            self.0
+                .lock()
+                .unwrap()
+                .clone()
+                .ok_or_else(|| SlurmError::Down("Unable to contact slurm controller".into()))
+        }
+        async fn cancel(&self, _: u64) -> Result<(), SlurmError> {
+            Ok(())
+        }
+        async fn node_gpus(&self, _: &str) -> Result<(u32, u32), SlurmError> {
+            Ok((0, 0))
+        }
+        async fn ping(&self) -> Result<(), SlurmError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slurm_outage_never_fails_a_job_and_the_end_is_told_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/demo-users.toml");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\n[mattermost]\ntokens = [\"t\"]\nlinking = \"username\"\ncontact = \"admins\"\n[directory]\nsource = \"static\"\nusers_file = {:?}\n[[blades]]\nname = \"local\"\npodman_socket = \"/nonexistent.sock\"\naddress = \"127.0.0.1\"\n[slurm]\n",
+            dir.path().join("data").display().to_string(),
+            users.display().to_string()
+        );
+        let cfg = crate::config::Config::from_str(&text, &dir.path().join("shisa.toml")).unwrap();
+        let mut app = App::new(cfg).unwrap();
+        let script = Arc::new(Scripted(Mutex::new(None)));
+        Arc::get_mut(&mut app).unwrap().scheduler = Some(script.clone());
+        app.store
+            .insert_job(JobRow {
+                slurm_id: 42,
+                owner: "alice".into(),
+                name: "train".into(),
+                image: "tools:1".into(),
+                sif: "x.sif".into(),
+                dir: dir.path().join("nowhere").display().to_string(),
+                gpus: String::new(),
+                state: "RUNNING".into(),
+                reason: String::new(),
+                exit_code: None,
+                submitted_at: 0,
+                start_time: 0,
+                end_time: 0,
+                node: String::new(),
+                done: false,
+            })
+            .await
+            .unwrap();
+        // Slurm does not answer: nothing changes, however often we ask.
+        for _ in 0..3 {
+            assert_eq!(poll_once(&app).await.unwrap(), 0);
+        }
+        let j = app.store.job(42).await.unwrap().unwrap();
+        assert_eq!((j.state.as_str(), j.done), ("RUNNING", false));
+        // It answers: the job ended with exit code 3; its owner is told once.
+        let ended = JobState {
+            state: "FAILED".into(),
+            exit_code: Some(3),
+            start_time: 100,
+            end_time: 160,
+            ..Default::default()
+        };
+        *script.0.lock().unwrap() = Some(HashMap::from([(42, ended)]));
+        assert_eq!(poll_once(&app).await.unwrap(), 1);
+        assert_eq!(poll_once(&app).await.unwrap(), 0, "no open job left");
+        let j = app.store.job(42).await.unwrap().unwrap();
+        assert_eq!(
+            (j.state.as_str(), j.exit_code, j.done),
+            ("FAILED", Some(3), true)
+        );
+        let dm = app.store.outbox_take("alice").unwrap();
+        assert_eq!(dm.len(), 1);
+        assert!(
+            dm[0].message.contains("exit code 3") && dm[0].message.contains("0:01:00"),
+            "{}",
+            dm[0].message
+        );
+        let pins: i64 = app
+            .store
+            .with(|c| c.query_row("SELECT COUNT(*) FROM sif_pins", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(pins, 0, "its SIF is released");
+    }
+}
