@@ -82,13 +82,11 @@ pub async fn blade(app: &Arc<App>, blade: &str) -> anyhow::Result<Report> {
                     "container.removed_outside",
                     &[("name", row.name.clone()), ("blade", blade.to_string())],
                 );
-                let _ = app
-                    .notifier
-                    .direct(
+                app.notifier
+                    .notice(
                         &row.owner,
-                        None,
                         &t,
-                        &serde_json::json!({"shisa": {"notice": "removed_outside"}}),
+                        serde_json::json!({"shisa": {"notice": "removed_outside"}}),
                     )
                     .await;
             }

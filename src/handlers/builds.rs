@@ -111,9 +111,12 @@ async fn on_push(app: &Arc<App>, p: &Push) -> Result<(), JobError> {
                 "build.not_enabled",
                 &[("project", p.project.path_with_namespace.clone())],
             );
-            let _ = app
-                .notifier
-                .direct(&pusher.uid, None, &text, &serde_json::json!({}))
+            app.notifier
+                .notice(
+                    &pusher.uid,
+                    &text,
+                    serde_json::json!({"shisa": {"notice": "build_not_enabled"}}),
+                )
                 .await;
         }
         return Ok(());
@@ -511,18 +514,13 @@ async fn report(
             )
         }
     };
-    if let Err(e) = app
-        .notifier
-        .direct(
+    app.notifier
+        .notice(
             &b.owner,
-            None,
             &owner_text,
-            &serde_json::json!({"shisa": {"build": id}}),
+            serde_json::json!({"shisa": {"build": id}}),
         )
-        .await
-    {
-        tracing::warn!(error = %e, "build result not delivered");
-    }
+        .await;
     Ok(())
 }
 

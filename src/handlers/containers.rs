@@ -1079,13 +1079,11 @@ async fn tell_owner_if_staff(app: &Arc<App>, job: &QueuedJob, row: &ContainerRow
                 ("name", row.name.clone()),
             ],
         );
-        let _ = app
-            .notifier
-            .direct(
+        app.notifier
+            .notice(
                 &row.owner,
-                None,
                 &t,
-                &serde_json::json!({"shisa": {"notice": "staff_action"}}),
+                serde_json::json!({"shisa": {"notice": "staff_action"}}),
             )
             .await;
     }

@@ -242,9 +242,12 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), J
                 "build.runner_broken",
                 &[("project", p.path.clone())],
             );
-            let _ = app
-                .notifier
-                .direct(&p.owner, None, &text, &serde_json::json!({}))
+            app.notifier
+                .notice(
+                    &p.owner,
+                    &text,
+                    serde_json::json!({"shisa": {"notice": "runner_broken"}}),
+                )
                 .await;
             return Ok(());
         }

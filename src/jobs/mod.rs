@@ -139,18 +139,13 @@ async fn end(app: &Arc<App>, j: &JobRow, state: &str, code: Option<i32>) -> anyh
             ("log", log.trim_end().to_string()),
         ],
     );
-    if let Err(e) = app
-        .notifier
-        .direct(
+    app.notifier
+        .notice(
             &j.owner,
-            None,
             &text,
-            &serde_json::json!({"shisa": {"job": j.slurm_id}}),
+            serde_json::json!({"shisa": {"job": j.slurm_id}}),
         )
-        .await
-    {
-        tracing::warn!(error = %e, job = j.slurm_id, "job end not delivered");
-    }
+        .await;
     Ok(true)
 }
 

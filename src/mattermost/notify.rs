@@ -45,6 +45,14 @@ impl Notifier {
         .await
     }
 
+    /// A notice nobody waits on (a build ended, a container died): delivered by DM or kept in
+    /// the outbox; a failure to do either is logged, never passed to the caller.
+    pub async fn notice(&self, uid: &str, text: &str, props: serde_json::Value) {
+        if let Err(e) = self.direct(uid, None, text, &props).await {
+            tracing::warn!(error = %e, uid, "notice not delivered");
+        }
+    }
+
     /// A notice for a user that is not the answer to a command (a build finished, a job ended).
     pub async fn direct(
         &self,

@@ -342,13 +342,11 @@ async fn tell_over_quota(app: &Arc<App>, reg: &Registry, a: &Account, usage: u64
             ("limit", crate::containers::fmt_size(limit)),
         ],
     );
-    let _ = app
-        .notifier
-        .direct(
+    app.notifier
+        .notice(
             &a.uid,
-            None,
             &t,
-            &serde_json::json!({"shisa": {"notice": "registry_quota"}}),
+            serde_json::json!({"shisa": {"notice": "registry_quota"}}),
         )
         .await;
 }
