@@ -659,12 +659,6 @@ async fn build_one(
         .find(|(bl, _)| bl.name == blade.name)
         .map(|x| &x.1)
         .ok_or("the blade is gone")?;
-    let mut size = client
-        .image_inspect(&tag_sha)
-        .await
-        .map(|i| i.size)
-        .unwrap_or(0);
-    let mut digest = String::new();
     if let Some(reg) = app.registry.as_ref() {
         let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
         for t in [&tag_sha, &tag_latest] {
@@ -674,14 +668,17 @@ async fn build_one(
                 .map_err(|e| e.to_string())?;
         }
         // The digest is the registry's; the image is recorded now, not only when its notification comes.
-        if let Ok(Some((_, d, sz))) = record_pushed(app, b).await {
-            digest = d;
-            size = sz;
+        if let Ok(Some(found)) = record_pushed(app, b).await {
+            return Ok(found);
         }
-    } else if let Ok(i) = client.image_inspect(&tag_sha).await {
-        digest = format!("sha256:{}", i.id.trim_start_matches("sha256:"));
     }
-    Ok((tag_sha, digest, size))
+    // No registry (or it cannot say yet): the image as the blade has it.
+    let local = client
+        .image_inspect(&tag_sha)
+        .await
+        .map_err(|e| e.to_string())?;
+    let id = format!("sha256:{}", local.id.trim_start_matches("sha256:"));
+    Ok((tag_sha, id, local.size))
 }
 
 /// A build's image as the registry has it (`OWNER/SLUG:SHORTSHA`): recorded with its

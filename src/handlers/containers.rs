@@ -1020,6 +1020,10 @@ pub async fn promote_waiting(app: &Arc<App>, blade_name: &str) {
     let Ok(waiting) = app.store.containers_in_state(blade_name, "waiting").await else {
         return;
     };
+    // Nobody waiting: no need to ask the allocator (for Slurm, a command per blade per round).
+    if waiting.is_empty() {
+        return;
+    }
     let Ok(mut free) = app.allocator.free(&blade).await else {
         return;
     };

@@ -90,7 +90,7 @@ pub fn request(
     app: &App,
     caller: &Account,
     inv: &Invocation,
-) -> Result<(Request, Vec<String>), UserError> {
+) -> Result<(Request, Vec<String>, images::ImageRef), UserError> {
     let sl = app.cfg.slurm.as_ref().ok_or_else(|| {
         UserError::new("job.no_slurm").arg("contact", &app.cfg.mattermost.contact)
     })?;
@@ -258,7 +258,7 @@ pub fn request(
     });
     Ok((
         Request {
-            image: image.reference,
+            image: image.reference.clone(),
             typed: raw_image,
             name: name.chars().filter(|c| !c.is_control()).take(60).collect(),
             cpus: cpus.max(1),
@@ -274,6 +274,7 @@ pub fn request(
             command,
         },
         notes,
+        image,
     ))
 }
 
@@ -321,18 +322,11 @@ pub async fn handle(
     };
     match inv.sub {
         "submit" => {
-            let (req, notes) = match request(app, caller, inv) {
+            let (req, notes, image) = match request(app, caller, inv) {
                 Ok(x) => x,
                 Err(e) => return Ok(reply(request_id, e.to_string(), "rejected")),
             };
-            let typed_image = images::resolve_with(
-                &req.typed,
-                &caller.uid,
-                &app.cfg.images.allow,
-                app.registry.as_ref().map(|r| r.cfg.host.as_str()),
-            )
-            .map_err(|e| anyhow::anyhow!(e.to_string()))?;
-            if !super::containers::may_use_image(app, caller, &typed_image).await? {
+            if !super::containers::may_use_image(app, caller, &image).await? {
                 return Ok(reply(
                     request_id,
                     UserError::new("image.not_found")
@@ -518,7 +512,8 @@ pub async fn handle(
     }
 }
 
-fn elapsed(j: &JobRow) -> String {
+/// `H:MM:SS` a job has run (until now if it still runs); empty if it never started.
+pub(crate) fn elapsed(j: &JobRow) -> String {
     if j.start_time <= 0 {
         return String::new();
     }

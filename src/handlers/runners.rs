@@ -320,6 +320,7 @@ pub async fn reconcile(app: &Arc<App>) -> anyhow::Result<()> {
         return Ok(());
     };
     let projects = app.store.runner_projects().await?;
+    let mut busy = std::collections::HashSet::new();
     for (_, c) in &app.blades {
         if let Ok(list) = c.list_labelled(LABEL).await {
             for x in list {
@@ -328,13 +329,21 @@ pub async fn reconcile(app: &Arc<App>) -> anyhow::Result<()> {
                     .as_ref()
                     .and_then(|l| l.get(LABEL))
                     .and_then(|v| v.parse::<u64>().ok());
-                if id.is_none_or(|id| !projects.contains(&id)) {
-                    let _ = c.remove(&x.id, true).await;
+                match id {
+                    Some(id) if projects.contains(&id) => {
+                        if x.state == "running" || x.state == "created" {
+                            busy.insert(id);
+                        }
+                    }
+                    _ => {
+                        let _ = c.remove(&x.id, true).await;
+                    }
                 }
             }
         }
     }
-    for id in projects {
+    // A project whose runner is up needs no look at GitLab: that runner takes the next job.
+    for id in projects.into_iter().filter(|id| !busy.contains(id)) {
         let Some(p) = app.store.gitlab_project(id).await? else {
             continue;
         };

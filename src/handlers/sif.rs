@@ -323,7 +323,7 @@ fn sign(key: &[u8], file: &str, user: &str, exp: i64) -> String {
 }
 
 pub async fn download_url(app: &App, user: &str, file: String) -> anyhow::Result<String> {
-    let exp = crate::store::now() + app.cfg.sif.link_ttl_seconds.min(900) as i64;
+    let exp = crate::store::now() + app.cfg.sif.link_ttl_seconds as i64;
     let sig = sign(&key(app).await?, &file, user, exp);
     Ok(format!(
         "{}/sif/{file}?user={user}&exp={exp}&sig={sig}",

@@ -117,11 +117,9 @@ async fn end(app: &Arc<App>, j: &JobRow, state: &str, code: Option<i32>) -> anyh
         .job(j.slurm_id)
         .await?
         .unwrap_or_else(|| j.clone());
-    let ran = if row.start_time > 0 && row.end_time >= row.start_time {
-        let s = row.end_time - row.start_time;
-        format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
-    } else {
-        "—".into()
+    let ran = match crate::handlers::jobs::elapsed(&row) {
+        e if e.is_empty() => "—".to_string(),
+        e => e,
     };
     let text = render(
         Lang::En,
