@@ -1599,6 +1599,14 @@ async fn a_pending_job_starts_exactly_one_runner_of_the_project() {
         Some(16 * 1024 * 1024 * 1024),
         "the owner's memory limit"
     );
+    assert_eq!(
+        (
+            ins["HostConfig"]["CpuQuota"].as_i64(),
+            ins["HostConfig"]["CpuPeriod"].as_u64()
+        ),
+        (Some(400_000), Some(100_000)),
+        "the owner's 4 CPUs"
+    );
     let mut logs = String::new();
     for _ in 0..50 {
         let o = podman_cli().args(["logs", &id]).output().unwrap();
