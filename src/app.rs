@@ -33,6 +33,8 @@ pub struct App {
     pub health: crate::blades::HealthBoard,
     /// Wakes idle workers when a job is queued.
     pub wake: tokio::sync::Notify,
+    /// This installation's id (`Store::instance_id`), on labels and cgroup names.
+    pub instance: String,
 }
 
 impl App {
@@ -44,6 +46,7 @@ impl App {
             )
         })?;
         let store = Store::open(&cfg.db_path())?;
+        let instance = store.instance_id()?;
         let directory = Arc::new(Directory::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?);
         let mattermost = MattermostClient::new(
             cfg.mattermost.url.clone(),
@@ -124,6 +127,7 @@ impl App {
             registry,
             gitlab,
             scheduler,
+            instance,
             cfg,
         }))
     }

@@ -83,9 +83,22 @@ async fn execute(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
 }
 
 pub async fn process(app: &Arc<App>, job: QueuedJob) {
+    use tracing::Instrument;
     let span = tracing::info_span!("job", id = job.id, kind = %job.kind, request = %job.request_id);
-    let _e = span.enter();
-    let result = execute(app, &job).await;
+    process_in_span(app, job).instrument(span).await
+}
+
+async fn process_in_span(app: &Arc<App>, job: QueuedJob) {
+    // Each claim counts an attempt, and so does a restart that finds the job cut off:
+    // work that kills the service every time it runs stops after its attempts.
+    let result = if job.attempts > job.max_attempts {
+        Err(JobError::Retry(anyhow::anyhow!(
+            "interrupted by a restart on each of its {} attempts; not run again",
+            job.max_attempts
+        )))
+    } else {
+        execute(app, &job).await
+    };
     let (text, outcome, audit_outcome, error) = match result {
         Ok(text) => (Some(text), Outcome::Done, "ok", None),
         Err(JobError::Gone) => (None, Outcome::Done, "gone", None),
@@ -111,7 +124,7 @@ pub async fn process(app: &Arc<App>, job: QueuedJob) {
                     ("command", target.command.clone()),
                     ("sub", target.sub.clone()),
                     ("request", job.request_id.clone()),
-                    ("attempts", job.attempts.to_string()),
+                    ("attempts", job.attempts.min(job.max_attempts).to_string()),
                     ("contact", app.cfg.mattermost.contact.clone()),
                 ],
             );

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::app::App;
-use crate::containers::MANAGED_LABEL;
+use crate::containers::{is_other_instance, MANAGED_LABEL};
 use crate::messages::{render, Lang};
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -28,7 +28,13 @@ pub async fn blade(app: &Arc<App>, blade: &str) -> anyhow::Result<Report> {
         .podman(blade)
         .ok_or_else(|| anyhow::anyhow!("no blade {blade}"))?
         .clone();
-    let listed = client.list_labelled(MANAGED_LABEL).await?;
+    // Another installation's containers on a shared blade are its business.
+    let listed: Vec<_> = client
+        .list_labelled(MANAGED_LABEL)
+        .await?
+        .into_iter()
+        .filter(|l| !is_other_instance(l.labels.as_ref(), &app.instance))
+        .collect();
     let by_id: HashMap<&str, &crate::podman::Listed> =
         listed.iter().map(|l| (l.id.as_str(), l)).collect();
     let by_name: HashMap<String, &crate::podman::Listed> = listed

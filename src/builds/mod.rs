@@ -109,9 +109,12 @@ pub fn base_images(containerfile: &str) -> Result<Vec<String>, String> {
 
 #[derive(Debug, Clone)]
 pub struct BuildSpec<'a> {
-    /// Names the build's cgroup (`shisabuildID.slice`), so a build that runs too
-    /// long can be stopped on the blade: killing Podman's client does not stop it.
+    /// With `instance`, names the build's cgroup (`cgroup_name`), so a build that
+    /// runs too long can be stopped on the blade: killing Podman's client does not
+    /// stop it. The instance makes the name unique on a blade that several shisa
+    /// installations (or test stacks) share; a build id alone is only a counter.
     pub id: i64,
+    pub instance: &'a str,
     /// The blade's Podman API socket.
     pub socket: &'a Path,
     pub context: &'a Path,
@@ -164,7 +167,7 @@ pub async fn build(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
             "--cpu-quota={}",
             (s.cpus * 100_000.0).round().max(1000.0) as u64
         ))
-        .arg(format!("--cgroup-parent={}", cgroup_name(s.id)))
+        .arg(format!("--cgroup-parent={}", cgroup_name(s.instance, s.id)))
         .arg("--file")
         .arg(s.file);
     for t in &s.tags {
@@ -185,7 +188,7 @@ pub async fn build(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
         Err(_) => {
             // The RUN step is PID 1 of its namespace, so only SIGKILL ends it; then the
             // build fails on the blade and --force-rm removes its working container.
-            let name = cgroup_name(s.id);
+            let name = cgroup_name(s.instance, s.id);
             tokio::task::spawn_blocking(move || stop_cgroup(&name))
                 .await
                 .ok();
@@ -200,9 +203,13 @@ pub async fn build(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
     }
 }
 
-pub fn cgroup_name(id: i64) -> String {
+pub fn cgroup_name(instance: &str, id: i64) -> String {
     // No dashes: systemd reads them as nesting in slice names.
-    format!("shisabuild{id}.slice")
+    let instance: String = instance
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    format!("shisabuild{instance}x{id}.slice")
 }
 
 /// Directories named `name` in the cgroup hierarchies (v1 controllers or v2), deepest first.

@@ -14,6 +14,20 @@ use crate::store::containers::{ContainerRow, Holdings, PortLease};
 /// The label that marks a container as shisa's.
 pub const MANAGED_LABEL: &str = "shisa.managed=true";
 
+/// The label naming the shisa installation that made a container (`App::instance`).
+pub const INSTANCE_LABEL: &str = "shisa.instance";
+
+/// Whether a labelled container is another installation's (one without the label
+/// predates instance labels and counts as ours).
+pub fn is_other_instance(
+    labels: Option<&std::collections::HashMap<String, String>>,
+    instance: &str,
+) -> bool {
+    labels
+        .and_then(|m| m.get(INSTANCE_LABEL))
+        .is_some_and(|i| i != instance)
+}
+
 /// Podman's name for a container: owner and name joined by `_`, which names
 /// cannot contain, so two owners' names never collide. Ownership is never
 /// read back from this; the database and labels say who owns what.

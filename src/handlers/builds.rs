@@ -638,6 +638,7 @@ async fn build_one(
     let tag_latest = image_name(app, &b.owner, &b.path, "latest");
     let built = crate::builds::build(&crate::builds::BuildSpec {
         id: b.id,
+        instance: &app.instance,
         socket: &blade.podman_socket,
         context: &top,
         file: &file,

@@ -747,12 +747,19 @@ async fn owner_of(app: &Arc<App>, row: &ContainerRow) -> Result<Account, JobErro
 /// Undo a run that cannot complete: nothing is left created or leased.
 async fn discard(app: &Arc<App>, row: &ContainerRow) {
     if let Ok((_, client)) = blade_of(app, &row.blade) {
-        let target = row
-            .podman_id
-            .clone()
-            .unwrap_or_else(|| row.podman_name.clone());
-        if let Err(e) = client.remove(&target, true).await {
-            tracing::warn!(error = %e, container = row.id, "could not remove a failed container; reconciliation will");
+        // By id, or by our labels: a container of the same name may be another installation's.
+        let target = match &row.podman_id {
+            Some(id) => Some(id.clone()),
+            None => earlier_attempt(app, client, row)
+                .await
+                .ok()
+                .flatten()
+                .map(|l| l.id),
+        };
+        if let Some(target) = target {
+            if let Err(e) = client.remove(&target, true).await {
+                tracing::warn!(error = %e, container = row.id, "could not remove a failed container; reconciliation will");
+            }
         }
     }
     let _ = app.allocator.release(row.id).await;
@@ -767,6 +774,31 @@ fn port_in_message(msg: &str) -> Option<u16> {
         .rsplit(|c: char| !c.is_ascii_digit())
         .find(|s| !s.is_empty())
         .and_then(|s| s.parse().ok())
+}
+
+/// The container an earlier attempt of this row's run made on the blade, if any:
+/// labelled with this row's id and this instance (or, from before instance labels,
+/// with no instance and this row's Podman name).
+async fn earlier_attempt(
+    app: &Arc<App>,
+    client: &crate::podman::PodmanClient,
+    row: &ContainerRow,
+) -> Result<Option<crate::podman::Listed>, PodmanError> {
+    let listed = client
+        .list_labelled(&format!("shisa.id={}", row.id))
+        .await?;
+    Ok(listed.into_iter().find(|l| {
+        let label = |k: &str| l.labels.as_ref().and_then(|m| m.get(k)).map(String::as_str);
+        label("shisa.managed") == Some("true")
+            && label("shisa.blade") == Some(row.blade.as_str())
+            && match label(containers::INSTANCE_LABEL) {
+                Some(i) => i == app.instance,
+                None => l
+                    .names
+                    .iter()
+                    .any(|n| n.trim_start_matches('/') == row.podman_name),
+            }
+    }))
 }
 
 pub async fn run_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
@@ -871,10 +903,36 @@ pub async fn run_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError
             .arg("name", &row.name)
             .arg("reason", reason)
     };
+    // An earlier attempt of this job (cut off by a crash) may have made the container
+    // already: find it by our labels, never by name alone, and adopt it.
+    let earlier = earlier_attempt(app, client, &row)
+        .await
+        .map_err(|e| retry_or_fail(job, e))?;
+    if let Some(l) = earlier {
+        if l.state == "running" {
+            tracing::info!(container = row.id, podman = %l.id, "adopting the container an earlier attempt started");
+            app.store
+                .set_podman_id(row.id, &l.id)
+                .await
+                .map_err(JobError::Retry)?;
+            let lifetime = gpu_lifetime(app, &owner, &row);
+            app.store
+                .mark_running(row.id, lifetime)
+                .await
+                .map_err(JobError::Retry)?;
+            return Ok(started_text(app, &row, &blade, grant.as_ref()).await);
+        }
+        // Created but never started (or already dead): made again below, from today's leases.
+        tracing::info!(container = row.id, podman = %l.id, state = %l.state, "replacing what an earlier attempt left");
+        client
+            .remove(&l.id, true)
+            .await
+            .map_err(|e| retry_or_fail(job, e))?;
+    }
     let mut started = None;
     for _ in 0..5 {
         let ports = app.store.ports_of(row.id).await.map_err(JobError::Retry)?;
-        let spec = containers::spec(
+        let mut spec = containers::spec(
             &row,
             &owner,
             &app.cfg.containers,
@@ -883,14 +941,8 @@ pub async fn run_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError
             &blade,
             ip.as_deref(),
         );
-        let created = match client.create(&spec).await {
-            Err(PodmanError::Api { status: 409, .. }) => {
-                // Left over from a run interrupted between create and record: replace it.
-                let _ = client.remove(&row.podman_name, true).await;
-                client.create(&spec).await
-            }
-            other => other,
-        };
+        spec["labels"][containers::INSTANCE_LABEL] = serde_json::json!(app.instance);
+        let created = client.create(&spec).await;
         let pid = match created {
             Ok(p) => p,
             Err(e @ PodmanError::Unreachable { .. }) => {

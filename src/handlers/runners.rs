@@ -122,6 +122,13 @@ pub async fn create(
     Ok((c.id, sealed))
 }
 
+/// The runner containers of this installation (a blade may be shared).
+fn ours(app: &App, list: Vec<crate::podman::Listed>) -> Vec<crate::podman::Listed> {
+    list.into_iter()
+        .filter(|x| !crate::containers::is_other_instance(x.labels.as_ref(), &app.instance))
+        .collect()
+}
+
 /// Delete the runner in GitLab and any runner container on the blades.
 pub async fn delete(app: &App, as_user: &GitlabApi, p: &ProjectRow) {
     if let Some(id) = p.runner_id {
@@ -135,7 +142,7 @@ pub async fn delete(app: &App, as_user: &GitlabApi, p: &ProjectRow) {
     }
     for (_, c) in &app.blades {
         if let Ok(list) = c.list_labelled(&format!("{LABEL}={}", p.project_id)).await {
-            for x in list {
+            for x in ours(app, list) {
                 let _ = c.remove(&x.id, true).await;
             }
         }
@@ -199,10 +206,13 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), J
         )));
     };
     let label = format!("{LABEL}={}", p.project_id);
-    let existing = client
-        .list_labelled(&label)
-        .await
-        .map_err(|e| JobError::Retry(e.into()))?;
+    let existing = ours(
+        app,
+        client
+            .list_labelled(&label)
+            .await
+            .map_err(|e| JobError::Retry(e.into()))?,
+    );
     if existing
         .iter()
         .any(|c| c.state == "running" || c.state == "created")
@@ -284,7 +294,7 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), J
     let spec = serde_json::json!({
         "name": format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         "image": g.runner_image,
-        "labels": {LABEL: p.project_id.to_string(), "shisa.runner.owner": p.owner},
+        "labels": {LABEL: p.project_id.to_string(), "shisa.runner.owner": p.owner, crate::containers::INSTANCE_LABEL: app.instance},
         "command": ["gitlab-runner", "run-single", "--config", "/etc/gitlab-runner/config.toml", "--runner", name, "--max-builds", "1", "--wait-timeout", "600"],
         "mounts": [{"destination": "/etc/gitlab-runner/config.toml", "type": "bind", "source": conf, "options": ["ro", "nosuid", "nodev"]}],
         "idmappings": {
@@ -323,7 +333,7 @@ pub async fn reconcile(app: &Arc<App>) -> anyhow::Result<()> {
     let mut busy = std::collections::HashSet::new();
     for (_, c) in &app.blades {
         if let Ok(list) = c.list_labelled(LABEL).await {
-            for x in list {
+            for x in ours(app, list) {
                 let id = x
                     .labels
                     .as_ref()

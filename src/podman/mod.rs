@@ -425,7 +425,9 @@ impl PodmanClient {
         self.check(r).await.map(|_| ())
     }
 
-    /// Create a bridge network for an IP pool unless it exists.
+    /// Create a bridge network for an IP pool unless it exists, on a bridge named
+    /// by `pool_bridge` (Podman's own pick, `cni-podmanN`, can be one the host's
+    /// or another Podman's network already holds with another address).
     pub async fn ensure_network(
         &self,
         name: &str,
@@ -438,7 +440,7 @@ impl PodmanClient {
         if r.status().as_u16() == 204 {
             return Ok(());
         }
-        let body = serde_json::json!({"name": name, "driver": "bridge", "subnets": [{"subnet": subnet, "gateway": gateway}], "labels": {"shisa.managed": "true"}});
+        let body = serde_json::json!({"name": name, "driver": "bridge", "network_interface": pool_bridge(name, subnet), "subnets": [{"subnet": subnet, "gateway": gateway}], "labels": {"shisa.managed": "true"}});
         let r = self
             .send(self.http.post(format!("{API}/networks/create")).json(&body))
             .await?;
@@ -622,6 +624,14 @@ pub fn demux(buf: &[u8], max: usize) -> (String, bool) {
         out.drain(..out.len() - max);
     }
     (String::from_utf8_lossy(&out).into_owned(), truncated)
+}
+
+/// The bridge of an IP pool's network: `shp` and 12 hex digits of the name and
+/// subnet, so a pool's bridge is its own (at most 15 characters, Linux's limit).
+pub fn pool_bridge(network: &str, subnet: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{network} {subnet}").as_bytes());
+    format!("shp{}", &hex::encode(h)[..12])
 }
 
 #[cfg(test)]

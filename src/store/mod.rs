@@ -180,6 +180,24 @@ impl Store {
 }
 
 impl Store {
+    /// This installation's id: 12 hex digits made once and kept in the database.
+    /// It goes on everything shisa leaves on a blade (container labels, build
+    /// cgroups), so two instances sharing a blade never take each other's things.
+    pub fn instance_id(&self) -> anyhow::Result<String> {
+        let mut raw = [0u8; 6];
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+        let fresh = hex::encode(raw);
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO kv(key, value) VALUES ('instance_id', ?1)",
+                [&fresh],
+            )?;
+            c.query_row("SELECT value FROM kv WHERE key = 'instance_id'", [], |r| {
+                r.get(0)
+            })
+        })
+    }
+
     /// A named secret, generated (32 random bytes, hex) the first time it is asked for.
     pub async fn service_secret(&self, key: &str) -> anyhow::Result<String> {
         let k = key.to_string();

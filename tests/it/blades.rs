@@ -34,12 +34,11 @@ fn two_blades(
 /// Two fresh blades (b1 local, b2 behind sshd) and a shisa using them, once both answer.
 async fn two_blade_stack(
     name: &str,
-    subnet: u8,
     ports: u16,
     ip_octet: u8,
 ) -> (PodmanService, PodmanService, Stack) {
-    let b1 = PodmanService::start(&format!("{name}-1"), subnet);
-    let b2 = PodmanService::start(&format!("{name}-2"), subnet + 1);
+    let b1 = PodmanService::start(&format!("{name}-1"));
+    let b2 = PodmanService::start(&format!("{name}-2"));
     let tunnel = run_root().join(format!("tunnel-{name}.sock"));
     let blades = two_blades(&b1, &b2, ports, ip_octet, &tunnel);
     let s = Stack::start(Opts {
@@ -83,7 +82,7 @@ async fn blade_of(s: &Stack, user: &str, name: &str) -> String {
 
 #[tokio::test]
 async fn placement_a_blade_down_drains_and_admin_views() {
-    let (b1, b2, s) = two_blade_stack("place", 201, 63000, 1).await;
+    let (b1, b2, s) = two_blade_stack("place", 63000, 1).await;
     // Least loaded first: four containers spread two and two.
     for i in 0..4 {
         let t = s
@@ -186,7 +185,7 @@ async fn placement_a_blade_down_drains_and_admin_views() {
 
 #[tokio::test]
 async fn ip_pool_exhaustion_and_release_and_reconciliation_after_a_hand_removal() {
-    let (_b1, b2, s) = two_blade_stack("ip", 203, 63100, 2).await;
+    let (_b1, b2, s) = two_blade_stack("ip", 63100, 2).await;
     // A /29 has 5 addresses for containers (the first host is the gateway).
     for i in 0..5 {
         let t = s

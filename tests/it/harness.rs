@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use sha2::Digest;
 use shisa::config::Config;
 use shisa::identity::users_file::UsersFile;
 use shisa::mattermost::Reply;
@@ -20,16 +21,173 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// One temp root per test run.
+/// One temp root per test run. Before it is made, whatever runs that died
+/// without cleaning up left behind (containers, bridges, directories) is swept.
 pub fn run_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        tempfile::Builder::new()
+        sweep_dead_runs();
+        let root = tempfile::Builder::new()
             .prefix("shisa-it-")
             .tempdir()
             .unwrap()
-            .keep()
+            .keep();
+        std::fs::write(root.join("owner"), process_tag(std::process::id())).unwrap();
+        root
     })
+}
+
+/// A live process's pid and start time (so a reused pid is not taken for us).
+fn process_tag(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Field 22 (starttime) counts from after the parenthesised command name.
+    let start = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .unwrap_or("")
+        .to_string();
+    format!("{pid} {start}")
+}
+
+/// A short tag unique to this run, for host-global names (bridges).
+pub fn run_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        let name = run_root()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let h = sha2::Sha256::digest(name.as_bytes());
+        hex::encode(&h[..3])
+    })
+}
+
+/// Clean up after test runs whose process is gone (killed halfway, say): remove
+/// their containers through their own Podman storage (which also tears down
+/// their CNI state), delete their bridges, then their directories.
+fn sweep_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with("shisa-it-") || !dir.is_dir() {
+            continue;
+        }
+        match std::fs::read_to_string(dir.join("owner")) {
+            Ok(tag) => {
+                let pid: u32 = tag
+                    .split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+                if pid != 0 && process_tag(pid) == tag {
+                    continue; // a run still going
+                }
+            }
+            Err(_) => {
+                // Being created right now, or from before owners were recorded: leave the young ones.
+                let young = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|t| t.elapsed().map(|d| d.as_secs() < 60).unwrap_or(true))
+                    .unwrap_or(true);
+                if young {
+                    continue;
+                }
+            }
+        }
+        for sub in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let pdir = sub.path();
+            if !pdir.join("containers.conf").exists() {
+                continue;
+            }
+            for args in [
+                &["pod", "rm", "-af"][..],
+                &["rm", "-af", "-t", "0"][..],
+                &["network", "prune", "-f"][..],
+            ] {
+                let _ = Command::new("podman")
+                    .env("CONTAINERS_CONF", pdir.join("containers.conf"))
+                    .arg("--root")
+                    .arg(pdir.join("root"))
+                    .arg("--runroot")
+                    .arg(pdir.join("runroot"))
+                    .args(args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let _ = Command::new("umount")
+                .arg("-R")
+                .arg("-l")
+                .arg(pdir.join("root"))
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Ok(bridges) = std::fs::read_to_string(dir.join("bridges")) {
+            for b in bridges.lines().filter(|b| !b.is_empty()) {
+                let _ = Command::new("ip")
+                    .args(["link", "del", b])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Private Podman configuration in `dir`: its own default network (name, bridge,
+/// subnet, IPAM state), events log and temp dir, so nothing is shared with the
+/// host's Podman or another test's, whatever the host already has.
+fn private_podman_conf(dir: &Path) {
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let net_dir = dir.join("networks");
+    for d in [&net_dir, &dir.join("tmp"), &dir.join("ipam")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let net = format!("shisatest{n}");
+    let bridge = format!("shp{}n{n}", run_tag());
+    // The name goes on record first, so a sweep finds it even if we die right now.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_root().join("bridges"))
+        .unwrap();
+    writeln!(f, "{bridge}").unwrap();
+    let subnet = format!("10.231.{n}");
+    let conflist = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": net,
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true, "hairpinMode": true,
+             "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}],
+                      "ranges": [[{"subnet": format!("{subnet}.0/24"), "gateway": format!("{subnet}.1")}]],
+                      "dataDir": dir.join("ipam").display().to_string()}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+            {"type": "firewall"},
+            {"type": "tuning"}
+        ]
+    });
+    std::fs::write(
+        net_dir.join(format!("{net}.conflist")),
+        serde_json::to_string_pretty(&conflist).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("containers.conf"),
+        format!(
+            "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\ntmp_dir = \"{tmp}\"\nevents_logger = \"file\"\nevents_logfile_path = \"{events}\"\n[network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = \"{net_dir}\"\ndefault_network = \"{net}\"\ndefault_subnet = \"{subnet}.0/24\"\n",
+            tmp = dir.join("tmp").display(),
+            events = dir.join("events.log").display(),
+            net_dir = net_dir.display(),
+        ),
+    )
+    .unwrap();
 }
 
 pub fn demo_users() -> UsersFile {
@@ -132,11 +290,7 @@ pub fn podman() -> &'static Path {
     P.get_or_init(|| {
         let dir = run_root().join("podman");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\n",
-        )
-        .unwrap();
+        private_podman_conf(&dir);
         let sock = dir.join("podman.sock");
         let mut cmd = Command::new("podman");
         cmd.env("CONTAINERS_CONF", dir.join("containers.conf"))
@@ -149,7 +303,9 @@ pub fn podman() -> &'static Path {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         spawn_daemon(cmd);
-        wait_for("podman system service", || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+        wait_for("podman system service", || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
         sock
     })
 }
@@ -505,7 +661,7 @@ pub fn test_images() {
             .arg(podman_dir.join("root"))
             .arg("--runroot")
             .arg(podman_dir.join("runroot"))
-            .args(["build", "-q", "-t", "localhost/busybox:latest", "-t", "localhost/alice/tools:1", "-t", "localhost/bob/tools:1"])
+            .args(["build", "-q", "--network=none", "-t", "localhost/busybox:latest", "-t", "localhost/alice/tools:1", "-t", "localhost/bob/tools:1"])
             .arg(&dir)
             .output()
             .unwrap();
@@ -522,19 +678,10 @@ pub struct PodmanService {
 }
 
 impl PodmanService {
-    pub fn start(name: &str, subnet_octet: u8) -> PodmanService {
+    pub fn start(name: &str) -> PodmanService {
         let dir = run_root().join(format!("podman-{name}"));
-        std::fs::create_dir_all(dir.join("networks")).unwrap();
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        std::fs::write(
-            dir.join("containers.conf"),
-            format!(
-                "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\ntmp_dir = \"{tmp}\"\n[network]\nnetwork_config_dir = \"{net}\"\ndefault_subnet = \"10.89.{subnet_octet}.0/24\"\n",
-                tmp = dir.join("tmp").display(),
-                net = dir.join("networks").display()
-            ),
-        )
-        .unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        private_podman_conf(&dir);
         let socket = dir.join("podman.sock");
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new("podman");
@@ -572,7 +719,13 @@ impl PodmanService {
         let ctx = run_root().join("image");
         let out = self
             .cli()
-            .args(["build", "-q", "-t", "localhost/busybox:latest"])
+            .args([
+                "build",
+                "-q",
+                "--network=none",
+                "-t",
+                "localhost/busybox:latest",
+            ])
             .arg(&ctx)
             .output()
             .unwrap();
