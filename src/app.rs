@@ -107,6 +107,7 @@ impl App {
                         directory: directory.clone(),
                         lifetimes,
                         partition: sl.partition.clone(),
+                        instance: instance.clone(),
                     })
                 }
                 _ => Arc::new(crate::containers::allocator::LocalAllocator {

@@ -41,7 +41,13 @@ pub struct Request {
 
 impl Request {
     /// What sbatch gets for this request, run as `account`, output in `job_dir`.
-    fn submit(&self, account: &Account, job_dir: &Path, script: String) -> crate::slurm::Submit {
+    fn submit(
+        &self,
+        account: &Account,
+        job_dir: &Path,
+        script: String,
+        comment: String,
+    ) -> crate::slurm::Submit {
         crate::slurm::Submit {
             uid: account.uid_number,
             gid: account.gid_number,
@@ -54,6 +60,7 @@ impl Request {
             output: job_dir.join("output.log"),
             workdir: account.home.join(&self.chdir),
             nodelist: None,
+            comment,
             script,
         }
     }
@@ -348,7 +355,7 @@ pub async fn handle(
                     .join(super::sif::friendly_name(&req.image));
                 let script = job_script(app, &req, &caller.home, &dir, &sif)
                     .map_err(|e| anyhow::anyhow!(e))?;
-                let submit = req.submit(caller, &dir, String::new());
+                let submit = req.submit(caller, &dir, String::new(), String::new());
                 let text = render(
                     Lang::En,
                     "job.dry_run",
@@ -612,12 +619,22 @@ pub async fn submit_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobEr
         .map_err(|e| JobError::Retry(e.into()))?
         .ok_or(JobError::Gone)?;
     let sif = super::sif::ensure(app, job, &req.image, &req.typed).await?;
-    // The job directory, made by the owner in their own home.
-    let dir = account.home.join(&sl.jobs_dir).join(format!(
-        "{}-{}",
-        chrono_like_stamp(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    ));
+    // The job directory, made by the owner in their own home; named by the request,
+    // so a retry after a crash uses the one its earlier attempt made.
+    let base = account.home.join(&sl.jobs_dir);
+    let tag: String = job
+        .request_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
+    let earlier = std::fs::read_dir(&base).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .find(|n| n.ends_with(&format!("-{tag}")))
+    });
+    let dir = base.join(earlier.unwrap_or_else(|| format!("{}-{tag}", chrono_like_stamp())));
     let d = dir.to_string_lossy().to_string();
     let out = as_user(&account, "mkdir", &["-p", "-m", "700", "--", &d])
         .await
@@ -632,14 +649,23 @@ pub async fn submit_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobEr
     }
     let script = job_script(app, &req, &account.home, &dir, &sif.cluster_content)
         .map_err(|e| JobError::User(UserError::new("job.bad_text").arg("reason", e)))?;
-    let submit = req.submit(&account, &dir, script);
+    let comment = format!("shisa:{}:job:{}", app.instance, job.id);
+    let submit = req.submit(&account, &dir, script, comment);
     // Pinned before submission, so eviction cannot race a job that is about to start.
     let holder = format!("submit:{}", job.id);
     app.store
         .sif_pin(&sif.file, &holder)
         .await
         .map_err(JobError::Retry)?;
-    let result = sched.submit(&submit).await;
+    // An earlier attempt may have submitted it and been cut off before recording it.
+    let result = match sched.find(&submit.comment).await {
+        Ok(Some((id, _))) => {
+            tracing::info!(slurm = id, "adopting the job an earlier attempt submitted");
+            Ok(id)
+        }
+        Ok(None) => sched.submit(&submit).await,
+        Err(e) => Err(e),
+    };
     let id = match result {
         Ok(id) => id,
         Err(crate::slurm::SlurmError::Refused(e)) => {

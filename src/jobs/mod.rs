@@ -235,6 +235,9 @@ mod tests {
         async fn ping(&self) -> Result<(), SlurmError> {
             Ok(())
         }
+        async fn find(&self, _: &str) -> Result<Option<(u64, String)>, SlurmError> {
+            Ok(None)
+        }
     }
 
     #[tokio::test]

@@ -25,6 +25,8 @@ pub struct SlurmAllocator {
     /// Minutes a holder lasts, by role (the role's GPU lifetime).
     pub lifetimes: HashMap<String, u64>,
     pub partition: Option<String>,
+    /// This installation's id, in holder jobs' comments.
+    pub instance: String,
 }
 
 fn node(blade: &Blade) -> String {
@@ -142,10 +144,19 @@ impl Allocator for SlurmAllocator {
                     output: "/dev/null".into(),
                     workdir: "/".into(),
                     nodelist: Some(node(blade)),
+                    comment: format!("shisa:{}:container:{container_id}", self.instance),
                     // Our own fixed text: the allocation only holds the GPUs.
                     script: "#!/bin/sh\n# Holds GPUs for a shisa container; cancelled when it is removed.\nexec sleep 2147483647\n".into(),
                 };
-                let id = self.slurm.submit(&submit).await?;
+                // A holder an earlier attempt submitted (then crashed) is adopted, not doubled.
+                let id = match self.slurm.find(&submit.comment).await? {
+                    Some((id, st))
+                        if matches!(st.as_str(), "PENDING" | "RUNNING" | "CONFIGURING") =>
+                    {
+                        id
+                    }
+                    _ => self.slurm.submit(&submit).await?,
+                };
                 self.store
                     .set_gpu_holder(container_id, id, &blade.name)
                     .await?;

@@ -29,6 +29,9 @@ pub struct Submit {
     pub workdir: PathBuf,
     /// Run on this node only (a GPU container's blade).
     pub nodelist: Option<String>,
+    /// `--comment`: names the shisa instance and the work that submitted it
+    /// (`shisa:INSTANCE:KIND:ID`), so a retry after a crash finds what it submitted.
+    pub comment: String,
     pub script: String,
 }
 
@@ -51,6 +54,9 @@ impl Submit {
             format!("--error={}", self.output.display()),
             format!("--chdir={}", self.workdir.display()),
         ];
+        if !self.comment.is_empty() {
+            a.push(format!("--comment={}", self.comment));
+        }
         if let Some(p) = &self.partition {
             a.push(format!("--partition={p}"));
         }
@@ -115,6 +121,20 @@ pub trait Scheduler: Send + Sync {
     async fn node_gpus(&self, node: &str) -> Result<(u32, u32), SlurmError>;
     /// Whether the controller answers (`scontrol ping`).
     async fn ping(&self) -> Result<(), SlurmError>;
+    /// The job submitted with this comment that Slurm still remembers, and its state
+    /// (`PENDING`, `RUNNING`, `COMPLETED`, ...).
+    async fn find(&self, comment: &str) -> Result<Option<(u64, String)>, SlurmError>;
+}
+
+/// `squeue -h -a -t all -o %i|%T|%k` output: the newest job with exactly this comment.
+pub fn job_with_comment(out: &str, comment: &str) -> Option<(u64, String)> {
+    out.lines()
+        .filter_map(|l| {
+            let mut f = l.trim().splitn(3, '|');
+            let (id, state, c) = (f.next()?, f.next()?, f.next()?);
+            (c == comment).then(|| Some((id.parse().ok()?, state.to_string())))?
+        })
+        .max()
 }
 
 /// `IDX:0`, `IDX:0-1`, `IDX:0,2-3` inside a GRES detail string.
@@ -289,6 +309,13 @@ impl Scheduler for Cli {
         self.run(c, None).await.map(|_| ())
     }
 
+    async fn find(&self, comment: &str) -> Result<Option<(u64, String)>, SlurmError> {
+        let mut c = self.cmd("squeue");
+        c.args(["-h", "-a", "-t", "all", "-o", "%i|%T|%k"]);
+        let out = self.run(c, None).await?;
+        Ok(job_with_comment(&out, comment))
+    }
+
     async fn ping(&self) -> Result<(), SlurmError> {
         let mut c = self.cmd("scontrol");
         c.arg("ping");
@@ -364,8 +391,20 @@ mod tests {
             output: "/h/alice/shisa-jobs/3/output.log".into(),
             workdir: "/h/alice".into(),
             nodelist: None,
+            comment: "shisa:abc:job:7".into(),
             script: String::new(),
         };
+        assert_eq!(
+            job_with_comment(
+                "12|RUNNING|other\n13|PENDING|shisa:abc:job:7\n",
+                "shisa:abc:job:7"
+            ),
+            Some((13, "PENDING".into()))
+        );
+        assert_eq!(
+            job_with_comment("13|PENDING|shisa:abc:job:70\n", "shisa:abc:job:7"),
+            None
+        );
         let a = s.args();
         for want in [
             "--export=NONE",

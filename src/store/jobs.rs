@@ -52,7 +52,7 @@ impl Store {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
-                &format!("INSERT INTO jobs({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,0)"),
+                &format!("INSERT OR IGNORE INTO jobs({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,0)"),
                 params![j.slurm_id as i64, j.owner, j.name, j.image, j.sif, j.dir, j.gpus, j.state, j.reason, j.exit_code, now(), j.start_time, j.end_time, j.node],
             )?;
             tx.execute(

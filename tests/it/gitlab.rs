@@ -1434,6 +1434,22 @@ async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token
         .statuses
         .iter()
         .any(|x| x.1 == "c1c1c1c1" && x.2 == "success"));
+    // The id_tokens job's pipeline (e1e1e1e1) is cancelled: its build ends failed.
+    v["object_attributes"]["sha"] = "e1e1e1e1".into();
+    v["object_attributes"]["status"] = "canceled".into();
+    let (code, _) = deliver(
+        &s,
+        "Pipeline Hook",
+        serde_json::to_vec(&v).unwrap(),
+        &[
+            ("X-Gitlab-Token", HOOK_TOKEN.to_string()),
+            ("Idempotency-Key", "pipe-2".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let failed = s.dm_containing("alice", "e1e1e1e1").await;
+    assert!(failed.contains("canceled"), "{failed}");
     s.stop().await;
 }
 

@@ -501,12 +501,141 @@ impl Stack {
         panic!("no message to {user} containing {needle:?}; got {seen:?}");
     }
 
+    /// Stop shisa, then the teardown check: the test must have left nothing behind,
+    /// in the database (containers, leases, open queue work, builds, Slurm jobs) or
+    /// on its blades (containers or pods of this shisa instance). Fails naming it.
     pub async fn stop(mut self) {
+        self.shut_down().await;
+        let left = self.left_behind().await;
+        assert!(
+            left.is_empty(),
+            "the test left things behind (remove them before stop):\n  {}",
+            left.join("\n  ")
+        );
+    }
+
+    /// Stop shisa as a restart would, without the teardown check (the test goes on).
+    pub async fn stop_for_restart(mut self) {
+        self.shut_down().await;
+    }
+
+    async fn shut_down(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(h) = self.handle.take() {
             h.await.unwrap().unwrap();
+        }
+    }
+
+    /// What this stack's shisa still holds or runs.
+    pub async fn left_behind(&self) -> Vec<String> {
+        let store = self.store();
+        let rows = |sql: &'static str| {
+            store
+                .with(|c| {
+                    let mut st = c.prepare(sql)?;
+                    let v = st
+                        .query_map([], |r| r.get::<_, String>(0))?
+                        .collect::<Result<Vec<_>, _>>();
+                    v
+                })
+                .unwrap()
+        };
+        let mut left = Vec::new();
+        left.extend(rows("SELECT 'container ' || owner || '/' || name || ' on ' || blade || ' (' || state || ')' FROM containers"));
+        left.extend(rows("SELECT 'port lease ' || blade || ':' || port FROM port_leases WHERE container_id IS NOT NULL"));
+        left.extend(rows(
+            "SELECT 'GPU lease ' || blade || ':' || gpu FROM gpu_leases",
+        ));
+        left.extend(rows(
+            "SELECT 'IP lease ' || blade || ':' || ip FROM ip_leases",
+        ));
+        left.extend(rows(
+            "SELECT 'GPU holder job ' || slurm_id FROM gpu_holders",
+        ));
+        left.extend(rows("SELECT 'queued work ' || kind || ' for ' || owner || ' (' || state || ', request ' || request_id || ')' FROM queue WHERE state IN ('queued', 'running')"));
+        left.extend(rows("SELECT 'build ' || id || ' of ' || path || ' (' || state || ')' FROM builds WHERE state IN ('queued', 'running')"));
+        left.extend(rows("SELECT 'Slurm job ' || slurm_id || ' of ' || owner || ' (' || state || ')' FROM jobs WHERE done = 0"));
+        let instance = store.instance_id().unwrap();
+        for b in &self.cfg.blades {
+            // A blade behind ssh: its Podman is on this machine too, at the remote socket.
+            let sock = b
+                .ssh
+                .as_ref()
+                .map(|s| PathBuf::from(&s.remote_socket))
+                .unwrap_or_else(|| b.podman_socket.clone());
+            if !sock.exists() {
+                continue;
+            }
+            let client = shisa::podman::PodmanClient::new(&sock);
+            if let Ok(list) = client
+                .list_labelled(&format!("shisa.instance={instance}"))
+                .await
+            {
+                for l in list {
+                    left.push(format!(
+                        "{} container {} on blade {} ({})",
+                        if l.labels
+                            .as_ref()
+                            .is_some_and(|m| m.contains_key("shisa.runner"))
+                        {
+                            "runner"
+                        } else {
+                            "shisa"
+                        },
+                        l.names.join(","),
+                        b.name,
+                        l.state
+                    ));
+                }
+            }
+            let pods = Command::new("podman")
+                .arg("--remote")
+                .arg("--url")
+                .arg(format!("unix://{}", sock.display()))
+                .args(["pod", "ps", "-q", "--filter"])
+                .arg(format!("label=shisa.instance={instance}"))
+                .output();
+            if let Ok(o) = pods {
+                for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    left.push(format!("pod {p} on blade {}", b.name));
+                }
+            }
+        }
+        left
+    }
+
+    /// `/container rm` every container the database holds for these users (as
+    /// each owner would), so a test ends with nothing left.
+    pub async fn remove_all(&self, users: &[&str]) {
+        for u in users {
+            let names: Vec<String> = self
+                .store()
+                .with(|c| {
+                    let mut st = c.prepare("SELECT name FROM containers WHERE owner = ?1")?;
+                    let v = st
+                        .query_map([u], |r| r.get(0))?
+                        .collect::<Result<Vec<_>, _>>();
+                    v
+                })
+                .unwrap();
+            for n in names {
+                let t = self.say(u, &format!("/container rm --force {n}")).await;
+                assert!(
+                    t.contains("removed"),
+                    "/container rm --force {n} as {u}: {t}"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Every test ends with `stop` (which checks what it left) or a restart.
+        if self.stop.is_some() && !std::thread::panicking() {
+            panic!("a Stack was dropped without stop(): end the test with `s.stop().await`");
         }
     }
 }
@@ -683,23 +812,12 @@ impl PodmanService {
         std::fs::create_dir_all(&dir).unwrap();
         private_podman_conf(&dir);
         let socket = dir.join("podman.sock");
-        let _ = std::fs::remove_file(&socket);
-        let mut cmd = Command::new("podman");
-        cmd.env("CONTAINERS_CONF", dir.join("containers.conf"))
-            .arg("--root")
-            .arg(dir.join("root"))
-            .arg("--runroot")
-            .arg(dir.join("runroot"))
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", socket.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let pid = spawn_daemon(cmd);
-        let s2 = socket.clone();
-        wait_for("podman system service", || {
-            std::os::unix::net::UnixStream::connect(&s2).is_ok()
-        });
-        let svc = PodmanService { dir, socket, pid };
+        let mut svc = PodmanService {
+            dir,
+            socket,
+            pid: 0,
+        };
+        svc.revive();
         svc.build_test_image();
         svc
     }
@@ -734,6 +852,26 @@ impl PodmanService {
             "podman build: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Start the API service (again, after `kill`: the blade comes back) on its storage.
+    pub fn revive(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", self.socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.pid = spawn_daemon(cmd);
+        let s2 = self.socket.clone();
+        wait_for("podman system service", || {
+            std::os::unix::net::UnixStream::connect(&s2).is_ok()
+        });
     }
 
     /// Stop the API service (the blade goes down; its containers keep running).

@@ -192,7 +192,7 @@ async fn jobs_from_chat_run_as_their_owner_with_their_gpu() {
         .await;
     let id3 = job_id(&r.last().unwrap().text);
     let data_dir = s.data_dir.clone();
-    s.stop().await;
+    s.stop_for_restart().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let s = Stack::start_with(&data_dir.with_extension("toml"), data_dir).await;
     let ended = s

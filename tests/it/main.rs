@@ -4,6 +4,7 @@
 mod blades;
 mod config;
 mod containers;
+mod crash;
 mod gitlab;
 mod harness;
 mod identity;
