@@ -54,7 +54,16 @@ struct Serve {
 
 impl Serve {
     fn start(&self) -> std::process::Child {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shisa"))
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shisa"));
+        // It dies with the test (PDEATHSIG), so a test binary killed halfway leaves no shisa behind.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(["serve", "--config"])
             .arg(&self.cfg_path)
             .env("SHISA_LOG", "warn")

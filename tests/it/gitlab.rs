@@ -1056,11 +1056,22 @@ async fn a_push_builds_an_image_into_the_registry() {
     assert_eq!(slow.2, "failed");
     assert!(slow.5.contains("longer than its limit"), "{slow:?}");
     let mut clean = false;
+    // Only this stack's build counts: its cgroup names the instance (another test's or the
+    // host's `sleep 3600` is not ours).
+    let cgroup = format!("shisabuild{}x", s.store().instance_id().unwrap());
     for _ in 0..50 {
         let ps = std::process::Command::new("pgrep")
             .args(["-f", "sleep 3600"])
             .output()
             .unwrap();
+        let ours: Vec<&str> = std::str::from_utf8(&ps.stdout)
+            .unwrap()
+            .split_whitespace()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|c| c.contains(&cgroup))
+            })
+            .collect();
         let ext = podman_cli()
             .args([
                 "ps",
@@ -1072,7 +1083,7 @@ async fn a_push_builds_an_image_into_the_registry() {
             .output()
             .unwrap();
         let ext = String::from_utf8_lossy(&ext.stdout).to_string();
-        if ps.stdout.is_empty() && !ext.contains("working-container") {
+        if ours.is_empty() && !ext.contains("working-container") {
             clean = true;
             break;
         }
