@@ -48,6 +48,11 @@ async fn two_blade_stack(
     })
     .await;
     // The remote blade comes up once the ssh tunnel is there.
+    both_blades_up(&s).await;
+    (b1, b2, s)
+}
+
+async fn both_blades_up(s: &Stack) {
     wait_until("both blades up", || async {
         s.say("admin", "/container blades")
             .await
@@ -56,7 +61,6 @@ async fn two_blade_stack(
             == 2
     })
     .await;
-    (b1, b2, s)
 }
 
 const EXTRA: &str = "[limits.student]\ntotal_containers = 20\ntotal_cpus = 100\ntotal_memory = \"100G\"\n[reconcile]\ninterval_seconds = 1\nhealth_seconds = 1\n";
@@ -181,14 +185,7 @@ async fn placement_a_blade_down_drains_and_admin_views() {
         .any(|a| a.action == "container.ps" && a.outcome == "ok"));
     // b1 comes back (its containers ran on meanwhile); everything is removed as its owner would.
     b1.revive();
-    wait_until("both blades up again", || async {
-        s.say("admin", "/container blades")
-            .await
-            .matches("| up (Podman")
-            .count()
-            == 2
-    })
-    .await;
+    both_blades_up(&s).await;
     s.remove_all(&["alice", "bob"]).await;
     s.stop().await;
 }

@@ -109,12 +109,7 @@ fn sweep_dead_runs() {
                 &["rm", "-af", "-t", "0"][..],
                 &["network", "prune", "-f"][..],
             ] {
-                let _ = Command::new("podman")
-                    .env("CONTAINERS_CONF", pdir.join("containers.conf"))
-                    .arg("--root")
-                    .arg(pdir.join("root"))
-                    .arg("--runroot")
-                    .arg(pdir.join("runroot"))
+                let _ = podman_at(&pdir)
                     .args(args)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -215,17 +210,35 @@ fn spawn_daemon(mut cmd: Command) -> u32 {
     rx.recv().unwrap()
 }
 
+/// The `podman` command line on the private Podman storage and configuration in `dir`.
+fn podman_at(dir: &Path) -> Command {
+    let mut c = Command::new("podman");
+    c.env("CONTAINERS_CONF", dir.join("containers.conf"))
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("runroot"));
+    c
+}
+
+/// A Podman API service on the storage in `dir`, listening on `socket`, once it answers.
+fn serve_podman(dir: &Path, socket: &Path) -> u32 {
+    let _ = std::fs::remove_file(socket);
+    let mut cmd = podman_at(dir);
+    cmd.args(["system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let pid = spawn_daemon(cmd);
+    wait_for("podman system service", || {
+        std::os::unix::net::UnixStream::connect(socket).is_ok()
+    });
+    pid
+}
+
 /// The `podman` command line on the shared test Podman's storage.
 pub fn podman_cli() -> Command {
-    let sock = podman();
-    let pdir = sock.parent().unwrap();
-    let mut c = Command::new("podman");
-    c.env("CONTAINERS_CONF", pdir.join("containers.conf"))
-        .arg("--root")
-        .arg(pdir.join("root"))
-        .arg("--runroot")
-        .arg(pdir.join("runroot"));
-    c
+    podman_at(podman().parent().unwrap())
 }
 
 pub fn free_port() -> u16 {
@@ -292,20 +305,7 @@ pub fn podman() -> &'static Path {
         std::fs::create_dir_all(&dir).unwrap();
         private_podman_conf(&dir);
         let sock = dir.join("podman.sock");
-        let mut cmd = Command::new("podman");
-        cmd.env("CONTAINERS_CONF", dir.join("containers.conf"))
-            .arg("--root")
-            .arg(dir.join("root"))
-            .arg("--runroot")
-            .arg(dir.join("runroot"))
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", sock.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        spawn_daemon(cmd);
-        wait_for("podman system service", || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok()
-        });
+        serve_podman(&dir, &sock);
         sock
     })
 }
@@ -783,13 +783,7 @@ pub fn test_images() {
             "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN [\"/bin/mkdir\", \"-p\", \"/tmp\", \"/etc\", \"/root\"]\nRUN [\"/bin/chmod\", \"1777\", \"/tmp\"]\nCOPY passwd /etc/passwd\nCOPY group /etc/group\nCMD [\"/bin/sh\"]\n",
         )
         .unwrap();
-        let podman_dir = sock.parent().unwrap();
-        let out = Command::new("podman")
-            .env("CONTAINERS_CONF", podman_dir.join("containers.conf"))
-            .arg("--root")
-            .arg(podman_dir.join("root"))
-            .arg("--runroot")
-            .arg(podman_dir.join("runroot"))
+        let out = podman_at(sock.parent().unwrap())
             .args(["build", "-q", "--network=none", "-t", "localhost/busybox:latest", "-t", "localhost/alice/tools:1", "-t", "localhost/bob/tools:1"])
             .arg(&dir)
             .output()
@@ -823,13 +817,7 @@ impl PodmanService {
     }
 
     pub fn cli(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
-            .arg("--root")
-            .arg(self.dir.join("root"))
-            .arg("--runroot")
-            .arg(self.dir.join("runroot"));
-        c
+        podman_at(&self.dir)
     }
 
     fn build_test_image(&self) {
@@ -856,22 +844,7 @@ impl PodmanService {
 
     /// Start the API service (again, after `kill`: the blade comes back) on its storage.
     pub fn revive(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
-        let mut cmd = Command::new("podman");
-        cmd.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
-            .arg("--root")
-            .arg(self.dir.join("root"))
-            .arg("--runroot")
-            .arg(self.dir.join("runroot"))
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", self.socket.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        self.pid = spawn_daemon(cmd);
-        let s2 = self.socket.clone();
-        wait_for("podman system service", || {
-            std::os::unix::net::UnixStream::connect(&s2).is_ok()
-        });
+        self.pid = serve_podman(&self.dir, &self.socket);
     }
 
     /// Stop the API service (the blade goes down; its containers keep running).
