@@ -905,9 +905,14 @@ pub async fn run_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError
     };
     // An earlier attempt of this job (cut off by a crash) may have made the container
     // already: find it by our labels, never by name alone, and adopt it.
-    let earlier = earlier_attempt(app, client, &row)
-        .await
-        .map_err(|e| retry_or_fail(job, e))?;
+    // (A first attempt has nothing to find: no Podman query on the common path.)
+    let earlier = if job.attempts > 1 {
+        earlier_attempt(app, client, &row)
+            .await
+            .map_err(|e| retry_or_fail(job, e))?
+    } else {
+        None
+    };
     if let Some(l) = earlier {
         if l.state == "running" {
             tracing::info!(container = row.id, podman = %l.id, "adopting the container an earlier attempt started");

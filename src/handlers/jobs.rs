@@ -628,12 +628,16 @@ pub async fn submit_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobEr
         .filter(char::is_ascii_alphanumeric)
         .take(12)
         .collect();
-    let earlier = std::fs::read_dir(&base).ok().and_then(|entries| {
-        entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .find(|n| n.ends_with(&format!("-{tag}")))
-    });
+    let retry = job.attempts > 1;
+    let earlier = retry
+        .then(|| std::fs::read_dir(&base).ok())
+        .flatten()
+        .and_then(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .find(|n| n.ends_with(&format!("-{tag}")))
+        });
     let dir = base.join(earlier.unwrap_or_else(|| format!("{}-{tag}", chrono_like_stamp())));
     let d = dir.to_string_lossy().to_string();
     let out = as_user(&account, "mkdir", &["-p", "-m", "700", "--", &d])
@@ -658,7 +662,12 @@ pub async fn submit_job(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobEr
         .await
         .map_err(JobError::Retry)?;
     // An earlier attempt may have submitted it and been cut off before recording it.
-    let result = match sched.find(&submit.comment).await {
+    let found = if retry {
+        sched.find(&submit.comment).await
+    } else {
+        Ok(None) // a first attempt has submitted nothing yet: no squeue on the common path
+    };
+    let result = match found {
         Ok(Some((id, _))) => {
             tracing::info!(slurm = id, "adopting the job an earlier attempt submitted");
             Ok(id)

@@ -187,15 +187,7 @@ impl Store {
         let mut raw = [0u8; 6];
         getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random: {e}"))?;
         let fresh = hex::encode(raw);
-        self.with(move |c| {
-            c.execute(
-                "INSERT OR IGNORE INTO kv(key, value) VALUES ('instance_id', ?1)",
-                [&fresh],
-            )?;
-            c.query_row("SELECT value FROM kv WHERE key = 'instance_id'", [], |r| {
-                r.get(0)
-            })
-        })
+        self.with(move |c| kv_first(c, "instance_id", &fresh))
     }
 
     /// A named secret, generated (32 random bytes, hex) the first time it is asked for.
@@ -204,13 +196,15 @@ impl Store {
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random: {e}"))?;
         let fresh = hex::encode(raw);
-        self.call(move |c| {
-            c.execute(
-                "INSERT OR IGNORE INTO kv(key, value) VALUES (?1, ?2)",
-                [&k, &fresh],
-            )?;
-            c.query_row("SELECT value FROM kv WHERE key = ?1", [&k], |r| r.get(0))
-        })
-        .await
+        self.call(move |c| kv_first(c, &k, &fresh)).await
     }
+}
+
+/// The value kept under `key`, set to `fresh` if there is none yet (the first writer wins).
+fn kv_first(c: &Connection, key: &str, fresh: &str) -> rusqlite::Result<String> {
+    c.execute(
+        "INSERT OR IGNORE INTO kv(key, value) VALUES (?1, ?2)",
+        [key, fresh],
+    )?;
+    c.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
 }
