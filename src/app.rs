@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::http::metrics::Metrics;
 use crate::identity::directory::Directory;
 use crate::mattermost::client::MattermostClient;
 use crate::mattermost::notify::Notifier;
+use crate::metrics::Metrics;
 use crate::podman::PodmanClient;
 use crate::store::Store;
 
@@ -22,7 +22,7 @@ pub struct App {
     /// The names of groups that confer roles; they are not course groups.
     pub role_groups: Vec<String>,
     /// Who gets the GPUs.
-    pub allocator: Arc<dyn crate::containers::allocator::Allocator>,
+    pub allocator: Arc<dyn crate::gpus::Allocator>,
     /// The department registry, when configured.
     pub registry: Option<crate::registry::Registry>,
     /// The GitLab API client (admin token; `for_user` adds Sudo), when configured.
@@ -87,33 +87,30 @@ impl App {
             }) as Arc<dyn crate::slurm::Scheduler>
         });
         // Who owns the blades' GPUs: Slurm when the blades are its nodes, else our own ledger.
-        let allocator: Arc<dyn crate::containers::allocator::Allocator> =
-            match (&cfg.slurm, &scheduler) {
-                (Some(sl), Some(sched)) if sl.gpu_containers => {
-                    use crate::identity::Role;
-                    let lifetimes = [Role::Student, Role::Instructor, Role::Admin]
-                        .into_iter()
-                        .map(|r| {
-                            let secs = crate::commands::values::parse_duration(
-                                &cfg.limits_for(r).gpu_lifetime,
-                            )
+        let allocator: Arc<dyn crate::gpus::Allocator> = match (&cfg.slurm, &scheduler) {
+            (Some(sl), Some(sched)) if sl.gpu_containers => {
+                use crate::identity::Role;
+                let lifetimes = [Role::Student, Role::Instructor, Role::Admin]
+                    .into_iter()
+                    .map(|r| {
+                        let secs = crate::values::parse_duration(&cfg.limits_for(r).gpu_lifetime)
                             .unwrap_or(86_400);
-                            (r.as_str().to_string(), secs.div_ceil(60).max(1))
-                        })
-                        .collect();
-                    Arc::new(crate::slurm::allocator::SlurmAllocator {
-                        store: store.clone(),
-                        slurm: sched.clone(),
-                        directory: directory.clone(),
-                        lifetimes,
-                        partition: sl.partition.clone(),
-                        instance: instance.clone(),
+                        (r.as_str().to_string(), secs.div_ceil(60).max(1))
                     })
-                }
-                _ => Arc::new(crate::containers::allocator::LocalAllocator {
+                    .collect();
+                Arc::new(crate::slurm::allocator::SlurmAllocator {
                     store: store.clone(),
-                }),
-            };
+                    slurm: sched.clone(),
+                    directory: directory.clone(),
+                    lifetimes,
+                    partition: sl.partition.clone(),
+                    instance: instance.clone(),
+                })
+            }
+            _ => Arc::new(crate::gpus::LocalAllocator {
+                store: store.clone(),
+            }),
+        };
         Ok(Arc::new(App {
             allocator,
             store,
@@ -131,6 +128,17 @@ impl App {
             instance,
             cfg,
         }))
+    }
+
+    /// What placement needs of the application.
+    pub fn fleet(&self) -> crate::blades::Fleet<'_> {
+        crate::blades::Fleet {
+            blades: &self.blades,
+            health: &self.health,
+            store: &self.store,
+            allocator: self.allocator.as_ref(),
+            contact: &self.cfg.mattermost.contact,
+        }
     }
 
     pub fn podman(&self, blade: &str) -> Option<&PodmanClient> {

@@ -6,6 +6,7 @@
 //! record; `worker` runs queued work; adapters (`podman`, `identity::ldap`,
 //! `store`) talk to the outside world.
 
+pub mod access;
 pub mod app;
 pub mod blades;
 pub mod builds;
@@ -14,17 +15,18 @@ pub mod commands;
 pub mod config;
 pub mod containers;
 pub mod gitlab;
+pub mod gpus;
 pub mod handlers;
 pub mod http;
 pub mod identity;
 pub mod images;
-pub mod jobs;
 pub mod mattermost;
 pub mod messages;
-pub mod ownership;
+pub mod metrics;
 pub mod podman;
 pub mod registry;
 pub mod sif;
 pub mod slurm;
 pub mod store;
-pub mod worker;
+pub mod values;
+pub mod work;

@@ -1,16 +1,14 @@
 //! The department's blades: health, drains, placement, SSH tunnels, and
 //! reconciliation between the database and what each blade really runs.
 
-pub mod reconcile;
-pub mod ssh;
-
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
-use crate::app::App;
 use crate::config::Blade;
+use crate::gpus::Allocator;
 use crate::messages::UserError;
+use crate::podman::PodmanClient;
+use crate::store::Store;
 
 #[derive(Debug, Clone, Default)]
 pub struct Health {
@@ -42,76 +40,6 @@ impl HealthBoard {
     }
 }
 
-/// Check every blade once; returns the names that came up.
-pub async fn check_all(app: &Arc<App>) -> Vec<String> {
-    let mut came_up = Vec::new();
-    for (b, client) in &app.blades {
-        let h = match client.info().await {
-            Ok(i) => Health {
-                up: true,
-                version: i.version,
-                last_error: String::new(),
-            },
-            Err(e) => Health {
-                up: false,
-                version: String::new(),
-                last_error: e.to_string(),
-            },
-        };
-        let up = h.up;
-        if app.health.set(&b.name, h.clone()) {
-            if up {
-                tracing::info!(blade = %b.name, "blade is up");
-                came_up.push(b.name.clone());
-            } else {
-                tracing::warn!(blade = %b.name, error = %h.last_error, "blade is down");
-            }
-        }
-    }
-    came_up
-}
-
-pub fn spawn(
-    app: Arc<App>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut handles = ssh::spawn_tunnels(&app, shutdown.clone());
-    let a = app.clone();
-    let mut sd = shutdown.clone();
-    handles.push(tokio::spawn(async move {
-        let every = Duration::from_secs(a.cfg.reconcile.health_seconds.max(1));
-        let recon_every = Duration::from_secs(a.cfg.reconcile.interval_seconds.max(1));
-        let mut last_recon = tokio::time::Instant::now();
-        let mut first = true;
-        loop {
-            let came_up = check_all(&a).await;
-            // At start, when a blade comes back, and periodically: reconcile.
-            if first || !came_up.is_empty() || last_recon.elapsed() >= recon_every {
-                for (b, _) in &a.blades {
-                    if a.health.get(&b.name).up
-                        && (first
-                            || came_up.contains(&b.name)
-                            || last_recon.elapsed() >= recon_every)
-                    {
-                        if let Err(e) = reconcile::blade(&a, &b.name).await {
-                            tracing::error!(blade = %b.name, error = %e, "reconciliation failed");
-                        }
-                    }
-                }
-                if first || last_recon.elapsed() >= recon_every {
-                    last_recon = tokio::time::Instant::now();
-                }
-                first = false;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = sd.wait_for(|v| *v) => return,
-            }
-        }
-    }));
-    handles
-}
-
 pub struct PlaceRequest<'a> {
     pub image: &'a str,
     pub gpus: u32,
@@ -132,15 +60,26 @@ pub enum Placement {
 
 /// Among healthy, undrained blades that have the image and the room, the
 /// least loaded. A local-only image pins the request to the blades that have it.
+/// What placement looks at: the blades and their Podman, their health and load, the GPUs.
+pub struct Fleet<'a> {
+    pub blades: &'a [(Blade, PodmanClient)],
+    pub health: &'a HealthBoard,
+    pub store: &'a Store,
+    pub allocator: &'a dyn Allocator,
+    /// Who to contact when nothing is up (in the reply).
+    pub contact: &'a str,
+}
+
 pub async fn place(
-    app: &Arc<App>,
+    fleet: &Fleet<'_>,
     r: &PlaceRequest<'_>,
 ) -> anyhow::Result<Result<Placement, UserError>> {
-    let contact = app.cfg.mattermost.contact.clone();
+    let app = fleet;
+    let contact = fleet.contact.to_string();
     let drained = app.store.drained().await?;
     let mut usable = Vec::new();
     let mut down = Vec::new();
-    for (b, client) in &app.blades {
+    for (b, client) in app.blades {
         if drained.contains(&b.name) {
             continue;
         }

@@ -73,14 +73,14 @@ pub async fn serve_on(
     if recovered > 0 {
         tracing::info!(recovered, "re-queued work left running by the previous run");
     }
-    crate::blades::check_all(&app).await;
+    crate::work::health::check_all(&app).await;
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let mut workers = crate::worker::spawn(app.clone(), rx.clone());
-    workers.extend(crate::handlers::events::spawn(app.clone(), rx.clone()));
-    workers.extend(crate::blades::spawn(app.clone(), rx.clone()));
-    workers.extend(crate::jobs::spawn(app.clone(), rx.clone()));
-    workers.extend(crate::handlers::runners::spawn(app.clone(), rx.clone()));
-    workers.extend(crate::registry::spawn_sync(app.clone(), rx));
+    let mut workers = crate::work::workers::spawn(app.clone(), rx.clone());
+    workers.extend(crate::work::events::spawn(app.clone(), rx.clone()));
+    workers.extend(crate::work::health::spawn(app.clone(), rx.clone()));
+    workers.extend(crate::work::slurm_jobs::spawn(app.clone(), rx.clone()));
+    workers.extend(crate::work::runners::spawn(app.clone(), rx.clone()));
+    workers.extend(crate::work::registry_sync::spawn_sync(app.clone(), rx));
     tracing::info!(%listen, "shisa is listening");
     axum::serve(
         listener,

@@ -8,11 +8,11 @@ pub mod help;
 pub mod lexer;
 pub mod parse;
 pub mod spec;
-pub mod values;
 
+pub use crate::values;
+pub use crate::values::Value;
 pub use parse::{parse, Invocation, Parsed};
 pub use spec::Program;
-pub use values::Value;
 
 /// The text of a help reply.
 pub fn help_text(program: Program, topic: Option<&str>) -> String {

@@ -5,12 +5,13 @@
 //! Relative paths are relative to the directory of the configuration file.
 
 pub mod secret;
+pub mod users_file;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use secret::{Secret, SecretSource};
 
@@ -232,19 +233,6 @@ pub struct SifConfig {
     /// Size bound of the store (`500G`); least recently used files go first,
     /// never one a pending or running job holds. Unset: unbounded.
     pub max_bytes: Option<String>,
-}
-
-impl SifConfig {
-    pub fn writer(&self) -> crate::sif::convert::Writer {
-        use crate::sif::convert::Writer;
-        if self.writer == "mksquashfs" {
-            return Writer::Mksquashfs;
-        }
-        match self.helper.clone().or_else(|| std::env::current_exe().ok()) {
-            Some(helper) => Writer::Native { helper },
-            None => Writer::Mksquashfs,
-        }
-    }
 }
 
 impl Default for SifConfig {
@@ -908,7 +896,7 @@ impl Config {
                     "`source = \"static\"` needs `users_file`, the demo users file (see deploy/demo-users.toml)".to_string(),
                 ))?;
                 let users_file = base.join(f);
-                crate::identity::users_file::UsersFile::load(&users_file)
+                users_file::UsersFile::load(&users_file)
                     .map_err(|r| ("directory.users_file".to_string(), r))?;
                 Directory::Static {
                     users_file,
@@ -976,7 +964,7 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for (i, b) in raw.blades.iter().enumerate() {
-            if !crate::commands::values::valid_name(&b.name) {
+            if !crate::values::valid_name(&b.name) {
                 return Err((
                     format!("blades[{i}].name"),
                     format!(
@@ -1008,7 +996,7 @@ impl Config {
                         ),
                     ));
                 }
-                if !crate::commands::values::valid_name(&p.network) {
+                if !crate::values::valid_name(&p.network) {
                     return Err((
                         format!("blades[{i}].ip_pool.network"),
                         "network names are lowercase letters, digits and `-`".into(),
@@ -1016,7 +1004,7 @@ impl Config {
                 }
             }
             if let Some(m) = &b.memory {
-                crate::commands::values::parse_size(m).map_err(|_| {
+                crate::values::parse_size(m).map_err(|_| {
                     (
                         format!("blades[{i}].memory"),
                         format!("`{m}` is not a size like `256G`"),
@@ -1055,14 +1043,14 @@ impl Config {
             .collect();
         for (name, t) in &raw.templates {
             let k = format!("templates.{name}");
-            if !crate::commands::values::valid_name(name) {
+            if !crate::values::valid_name(name) {
                 return Err((
                     k,
                     "template names are lowercase letters, digits and `-`".into(),
                 ));
             }
             if let Some(m) = &t.memory {
-                crate::commands::values::parse_size(m).map_err(|_| {
+                crate::values::parse_size(m).map_err(|_| {
                     (
                         format!("{k}.memory"),
                         format!("`{m}` is not a size like `8G`"),
@@ -1070,7 +1058,7 @@ impl Config {
                 })?;
             }
             if let Some(d) = &t.time {
-                crate::commands::values::parse_duration(d).map_err(|_| {
+                crate::values::parse_duration(d).map_err(|_| {
                     (
                         format!("{k}.time"),
                         format!("`{d}` is not a duration like `2h`"),
@@ -1141,10 +1129,10 @@ impl Config {
                 ("total_memory", &l.total_memory),
                 ("registry_bytes", &l.registry_bytes),
             ] {
-                crate::commands::values::parse_size(v)
+                crate::values::parse_size(v)
                     .map_err(|_| (format!("{k}.{f}"), format!("`{v}` is not a size like `8G`")))?;
             }
-            crate::commands::values::parse_duration(&l.gpu_lifetime).map_err(|_| {
+            crate::values::parse_duration(&l.gpu_lifetime).map_err(|_| {
                 (
                     format!("{k}.gpu_lifetime"),
                     format!("`{}` is not a duration like `1d`", l.gpu_lifetime),
@@ -1225,7 +1213,7 @@ impl Config {
                     .map(|(i, t)| {
                         let k = format!("gitlab.signing_keys[{i}]");
                         let s = t.resolve(base).map_err(|e| (k.clone(), e))?;
-                        crate::gitlab::verify::signing_key(s.expose()).map_err(|e| (k, e))
+                        secret::signing_key(s.expose()).map_err(|e| (k, e))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 if webhook_tokens.is_empty() && signing_keys.is_empty() {
@@ -1291,13 +1279,13 @@ impl Config {
                         .into(),
                 ));
             }
-            crate::commands::values::parse_duration(&sl.default_time).map_err(|_| {
+            crate::values::parse_duration(&sl.default_time).map_err(|_| {
                 (
                     "slurm.default_time".to_string(),
                     format!("`{}` is not a time like `1h`", sl.default_time),
                 )
             })?;
-            crate::commands::values::parse_size(&sl.default_memory).map_err(|_| {
+            crate::values::parse_size(&sl.default_memory).map_err(|_| {
                 (
                     "slurm.default_memory".to_string(),
                     format!("`{}` is not a size like `2G`", sl.default_memory),
@@ -1314,7 +1302,7 @@ impl Config {
             }
         }
         if let Some(m) = &raw.sif.max_bytes {
-            crate::commands::values::parse_size(m).map_err(|_| {
+            crate::values::parse_size(m).map_err(|_| {
                 (
                     "sif.max_bytes".to_string(),
                     format!("`{m}` is not a size like `500G`"),
@@ -1413,7 +1401,7 @@ impl Config {
     }
 
     /// The limits for a role (defaults when the role has no table).
-    pub fn limits_for(&self, role: crate::identity::Role) -> Limits {
+    pub fn limits_for(&self, role: Role) -> Limits {
         self.limits.get(role.as_str()).cloned().unwrap_or_default()
     }
 
@@ -1455,4 +1443,33 @@ pub fn is_loopback_url(u: &str) -> bool {
                     .is_ok_and(|ip| ip.is_loopback())
                 || h == "[::1]"
         })
+}
+
+/// Which role a person has, from the groups configured in `[roles]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Student,
+    Instructor,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Student => "student",
+            Role::Instructor => "instructor",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn from_groups(groups: &[String], roles: &Roles) -> Role {
+        if groups.iter().any(|g| roles.admin_groups.contains(g)) {
+            Role::Admin
+        } else if groups.iter().any(|g| roles.instructor_groups.contains(g)) {
+            Role::Instructor
+        } else {
+            Role::Student
+        }
+    }
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::Path;
 
+use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -83,6 +84,23 @@ pub fn any_matches(secrets: &[Secret], candidate: &str) -> bool {
         hit |= a.as_slice().ct_eq(b.as_slice());
     }
     hit.into()
+}
+
+/// A signing key from `whsec_<base64 of 32 bytes>`.
+pub fn signing_key(s: &str) -> Result<Vec<u8>, String> {
+    let b64 = s
+        .strip_prefix("whsec_")
+        .ok_or("a signing key starts with `whsec_`")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "the part after `whsec_` is not base64")?;
+    if key.len() != 32 {
+        return Err(format!(
+            "a signing key is 32 bytes, this one is {}",
+            key.len()
+        ));
+    }
+    Ok(key)
 }
 
 #[cfg(test)]

@@ -1,8 +1,6 @@
 //! Containers: names, what a run request becomes, limits, and the libpod
 //! spec. Nothing here talks to Podman or chat; handlers do.
 
-pub mod allocator;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -82,7 +80,7 @@ pub fn fmt_cpus(milli: u32) -> String {
 }
 
 pub fn size_of(s: &str) -> u64 {
-    crate::commands::values::parse_size(s).unwrap_or(0)
+    crate::values::parse_size(s).unwrap_or(0)
 }
 
 /// Per-request limits and per-user totals. A refusal lists what the user holds.
@@ -272,6 +270,11 @@ pub fn port_lines(ports: &[PortLease], blade: &Blade, private: bool) -> String {
         .join("\n")
 }
 
+/// An image reference as students typed it: without `localhost/`.
+pub fn short_image(r: &str) -> String {
+    r.strip_prefix("localhost/").unwrap_or(r).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,7 +283,7 @@ mod tests {
     fn names_and_sizes() {
         assert_eq!(podman_name("alice", "web"), "alice_web");
         let g = generated_name("localhost/alice/my_img:1");
-        assert!(crate::commands::values::valid_name(&g), "{g}");
+        assert!(crate::values::valid_name(&g), "{g}");
         assert!(g.starts_with("my-img-"));
         assert_eq!(fmt_size(2 << 30), "2G");
         assert_eq!(fmt_size(512 << 20), "512M");

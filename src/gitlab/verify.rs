@@ -21,22 +21,7 @@ pub struct Delivery<'a> {
     pub webhook_signature: Option<&'a str>,
 }
 
-/// A signing key from `whsec_<base64 of 32 bytes>`.
-pub fn signing_key(s: &str) -> Result<Vec<u8>, String> {
-    let b64 = s
-        .strip_prefix("whsec_")
-        .ok_or("a signing key starts with `whsec_`")?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| "the part after `whsec_` is not base64")?;
-    if key.len() != 32 {
-        return Err(format!(
-            "a signing key is 32 bytes, this one is {}",
-            key.len()
-        ));
-    }
-    Ok(key)
-}
+pub use crate::config::secret::signing_key;
 
 /// Why a delivery was refused (logged, never shown to the sender beyond 401).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

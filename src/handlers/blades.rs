@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::app::App;
 use crate::commands::Invocation;
 use crate::containers::{fmt_cpus, fmt_size};
-use crate::identity::{Account, Role};
+use crate::identity::Account;
 use crate::messages::{render, Lang, UserError};
 
 pub async fn blades(app: &Arc<App>) -> anyhow::Result<String> {
@@ -46,7 +46,15 @@ pub async fn drain(
     caller: &Account,
     inv: &Invocation,
 ) -> anyhow::Result<Result<String, UserError>> {
-    if caller.role != Role::Admin {
+    use crate::access::{authorize, Action, Resource};
+    if !authorize(
+        caller,
+        Action::Administer,
+        &Resource::Fleet,
+        &app.role_groups,
+    )
+    .allowed()
+    {
         return Ok(Err(UserError::new("command.forbidden")
             .arg("command", "/container")
             .arg("sub", "drain")
@@ -67,7 +75,7 @@ pub async fn drain(
     let undo = inv.has("undo");
     app.store.set_drained(name, &caller.uid, !undo).await?;
     if undo {
-        crate::handlers::containers::promote_waiting(app, name).await;
+        crate::work::containers::promote_waiting(app, name).await;
     }
     Ok(Ok(render(
         Lang::En,
@@ -89,7 +97,7 @@ pub async fn gauges(app: &Arc<App>) -> Vec<(&'static str, &'static str, Vec<(Str
     let mut ips = Vec::new();
     let mut gpus = Vec::new();
     for (b, _) in &app.blades {
-        let n = crate::http::metrics::esc(&b.name);
+        let n = crate::metrics::esc(&b.name);
         up.push((
             format!("blade=\"{n}\""),
             if app.health.get(&b.name).up { 1.0 } else { 0.0 },

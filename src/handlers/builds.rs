@@ -4,171 +4,15 @@
 
 use std::sync::Arc;
 
-use gitlab::api::projects::repository::commits::CommitStatusState;
-
+use crate::access::{authorize, Action, Resource, ResourceRef};
 use crate::app::App;
 use crate::commands::Invocation;
-use crate::gitlab::client::{self, GitlabApi};
-use crate::gitlab::hooks::{self, Hook, Push};
+use crate::gitlab::client::{self};
 use crate::identity::Account;
-use crate::images;
 use crate::messages::{render, Lang, UserError};
-use crate::store::gitlab::{BuildRow, ProjectRow};
-use crate::store::queue::{OwnedJob, QueuedJob};
-
-use super::JobError;
-
-pub const EVENT: &str = "gitlab.event";
-pub const BUILD: &str = "build.run";
-
-fn gitlab(app: &App) -> Result<&GitlabApi, UserError> {
-    app.gitlab.as_ref().ok_or_else(|| {
-        UserError::new("build.no_gitlab").arg("contact", &app.cfg.mattermost.contact)
-    })
-}
-
-/// The department account behind a GitLab user id, by the configured linking.
-async fn account_of_gitlab_user(
-    app: &App,
-    api: &GitlabApi,
-    id: u64,
-) -> anyhow::Result<Option<Account>> {
-    let u = match client::user(api, id).await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::info!(gitlab_user = id, error = %client::explain(&e), "GitLab user not found");
-            return Ok(None);
-        }
-    };
-    let uid = if app
-        .cfg
-        .gitlab
-        .as_ref()
-        .is_some_and(|g| g.link_by == "username")
-    {
-        Some(u.username.clone())
-    } else {
-        u.ldap_uid()
-    };
-    match uid {
-        Some(uid) => Ok(app.directory.lookup(&uid).await?),
-        None => Ok(None),
-    }
-}
-
-/// A stored GitLab delivery, taken from the queue.
-pub async fn event(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    let name = job.payload["event"].as_str().unwrap_or_default();
-    let body = serde_json::to_vec(&job.payload["body"]).map_err(|e| JobError::Retry(e.into()))?;
-    let hook = hooks::parse(name, &body).map_err(|e| {
-        tracing::warn!(error = %e, "stored GitLab event no longer parses");
-        JobError::Gone
-    })?;
-    match hook {
-        Hook::Push(p) => on_push(app, &p).await.map(|_| String::new()),
-        Hook::Pipeline(p) => on_pipeline(app, &p).await.map(|_| String::new()),
-        Hook::Job(j) => super::runners::on_job(app, &j).await.map(|_| String::new()),
-        other => {
-            tracing::info!(kind = other.kind(), "GitLab event recorded");
-            Ok(String::new())
-        }
-    }
-}
-
-async fn on_push(app: &Arc<App>, p: &Push) -> Result<(), JobError> {
-    let Some(g) = app.cfg.gitlab.as_ref() else {
-        return Err(JobError::Gone);
-    };
-    let api = app.gitlab.as_ref().ok_or(JobError::Gone)?;
-    if p.deleted() {
-        return Ok(());
-    }
-    let files: Vec<&str> = g.build_files.iter().map(String::as_str).collect();
-    if !p.touches(&files) {
-        return Ok(());
-    }
-    let Some(pusher) = account_of_gitlab_user(app, api, p.user_id)
-        .await
-        .map_err(JobError::Retry)?
-    else {
-        tracing::info!(gitlab_user = p.user_id, project = %p.project.path_with_namespace, "push by a GitLab user with no department account: ignored");
-        return Ok(());
-    };
-    let Some(project) = app
-        .store
-        .gitlab_project(p.project_id)
-        .await
-        .map_err(JobError::Retry)?
-    else {
-        if app
-            .store
-            .first_notice(p.project_id)
-            .await
-            .map_err(JobError::Retry)?
-        {
-            let text = render(
-                Lang::En,
-                "build.not_enabled",
-                &[("project", p.project.path_with_namespace.clone())],
-            );
-            app.notifier
-                .notice(
-                    &pusher.uid,
-                    &text,
-                    serde_json::json!({"shisa": {"notice": "build_not_enabled"}}),
-                )
-                .await;
-        }
-        return Ok(());
-    };
-    queue_build(app, &project, p.head(), &p.git_ref, "push")
-        .await
-        .map_err(JobError::Retry)?;
-    Ok(())
-}
-
-async fn queue_build(
-    app: &Arc<App>,
-    project: &ProjectRow,
-    sha: &str,
-    git_ref: &str,
-    trigger: &str,
-) -> anyhow::Result<i64> {
-    let owner = project.owner.clone();
-    let max = app.cfg.queue.max_attempts;
-    let id = app
-        .store
-        .new_build(
-            BuildRow {
-                id: 0,
-                project_id: project.project_id,
-                path: project.path.clone(),
-                owner: project.owner.clone(),
-                sha: sha.to_string(),
-                git_ref: git_ref.to_string(),
-                trigger: trigger.to_string(),
-                state: "queued".into(),
-                image: None,
-                digest: None,
-                size: None,
-                blade: None,
-                detail: None,
-                created_at: 0,
-                finished_at: None,
-            },
-            move |id| OwnedJob {
-                kind: BUILD.into(),
-                payload: serde_json::json!({"build": id}),
-                owner,
-                request_id: format!("build-{id}"),
-                reply: None,
-                max_attempts: max,
-            },
-        )
-        .await?;
-    app.wake.notify_one();
-    Ok(id)
-}
+use crate::store::gitlab::ProjectRow;
+use crate::work::builds::*;
+use crate::work::runners;
 
 /// `/container build enable|disable|status|run PROJECT [REF]`.
 pub async fn handle(
@@ -234,8 +78,7 @@ pub async fn handle(
                     .filter(|o| o.runner_id.is_some() && o.broken.is_none());
                 match existing {
                     Some(o) => ("runner", o.runner_id, o.runner_token.clone()),
-                    None => match super::runners::create(app, &as_user, info.id, &caller.uid).await
-                    {
+                    None => match runners::create(app, &as_user, info.id, &caller.uid).await {
                         Ok((id, sealed)) => ("runner", Some(id), Some(sealed)),
                         Err(e) => return Ok(Err(e)),
                     },
@@ -287,12 +130,12 @@ pub async fn handle(
                 return Ok(Err(UserError::new("build.not_enabled_here")
                     .arg("project", &info.path_with_namespace)));
             };
-            if p.owner != caller.uid && caller.role != crate::identity::Role::Admin {
+            if !may_change(app, caller, &p, Action::Delete) {
                 return Ok(Err(UserError::new("build.not_enabled_here")
                     .arg("project", &info.path_with_namespace)));
             }
             if p.mode == "runner" {
-                super::runners::delete(app, &as_user, &p).await;
+                runners::delete(app, &as_user, &p).await;
             }
             if let Some(h) = p.hook_id {
                 if let Err(e) = client::delete_hook(&as_user, info.id, h).await {
@@ -307,10 +150,14 @@ pub async fn handle(
             )))
         }
         _ => {
-            // run
-            let Some(p) = app.store.gitlab_project(info.id).await? else {
-                return Ok(Err(UserError::new("build.not_enabled_here")
-                    .arg("project", &info.path_with_namespace)));
+            // run: only the project's shisa owner (or an admin) builds into its namespace;
+            // anyone else is told it is not enabled, as for anything not theirs.
+            let p = match app.store.gitlab_project(info.id).await? {
+                Some(p) if may_change(app, caller, &p, Action::Modify) => p,
+                _ => {
+                    return Ok(Err(UserError::new("build.not_enabled_here")
+                        .arg("project", &info.path_with_namespace)))
+                }
             };
             let git_ref = inv
                 .arg_text("REF")
@@ -331,6 +178,18 @@ pub async fn handle(
     }
 }
 
+/// May `caller` change this enabled project (build it, disable it)?
+fn may_change(app: &App, caller: &Account, p: &ProjectRow, action: Action) -> bool {
+    let r = ResourceRef {
+        kind: "project",
+        name: &p.path,
+        owner: &p.owner,
+        shared_with: &[],
+        owner_groups: &[],
+    };
+    authorize(caller, action, &Resource::Owned(r), &app.role_groups).allowed()
+}
+
 async fn status(app: &App, caller: &Account) -> anyhow::Result<String> {
     let rows = app.store.builds_of(&caller.uid, 10).await?;
     if rows.is_empty() {
@@ -349,394 +208,4 @@ async fn status(app: &App, caller: &Account) -> anyhow::Result<String> {
         ));
     }
     Ok(t)
-}
-
-/// `REGISTRY/OWNER/SLUG:TAG`, or `localhost/OWNER/SLUG:TAG` with no registry.
-pub fn image_name(app: &App, owner: &str, path: &str, tag: &str) -> String {
-    let host = app
-        .registry
-        .as_ref()
-        .map(|r| r.cfg.host.clone())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}/{owner}/{}:{tag}", crate::builds::slug(path))
-}
-
-/// The build job.
-pub async fn run(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    let id = job.payload["build"].as_i64().ok_or(JobError::Gone)?;
-    let g = app.cfg.gitlab.as_ref().ok_or(JobError::Gone)?;
-    let api = app.gitlab.as_ref().ok_or(JobError::Gone)?;
-    let b = app
-        .store
-        .build(id)
-        .await
-        .map_err(JobError::Retry)?
-        .ok_or(JobError::Gone)?;
-    // `running` too: a restart re-queues the job of a build it interrupted.
-    if !matches!(b.state.as_str(), "queued" | "running") {
-        return Err(JobError::Gone);
-    }
-    let project = app
-        .store
-        .gitlab_project(b.project_id)
-        .await
-        .map_err(JobError::Retry)?
-        .ok_or(JobError::Gone)?;
-    // A blade on this machine: the build context is read from local disk.
-    let Some((blade, _)) = app.blades.iter().find(|(bl, _)| bl.ssh.is_none()) else {
-        return Err(JobError::Retry(anyhow::anyhow!(
-            "no blade is up for builds"
-        )));
-    };
-    // One build per project at a time: wait while another runs (a newer push supersedes this one meanwhile).
-    loop {
-        if app
-            .store
-            .start_build(id, &blade.name)
-            .await
-            .map_err(JobError::Retry)?
-        {
-            break;
-        }
-        match app.store.build(id).await.map_err(JobError::Retry)? {
-            Some(x) if matches!(x.state.as_str(), "queued" | "running") => {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await
-            }
-            _ => return Err(JobError::Gone),
-        }
-    }
-    let as_owner = api.for_user(&project.gitlab_user);
-    let _ = client::commit_status(
-        &as_owner,
-        b.project_id,
-        &b.sha,
-        CommitStatusState::Running,
-        "building the image",
-        None,
-    )
-    .await;
-    let result = build_one(app, g, &as_owner, blade, &b).await;
-    report(app, g, &as_owner, &b, result)
-        .await
-        .map_err(JobError::Retry)?;
-    Ok(String::new())
-}
-
-/// The one results path for direct builds and CI pipelines: record the image,
-/// set the commit status, start the SIF conversion if on, and tell the owner.
-async fn report(
-    app: &Arc<App>,
-    g: &crate::config::Gitlab,
-    as_owner: &GitlabApi,
-    b: &BuildRow,
-    result: Result<(String, String, u64), String>,
-) -> anyhow::Result<()> {
-    let id = b.id;
-    let owner_text = match result {
-        Ok((image, digest, size)) => {
-            app.store
-                .finish_build(
-                    id,
-                    "succeeded",
-                    Some(&image),
-                    Some(&digest),
-                    Some(size as i64),
-                    "",
-                )
-                .await?;
-            let _ = client::commit_status(
-                as_owner,
-                b.project_id,
-                &b.sha,
-                CommitStatusState::Success,
-                &format!("{image} {digest}"),
-                None,
-            )
-            .await;
-            let typed = image
-                .split_once('/')
-                .map(|x| x.1.to_string())
-                .unwrap_or(image.clone());
-            if g.convert_sif {
-                let target = crate::store::queue::ReplyTarget {
-                    uid: b.owner.clone(),
-                    command: "/container".into(),
-                    sub: "sif".into(),
-                    ..Default::default()
-                };
-                let _ = app
-                    .store
-                    .enqueue(crate::store::queue::NewJob {
-                        kind: super::sif::KIND,
-                        payload: serde_json::json!({"image": image, "typed": typed}),
-                        owner: &b.owner,
-                        request_id: &format!("build-{id}-sif"),
-                        reply: Some(target),
-                        max_attempts: app.cfg.queue.max_attempts,
-                    })
-                    .await;
-                app.wake.notify_one();
-            }
-            render(
-                Lang::En,
-                "build.succeeded",
-                &[
-                    ("project", b.path.clone()),
-                    ("sha", b.sha.chars().take(8).collect()),
-                    ("image", image.clone()),
-                    ("digest", digest),
-                    ("size", crate::containers::fmt_size(size)),
-                    ("run", typed),
-                ],
-            )
-        }
-        Err(log) => {
-            app.store
-                .finish_build(id, "failed", None, None, None, &log)
-                .await?;
-            let _ = client::commit_status(
-                as_owner,
-                b.project_id,
-                &b.sha,
-                CommitStatusState::Failed,
-                "the image build failed",
-                None,
-            )
-            .await;
-            render(
-                Lang::En,
-                "build.failed",
-                &[
-                    ("project", b.path.clone()),
-                    ("sha", b.sha.chars().take(8).collect()),
-                    ("log", log),
-                ],
-            )
-        }
-    };
-    app.notifier
-        .notice(
-            &b.owner,
-            &owner_text,
-            serde_json::json!({"shisa": {"build": id}}),
-        )
-        .await;
-    Ok(())
-}
-
-/// A Pipeline Hook of a project shisa builds through CI: when the pipeline ends, the
-/// CI builds of its commit get the same results as direct builds.
-async fn on_pipeline(app: &Arc<App>, p: &hooks::Pipeline) -> Result<(), JobError> {
-    let (Some(g), Some(api)) = (app.cfg.gitlab.as_ref(), app.gitlab.as_ref()) else {
-        return Err(JobError::Gone);
-    };
-    let state = p.object_attributes.status.as_str();
-    if !matches!(state, "success" | "failed" | "canceled") {
-        return Ok(());
-    }
-    let Some(project) = app
-        .store
-        .gitlab_project(p.project.id)
-        .await
-        .map_err(JobError::Retry)?
-    else {
-        return Ok(());
-    };
-    let builds = app
-        .store
-        .running_ci_builds(p.project.id, &p.object_attributes.sha)
-        .await
-        .map_err(JobError::Retry)?;
-    let as_owner = api.for_user(&project.gitlab_user);
-    for b in builds {
-        let result = if state == "success" {
-            match record_pushed(app, &b).await {
-                Ok(Some(found)) => Ok(found),
-                Ok(None) => Err(format!(
-                    "the pipeline succeeded but pushed no `{}/{}:{}` to the registry",
-                    b.owner,
-                    crate::builds::slug(&b.path),
-                    b.sha.chars().take(8).collect::<String>()
-                )),
-                Err(e) => return Err(JobError::Retry(e)),
-            }
-        } else {
-            Err(format!(
-                "pipeline {} {state}; see it in GitLab",
-                p.object_attributes.id
-            ))
-        };
-        report(app, g, &as_owner, &b, result)
-            .await
-            .map_err(JobError::Retry)?;
-    }
-    Ok(())
-}
-
-/// Fetch, unpack, build, push: (image, digest, size) or the log lines that say why not.
-async fn build_one(
-    app: &Arc<App>,
-    g: &crate::config::Gitlab,
-    as_owner: &GitlabApi,
-    blade: &crate::config::Blade,
-    b: &BuildRow,
-) -> Result<(String, String, u64), String> {
-    let archive = client::archive(as_owner, b.project_id, &b.sha)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot fetch the repository at {}: {}",
-                b.sha,
-                client::explain(&e)
-            )
-        })?;
-    let work = tempfile::Builder::new()
-        .prefix("shisa-build-")
-        .tempdir_in(&app.cfg.data_dir)
-        .map_err(|e| e.to_string())?;
-    let dir = work.path().to_path_buf();
-    let top = tokio::task::spawn_blocking(move || unpack(&archive, &dir))
-        .await
-        .map_err(|e| e.to_string())??;
-    let file = g
-        .build_files
-        .iter()
-        .map(|f| top.join(f))
-        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
-        .ok_or_else(|| {
-            format!(
-                "no {} at the top of the repository",
-                g.build_files.join(" or ")
-            )
-        })?;
-    let account = app
-        .directory
-        .lookup(&b.owner)
-        .await
-        .ok()
-        .flatten()
-        .ok_or("the owner's account is gone")?;
-    // The blade may hold other users' images: every base must be one the owner may use.
-    let text = std::fs::read_to_string(&file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let registry_host = app.registry.as_ref().map(|r| r.cfg.host.as_str());
-    for base in crate::builds::base_images(&text)? {
-        let img = images::resolve_with(&base, &b.owner, &app.cfg.images.allow, registry_host)
-            .map_err(|e| format!("cannot build from `{base}`: {e}"))?;
-        if !super::containers::may_use_image(app, &account, &img)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            return Err(format!(
-                "cannot build from `{base}`: it is not yours and not shared with you"
-            ));
-        }
-    }
-    let limits = app.cfg.limits_for(account.role);
-    let short: String = b.sha.chars().take(8).collect();
-    let tag_sha = image_name(app, &b.owner, &b.path, &short);
-    let tag_latest = image_name(app, &b.owner, &b.path, "latest");
-    let built = crate::builds::build(&crate::builds::BuildSpec {
-        id: b.id,
-        instance: &app.instance,
-        socket: &blade.podman_socket,
-        context: &top,
-        file: &file,
-        tags: vec![tag_sha.clone(), tag_latest.clone()],
-        uid_base: g.build_uid_base,
-        uid_count: g.build_uid_count,
-        memory_bytes: crate::containers::size_of(&limits.max_memory),
-        cpus: limits.max_cpus,
-        timeout: std::time::Duration::from_secs(g.build_timeout_seconds),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    if !built.ok {
-        return Err(built.log_tail);
-    }
-    let client = app
-        .blades
-        .iter()
-        .find(|(bl, _)| bl.name == blade.name)
-        .map(|x| &x.1)
-        .ok_or("the blade is gone")?;
-    if let Some(reg) = app.registry.as_ref() {
-        let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
-        for t in [&tag_sha, &tag_latest] {
-            let cred = reg.push_credential(&b.owner, &repo);
-            crate::builds::push(&blade.podman_socket, t, &b.owner, &cred, !reg.cfg.insecure)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        // The digest is the registry's; the image is recorded now, not only when its notification comes.
-        if let Ok(Some(found)) = record_pushed(app, b).await {
-            return Ok(found);
-        }
-    }
-    // No registry (or it cannot say yet): the image as the blade has it.
-    let local = client
-        .image_inspect(&tag_sha)
-        .await
-        .map_err(|e| e.to_string())?;
-    let id = format!("sha256:{}", local.id.trim_start_matches("sha256:"));
-    Ok((tag_sha, id, local.size))
-}
-
-/// A build's image as the registry has it (`OWNER/SLUG:SHORTSHA`): recorded with its
-/// `latest` tag; (image, digest, size), or None if it is not there.
-async fn record_pushed(app: &App, b: &BuildRow) -> anyhow::Result<Option<(String, String, u64)>> {
-    let Some(reg) = app.registry.as_ref() else {
-        return Ok(None);
-    };
-    let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
-    let short: String = b.sha.chars().take(8).collect();
-    let Some((digest, size)) = reg.client().manifest(&repo, &short).await? else {
-        return Ok(None);
-    };
-    for tag in [short.as_str(), "latest"] {
-        app.store
-            .upsert_image(crate::store::images::ImageRow {
-                repository: repo.clone(),
-                tag: tag.to_string(),
-                owner: b.owner.clone(),
-                digest: digest.clone(),
-                size,
-                pushed_at: crate::store::now(),
-            })
-            .await?;
-    }
-    Ok(Some((
-        format!("{}/{repo}:{short}", reg.cfg.host),
-        digest,
-        size,
-    )))
-}
-
-/// Unpack a GitLab archive (one top directory) safely: the tar crate refuses
-/// entries that would land outside the target (`..`, absolute paths), and we
-/// refuse device nodes outright.
-fn unpack(archive: &[u8], dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
-    let gz = flate2::read::GzDecoder::new(archive);
-    let mut t = tar::Archive::new(gz);
-    t.set_preserve_permissions(false);
-    t.set_unpack_xattrs(false);
-    for e in t
-        .entries()
-        .map_err(|e| format!("the archive is unreadable: {e}"))?
-    {
-        let mut e = e.map_err(|e| format!("the archive is unreadable: {e}"))?;
-        let kind = e.header().entry_type();
-        if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
-            continue;
-        }
-        e.unpack_in(dir)
-            .map_err(|e| format!("cannot unpack the archive: {e}"))?;
-    }
-    let mut tops = std::fs::read_dir(dir)
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|d| d.path());
-    let top = tops.next().ok_or("the archive is empty")?;
-    Ok(top)
 }

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use crate::access::{authorize, Action, Resource, ResourceRef};
 use crate::app::App;
 use crate::commands::{Invocation, Value};
 use crate::containers::fmt_size;
-use crate::identity::{Account, Role};
+use crate::identity::Account;
 use crate::messages::{render, Lang, UserError};
-use crate::ownership::{authorize, Action, ResourceRef};
 
 use super::containers::Handled;
 
@@ -102,15 +102,9 @@ pub async fn handle(
             } else if inv.has("library") {
                 ("The library", app.store.images_of("library").await?)
             } else {
-                let owner = match inv.text("user") {
-                    Some(u) if caller.role == Role::Admin => u.to_string(),
-                    Some(_) => {
-                        return Ok(rejected(
-                            request,
-                            UserError::new("container.only_admins_user"),
-                        ))
-                    }
-                    None => caller.uid.clone(),
+                let owner = match super::owner_named(app, caller, inv.text("user")) {
+                    Ok(o) => o,
+                    Err(e) => return Ok(rejected(request, e)),
                 };
                 ("Your images", app.store.images_of(&owner).await?)
             };
@@ -173,19 +167,19 @@ pub async fn handle(
             let d = authorize(
                 caller,
                 action,
-                &ResourceRef {
+                &Resource::Owned(ResourceRef {
                     kind: "image",
                     name: &repo,
                     owner: &owner,
                     shared_with: &shared,
                     owner_groups: &[],
-                },
+                }),
                 &app.role_groups,
             );
             if !d.allowed() {
                 return Ok(rejected(
                     request,
-                    if d == crate::ownership::Decision::Forbidden {
+                    if d == crate::access::Decision::Forbidden {
                         UserError::new("image.only_owner").arg("image", raw)
                     } else {
                         not_found()
@@ -311,7 +305,8 @@ async fn token(
         .unwrap_or_default();
     match inv.arg_text("ACTION").unwrap_or("list") {
         "new" => {
-            let (id, secret) = crate::registry::new_personal_token(app, &caller.uid).await?;
+            let (id, secret) =
+                crate::handlers::registry::new_personal_token(app, &caller.uid).await?;
             // Shown once, only to the caller (ephemeral); only its hash is kept.
             let t = render(
                 Lang::En,

@@ -6,14 +6,13 @@ pub mod blades;
 pub mod builds;
 pub mod ci;
 pub mod containers;
-pub mod events;
 pub mod images;
-pub mod info;
 pub mod jobs;
-pub mod runners;
+pub mod registry;
 pub mod sif;
 pub mod slash;
 
+use crate::access::{authorize, Action, Resource};
 use crate::app::App;
 use crate::identity::{Account, Role};
 use crate::messages::UserError;
@@ -33,17 +32,8 @@ pub async fn owner_groups(app: &App, caller: &Account, owner: &str) -> Vec<Strin
         .unwrap_or_default()
 }
 
-/// Whether `caller` may list a whole group's things: admins, and instructors of that
-/// (course) group.
-pub fn may_list_group(app: &App, caller: &Account, group: &str) -> bool {
-    caller.role == Role::Admin
-        || (caller.role == Role::Instructor
-            && caller.in_group(group)
-            && !app.role_groups.iter().any(|r| r == group))
-}
-
 /// Whose things `ps` lists: the caller's; a group's with `--group` (its instructors,
-/// admins); one user's with `--user` (admins).
+/// admins); one user's with `--user` (admins). Decided by the one authorisation function.
 pub async fn listed_owners(
     app: &App,
     caller: &Account,
@@ -51,7 +41,7 @@ pub async fn listed_owners(
     command: &str,
 ) -> anyhow::Result<Result<Vec<String>, UserError>> {
     if let Some(g) = inv.text("group") {
-        if !may_list_group(app, caller, g) {
+        if !authorize(caller, Action::List, &Resource::Group(g), &app.role_groups).allowed() {
             return Ok(Err(UserError::new("command.forbidden")
                 .arg("command", command)
                 .arg("sub", "ps --group")
@@ -63,28 +53,19 @@ pub async fn listed_owners(
             .await
             .map_err(|e| anyhow::anyhow!(e))?));
     }
-    if let Some(u) = inv.text("user") {
-        if caller.role != Role::Admin {
-            return Ok(Err(UserError::new("container.only_admins_user")));
+    Ok(owner_named(app, caller, inv.text("user")).map(|o| vec![o]))
+}
+
+/// The owner a command is about: the caller, or with `--user NAME` that user (admins
+/// only, through the authorisation function).
+pub fn owner_named(app: &App, caller: &Account, user: Option<&str>) -> Result<String, UserError> {
+    match user {
+        Some(u)
+            if authorize(caller, Action::List, &Resource::User(u), &app.role_groups).allowed() =>
+        {
+            Ok(u.to_string())
         }
-        return Ok(Ok(vec![u.to_string()]));
-    }
-    Ok(Ok(vec![caller.uid.clone()]))
-}
-
-/// How a queued job ended badly.
-#[derive(Debug)]
-pub enum JobError {
-    /// The user's request cannot be done; tell them why. Not retried.
-    User(UserError),
-    /// Something outside broke (a blade, the network); try again later.
-    Retry(anyhow::Error),
-    /// What the job was about no longer exists (removed meanwhile): done, nobody to tell.
-    Gone,
-}
-
-impl From<UserError> for JobError {
-    fn from(e: UserError) -> Self {
-        JobError::User(e)
+        Some(_) => Err(UserError::new("container.only_admins_user")),
+        None => Ok(caller.uid.clone()),
     }
 }

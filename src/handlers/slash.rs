@@ -11,7 +11,7 @@ use crate::mattermost::slash::{acceptable_response_url, SlashForm};
 use crate::mattermost::Reply;
 use crate::messages::{render, Lang, UserError};
 use crate::store::audit::NewAudit;
-use crate::store::queue::{NewJob, ReplyTarget};
+use crate::store::queue::ReplyTarget;
 
 pub async fn handle(app: &Arc<App>, form: SlashForm, request_id: &str) -> Reply {
     let started = Instant::now();
@@ -205,17 +205,14 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
         (Program::Container, "info") => {
             let target = reply_target(app, form, &account, program, &inv);
             // In the database before the acknowledgement goes out.
-            app.store
-                .enqueue(NewJob {
-                    kind: super::info::KIND,
-                    payload: serde_json::json!({}),
-                    owner: &account.uid,
-                    request_id,
-                    reply: Some(target),
-                    max_attempts: app.cfg.queue.max_attempts,
-                })
-                .await?;
-            app.wake.notify_one();
+            crate::work::enqueue(
+                app,
+                crate::work::tasks::Task::Info {},
+                &account.uid,
+                request_id,
+                Some(target),
+            )
+            .await?;
             audit(action, "queued", None).await?;
             let ack = UserError::new("command.accepted")
                 .arg("command", program.slash())

@@ -1,8 +1,6 @@
 //! The HTTP edge: routes, body limits, request ids, tracing, metrics.
 //! Handlers here only verify and parse; the work happens in `handlers`.
 
-pub mod metrics;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,7 +155,7 @@ async fn registry_token(
             )
         }
     };
-    let req = crate::registry::TokenRequest {
+    let req = crate::handlers::registry::TokenRequest {
         authorization: headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -168,17 +166,17 @@ async fn registry_token(
             .map(|p| p.0 .0.ip())
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
     };
-    match crate::registry::issue(&app, req).await {
+    match crate::handlers::registry::issue(&app, req).await {
         Ok(t) => Json(serde_json::json!({"token": t.token, "access_token": t.token, "expires_in": t.expires_in, "issued_at": t.issued_at})).into_response(),
-        Err(crate::registry::TokenError::Unauthorized(why)) => {
+        Err(crate::handlers::registry::TokenError::Unauthorized(why)) => {
             let mut r = registry_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", why);
             r.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Basic realm=\"shisa\""));
             r
         }
-        Err(crate::registry::TokenError::Limited) => {
+        Err(crate::handlers::registry::TokenError::Limited) => {
             registry_error(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", "too many failed logins; wait a minute")
         }
-        Err(crate::registry::TokenError::BadRequest(m)) => registry_error(StatusCode::BAD_REQUEST, "DENIED", &m),
+        Err(crate::handlers::registry::TokenError::BadRequest(m)) => registry_error(StatusCode::BAD_REQUEST, "DENIED", &m),
     }
 }
 
@@ -205,7 +203,7 @@ async fn registry_hook(State(app): State<Arc<App>>, headers: HeaderMap, body: By
             "wrong or missing notification token",
         );
     }
-    match crate::registry::notifications(&app, &body).await {
+    match crate::handlers::registry::notifications(&app, &body).await {
         Ok(n) => Json(serde_json::json!({"applied": n})).into_response(),
         Err(e) => error_json(StatusCode::BAD_REQUEST, &e),
     }
@@ -318,14 +316,16 @@ async fn gitlab_hook(
         .map(|k| k.chars().take(200).collect::<String>())
         .unwrap_or_else(|| format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))));
     let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let job = crate::store::queue::OwnedJob {
-        kind: crate::handlers::builds::EVENT.into(),
-        payload: serde_json::json!({"event": event, "body": value}),
-        owner: "gitlab".into(),
-        request_id: format!("gitlab-{}", uuid::Uuid::new_v4().simple()),
-        reply: None,
-        max_attempts: app.cfg.queue.max_attempts,
-    };
+    let job = crate::work::tasks::Task::GitlabEvent {
+        event: event.to_string(),
+        body: value,
+    }
+    .owned(
+        "gitlab",
+        &format!("gitlab-{}", uuid::Uuid::new_v4().simple()),
+        None,
+        app.cfg.queue.max_attempts,
+    );
     match app.store.accept_delivery(&key, hook.kind(), job).await {
         Ok(fresh) => {
             if fresh {
@@ -402,7 +402,7 @@ async fn sif_download(
     let Ok(q) = serde_html_form::from_str::<SifQuery>(uri.query().unwrap_or("")) else {
         return error_json(StatusCode::FORBIDDEN, "this link is incomplete");
     };
-    match crate::handlers::sif::verify(&app, &file, &q.user, q.exp, &q.sig).await {
+    match crate::work::sif::verify(&app, &file, &q.user, q.exp, &q.sig).await {
         Ok(Some(path)) => match tokio::fs::File::open(&path).await {
             Ok(mut f) => {
                 let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);

@@ -61,7 +61,7 @@ impl Directory {
 
     /// Look an account up by its name. `Ok(None)`: no such account.
     pub async fn lookup(&self, uid: &str) -> Result<Option<Account>, DirectoryError> {
-        if !crate::commands::values::valid_account(uid) {
+        if !crate::values::valid_account(uid) {
             return Ok(None);
         }
         if let Some((at, acc)) = self.cache.lock().unwrap().get(uid) {
@@ -108,7 +108,7 @@ impl Directory {
     /// Check a password (registry logins). Empty passwords are always refused:
     /// to LDAP an empty password is an anonymous bind, which "succeeds".
     pub async fn verify_password(&self, uid: &str, password: &str) -> Result<bool, DirectoryError> {
-        if password.is_empty() || !crate::commands::values::valid_account(uid) {
+        if password.is_empty() || !crate::values::valid_account(uid) {
             return Ok(false);
         }
         match &self.source {

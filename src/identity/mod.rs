@@ -5,41 +5,13 @@ pub mod directory;
 pub mod homes;
 pub mod ldap;
 pub mod linking;
-pub mod users_file;
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::config::Roles;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Student,
-    Instructor,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Student => "student",
-            Role::Instructor => "instructor",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn from_groups(groups: &[String], roles: &Roles) -> Role {
-        if groups.iter().any(|g| roles.admin_groups.contains(g)) {
-            Role::Admin
-        } else if groups.iter().any(|g| roles.instructor_groups.contains(g)) {
-            Role::Instructor
-        } else {
-            Role::Student
-        }
-    }
-}
+pub use crate::config::users_file;
+pub use crate::config::Role;
 
 /// A department account, as the directory describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -31,40 +31,7 @@ pub struct ImageRef {
     pub source: Source,
 }
 
-/// distribution's path-component grammar: `[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*`.
-pub fn valid_component(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.is_empty()
-        || b.len() > 128
-        || !b[0].is_ascii_alphanumeric()
-        || !b[b.len() - 1].is_ascii_alphanumeric()
-    {
-        return false;
-    }
-    if !b
-        .iter()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
-    {
-        return false;
-    }
-    // Separators: one '.', one or two '_', or any number of '-'.
-    let mut i = 0;
-    while i < b.len() {
-        if b[i].is_ascii_alphanumeric() {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !b[i].is_ascii_alphanumeric() {
-            i += 1;
-        }
-        let sep = &s[start..i];
-        if !(sep == "." || sep == "_" || sep == "__" || sep.chars().all(|c| c == '-')) {
-            return false;
-        }
-    }
-    true
-}
+pub use crate::values::valid_component;
 
 /// `[\w][\w.-]{0,127}`
 pub fn valid_tag(s: &str) -> bool {

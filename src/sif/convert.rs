@@ -31,6 +31,19 @@ pub enum Writer {
     Mksquashfs,
 }
 
+impl Writer {
+    /// The writer `[sif]` asks for.
+    pub fn configured(cfg: &crate::config::SifConfig) -> Writer {
+        if cfg.writer == "mksquashfs" {
+            return Writer::Mksquashfs;
+        }
+        match cfg.helper.clone().or_else(|| std::env::current_exe().ok()) {
+            Some(helper) => Writer::Native { helper },
+            None => Writer::Mksquashfs,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// `gzip` or `zstd`.

@@ -14,7 +14,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{Scheduler, Submit};
 use crate::config::Blade;
-use crate::containers::allocator::{Allocator, Grant};
+use crate::gpus::{Allocator, Grant};
 use crate::identity::directory::Directory;
 use crate::store::Store;
 

@@ -73,33 +73,8 @@ impl Submit {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct JobState {
-    /// PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, …
-    pub state: String,
-    pub reason: String,
-    pub exit_code: Option<i32>,
-    pub start_time: i64,
-    pub end_time: i64,
-    pub node: String,
-    /// Indexes of the GPUs allocated (`gres_detail`: `gpu:tesla:1(IDX:0)`).
-    pub gpu_idx: Vec<u32>,
-}
-
-impl JobState {
-    pub fn finished(&self) -> bool {
-        !matches!(
-            self.state.as_str(),
-            "PENDING"
-                | "RUNNING"
-                | "CONFIGURING"
-                | "COMPLETING"
-                | "SUSPENDED"
-                | "REQUEUED"
-                | "RESIZING"
-        )
-    }
-}
+/// What Slurm reports of a job; the store keeps it as it is.
+pub use crate::store::jobs::JobState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlurmError {

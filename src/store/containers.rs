@@ -171,7 +171,7 @@ impl Store {
     pub async fn insert_container<E: Send + 'static>(
         &self,
         n: NewContainer,
-        job: Option<super::queue::OwnedJob>,
+        job: Option<super::queue::OwnedTask>,
         range: [u16; 2],
         check: impl FnOnce(&Holdings, &Transaction<'_>) -> Result<(), E> + Send + 'static,
     ) -> anyhow::Result<Result<ContainerRow, Result<InsertError, E>>> {

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::queue::{enqueue_tx, OwnedJob};
+use super::queue::{enqueue_tx, OwnedTask};
 use super::{now, Store};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -14,7 +14,7 @@ pub struct ProjectRow {
     pub gitlab_user: String,
     pub mode: String,
     pub runner_id: Option<u64>,
-    /// Sealed; `crate::handlers::runners::open_token` opens it.
+    /// Sealed; `crate::work::runners::open_token` opens it.
     pub runner_token: Option<Vec<u8>>,
     pub broken: Option<String>,
 }
@@ -66,7 +66,7 @@ impl Store {
         &self,
         key: &str,
         kind: &str,
-        job: OwnedJob,
+        job: OwnedTask,
     ) -> anyhow::Result<bool> {
         let (k, kd) = (key.to_string(), kind.to_string());
         self.call(move |c| {
@@ -172,7 +172,7 @@ impl Store {
     pub async fn new_build(
         &self,
         b: BuildRow,
-        job: impl FnOnce(i64) -> OwnedJob + Send + 'static,
+        job: impl FnOnce(i64) -> OwnedTask + Send + 'static,
     ) -> anyhow::Result<i64> {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -334,10 +334,11 @@ mod tests {
         }
     }
 
-    fn job(id: i64) -> OwnedJob {
-        OwnedJob {
+    fn job(id: i64) -> OwnedTask {
+        OwnedTask {
             kind: "build.run".into(),
             payload: serde_json::json!({"build": id}),
+            version: 1,
             owner: "alice".into(),
             request_id: format!("build-{id}"),
             reply: None,

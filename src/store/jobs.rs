@@ -102,7 +102,7 @@ impl Store {
         .await
     }
 
-    pub async fn update_job(&self, id: u64, st: &crate::slurm::JobState) -> anyhow::Result<()> {
+    pub async fn update_job(&self, id: u64, st: &JobState) -> anyhow::Result<()> {
         let s = st.clone();
         self.call(move |c| {
             c.execute(
@@ -133,5 +133,33 @@ impl Store {
             Ok(n == 1)
         })
         .await
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct JobState {
+    /// PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, …
+    pub state: String,
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    pub start_time: i64,
+    pub end_time: i64,
+    pub node: String,
+    /// Indexes of the GPUs allocated (`gres_detail`: `gpu:tesla:1(IDX:0)`).
+    pub gpu_idx: Vec<u32>,
+}
+
+impl JobState {
+    pub fn finished(&self) -> bool {
+        !matches!(
+            self.state.as_str(),
+            "PENDING"
+                | "RUNNING"
+                | "CONFIGURING"
+                | "COMPLETING"
+                | "SUSPENDED"
+                | "REQUEUED"
+                | "RESIZING"
+        )
     }
 }

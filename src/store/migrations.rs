@@ -279,6 +279,9 @@ CREATE TABLE gpu_holders (
 );
 "#,
         ),
+        // Typed tasks: the shape of each queued payload. Every row before this one has
+        // version 1's shape (`work::tasks`), so no payload is rewritten.
+        M::up("ALTER TABLE queue ADD COLUMN version INTEGER NOT NULL DEFAULT 1;"),
     ])
 }
 

@@ -19,10 +19,12 @@ pub struct ReplyTarget {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct QueuedJob {
+pub struct QueuedTask {
     pub id: i64,
     pub kind: String,
     pub payload: serde_json::Value,
+    /// The shape of the payload (see `work::tasks`).
+    pub version: u32,
     pub owner: String,
     pub request_id: String,
     pub reply: Option<ReplyTarget>,
@@ -36,31 +38,23 @@ pub enum Outcome {
     Failed,
 }
 
-pub struct NewJob<'a> {
-    pub kind: &'a str,
-    pub payload: serde_json::Value,
-    pub owner: &'a str,
-    pub request_id: &'a str,
-    pub reply: Option<ReplyTarget>,
-    pub max_attempts: u32,
-}
-
 /// A job to queue in the same transaction as other work.
 #[derive(Debug, Clone)]
-pub struct OwnedJob {
+pub struct OwnedTask {
     pub kind: String,
     pub payload: serde_json::Value,
+    pub version: u32,
     pub owner: String,
     pub request_id: String,
     pub reply: Option<ReplyTarget>,
     pub max_attempts: u32,
 }
 
-pub fn enqueue_tx(c: &rusqlite::Connection, j: &OwnedJob) -> rusqlite::Result<i64> {
+pub fn enqueue_tx(c: &rusqlite::Connection, j: &OwnedTask) -> rusqlite::Result<i64> {
     let t = now();
     c.execute(
-        "INSERT INTO queue(kind, payload, owner, request_id, reply, state, max_attempts, run_after, created_at, updated_at)
-         VALUES (?1,?2,?3,?4,?5,'queued',?6,?7,?7,?7)",
+        "INSERT INTO queue(kind, payload, owner, request_id, reply, state, max_attempts, run_after, created_at, updated_at, version)
+         VALUES (?1,?2,?3,?4,?5,'queued',?6,?7,?7,?7,?8)",
         params![
             j.kind,
             j.payload.to_string(),
@@ -68,48 +62,31 @@ pub fn enqueue_tx(c: &rusqlite::Connection, j: &OwnedJob) -> rusqlite::Result<i6
             j.request_id,
             j.reply.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default()),
             j.max_attempts,
-            t
+            t,
+            j.version
         ],
     )?;
     Ok(c.last_insert_rowid())
 }
 
 impl Store {
-    pub async fn enqueue(&self, j: NewJob<'_>) -> anyhow::Result<i64> {
-        let v = (
-            j.kind.to_string(),
-            j.payload.to_string(),
-            j.owner.to_string(),
-            j.request_id.to_string(),
-            j.reply
-                .map(|r| serde_json::to_string(&r).unwrap_or_default()),
-            j.max_attempts,
-        );
-        self.call(move |c| {
-            let t = now();
-            c.execute(
-                "INSERT INTO queue(kind, payload, owner, request_id, reply, state, max_attempts, run_after, created_at, updated_at)
-                 VALUES (?1,?2,?3,?4,?5,'queued',?6,?7,?7,?7)",
-                params![v.0, v.1, v.2, v.3, v.4, v.5, t],
-            )?;
-            Ok(c.last_insert_rowid())
-        })
-        .await
+    pub async fn enqueue(&self, j: OwnedTask) -> anyhow::Result<i64> {
+        self.call(move |c| enqueue_tx(c, &j)).await
     }
 
     /// Claim the oldest ready job, if any.
-    pub async fn claim(&self) -> anyhow::Result<Option<QueuedJob>> {
+    pub async fn claim(&self) -> anyhow::Result<Option<QueuedTask>> {
         self.call(|c| {
             let t = now();
             c.query_row(
                 "UPDATE queue SET state = 'running', attempts = attempts + 1, updated_at = ?1
                  WHERE id = (SELECT id FROM queue WHERE state = 'queued' AND run_after <= ?1 ORDER BY id LIMIT 1)
-                 RETURNING id, kind, payload, owner, request_id, reply, attempts, max_attempts",
+                 RETURNING id, kind, payload, owner, request_id, reply, attempts, max_attempts, version",
                 [t],
                 |r| {
                     let payload: String = r.get(2)?;
                     let reply: Option<String> = r.get(5)?;
-                    Ok(QueuedJob {
+                    Ok(QueuedTask {
                         id: r.get(0)?,
                         kind: r.get(1)?,
                         payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
@@ -118,6 +95,7 @@ impl Store {
                         reply: reply.and_then(|s| serde_json::from_str(&s).ok()),
                         attempts: r.get(6)?,
                         max_attempts: r.get(7)?,
+                        version: r.get(8)?,
                     })
                 },
             )
@@ -220,11 +198,12 @@ mod tests {
     async fn claim_finish_recover() {
         let s = Store::open_in_memory().unwrap();
         let id = s
-            .enqueue(NewJob {
-                kind: "k",
+            .enqueue(OwnedTask {
+                kind: "k".into(),
                 payload: serde_json::json!({"a": 1}),
-                owner: "alice",
-                request_id: "r1",
+                version: 1,
+                owner: "alice".into(),
+                request_id: "r1".into(),
                 reply: None,
                 max_attempts: 3,
             })

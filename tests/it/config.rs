@@ -184,7 +184,7 @@ fn migrations_on_a_fresh_and_an_existing_database() {
     let v: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 8);
+    assert_eq!(v, 9);
     let mode: String = c
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -209,7 +209,45 @@ fn migrations_on_a_fresh_and_an_existing_database() {
     let v: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 8);
+    assert_eq!(v, 9);
     // Opening again is a no-op.
     shisa::store::Store::open(&old).unwrap();
+}
+
+#[tokio::test]
+async fn queued_rows_from_before_typed_tasks_still_run() {
+    use rusqlite::Connection;
+    use shisa::work::tasks::{ContainerTask, Task};
+    let dir = tempfile::tempdir_in(run_root()).unwrap();
+    let old = dir.path().join("queued.db");
+    {
+        let mut c = Connection::open(&old).unwrap();
+        shisa::store::migrations::migrations()
+            .to_version(&mut c, 8)
+            .unwrap();
+        // Exactly as the handlers wrote a stop before tasks were typed.
+        c.execute(
+            "INSERT INTO queue(kind, payload, owner, request_id, state, max_attempts, run_after, created_at, updated_at)
+             VALUES ('container.stop', '{\"container\":4,\"actor\":\"bob\",\"cmd\":null,\"staff\":true}', 'alice', 'r-old', 'queued', 3, 0, 0, 0)",
+            [],
+        )
+        .unwrap();
+    }
+    let store = shisa::store::Store::open(&old).unwrap();
+    let row = store
+        .claim()
+        .await
+        .unwrap()
+        .expect("the old row is still queued");
+    assert_eq!(row.version, 1);
+    let t = Task::decode(&row).unwrap();
+    assert_eq!(
+        t,
+        Task::Stop(ContainerTask {
+            container: 4,
+            actor: "bob".into(),
+            staff: true,
+            ..Default::default()
+        })
+    );
 }

@@ -1698,3 +1698,56 @@ async fn a_pending_job_starts_exactly_one_runner_of_the_project() {
     assert!(runner_containers(7).is_empty());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn build_run_on_another_users_project_is_refused_and_audited() {
+    // bob is a developer of alice's project: GitLab shows it to him, but its shisa builds
+    // are alice's and go to her namespace.
+    let fake = FakeGitlab::start(FakeState {
+        users: vec![(101, "alice".into()), (102, "bob".into())],
+        projects: vec![FakeProject {
+            id: 7,
+            path: "alice/MyModel".into(),
+            members: HashMap::from([("alice".to_string(), 40), ("bob".to_string(), 30)]),
+            archives: HashMap::new(),
+        }],
+        ..Default::default()
+    })
+    .await;
+    let port = free_port();
+    let reg = registry(port);
+    let s = Stack::start(Opts {
+        listen_port: Some(port),
+        extra: format!("{}\n{}", reg.toml, gitlab_toml(&fake.url, 15)),
+        ..Default::default()
+    })
+    .await;
+    assert!(s
+        .say("alice", "/container build enable alice/MyModel")
+        .await
+        .contains("Builds are on"));
+    let not_yours = "`alice/MyModel` has no shisa builds to change (or they are not yours)";
+    for cmd in [
+        "/container build run alice/MyModel",
+        "/container build run alice/MyModel evil-branch",
+        "/container build disable alice/MyModel",
+    ] {
+        let t = s.say("bob", cmd).await;
+        assert!(t.contains(not_yours), "{cmd}: {t}");
+    }
+    assert!(s.store().builds_of("alice", 10).await.unwrap().is_empty());
+    assert!(s.store().builds_of("bob", 10).await.unwrap().is_empty());
+    let denied: Vec<_> = s
+        .store()
+        .audit_entries(Some("bob"))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "container.build" && e.outcome == "denied")
+        .collect();
+    assert_eq!(denied.len(), 3, "{denied:?}");
+    assert!(denied
+        .iter()
+        .all(|e| e.resource.as_deref() == Some("gitlab:alice/MyModel")
+            && e.detail.as_deref() == Some("build.not_enabled_here")));
+    s.stop().await;
+}

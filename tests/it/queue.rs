@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use shisa::store::queue::{NewJob, ReplyTarget};
+use shisa::store::queue::ReplyTarget;
+use shisa::work::tasks::Task;
 
 use crate::harness::{FakeMattermost, Opts, Stack};
 
@@ -134,12 +135,10 @@ async fn work_acknowledged_before_a_crash_is_finished_after_the_restart() {
 
 async fn enqueue_info(store: &shisa::store::Store, rid: &str, response_url: Option<String>) {
     store
-        .enqueue(NewJob {
-            kind: "container.info",
-            payload: serde_json::json!({}),
-            owner: "alice",
-            request_id: rid,
-            reply: Some(ReplyTarget {
+        .enqueue(Task::Info {}.owned(
+            "alice",
+            rid,
+            Some(ReplyTarget {
                 response_url,
                 channel_id: None,
                 mm_user_id: Some("alice0000000000000000000aa".into()),
@@ -147,8 +146,8 @@ async fn enqueue_info(store: &shisa::store::Store, rid: &str, response_url: Opti
                 command: "/container".into(),
                 sub: "info".into(),
             }),
-            max_attempts: 3,
-        })
+            3,
+        ))
         .await
         .unwrap();
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::commands::values::{valid_account, valid_group};
+use crate::values::{valid_account, valid_group};
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]

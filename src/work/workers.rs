@@ -8,11 +8,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::handlers::{self, JobError};
 use crate::mattermost::Reply;
 use crate::messages::{render, Lang};
 use crate::store::audit::NewAudit;
-use crate::store::queue::{Outcome, QueuedJob};
+use crate::store::queue::{Outcome, QueuedTask};
+use crate::work::tasks::Task;
+use crate::work::{self, TaskError};
 
 pub fn spawn(app: Arc<App>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
     (0..app.cfg.queue.workers)
@@ -64,35 +65,35 @@ async fn worker(n: usize, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-async fn execute(app: &Arc<App>, job: &QueuedJob) -> Result<String, JobError> {
-    match job.kind.as_str() {
-        handlers::info::KIND => handlers::info::run(app, job).await,
-        handlers::sif::KIND => handlers::sif::run(app, job).await,
-        handlers::jobs::SUBMIT => handlers::jobs::submit_job(app, job).await,
-        handlers::builds::EVENT => handlers::builds::event(app, job).await,
-        handlers::builds::BUILD => handlers::builds::run(app, job).await,
-        handlers::containers::RUN => handlers::containers::run_job(app, job).await,
-        handlers::containers::STOP => handlers::containers::stop_job(app, job).await,
-        handlers::containers::START => handlers::containers::start_job(app, job).await,
-        handlers::containers::RM => handlers::containers::rm_job(app, job).await,
-        handlers::containers::EXEC => handlers::containers::exec_job(app, job).await,
-        other => Err(JobError::Retry(anyhow::anyhow!(
-            "no handler for job kind {other}"
-        ))),
+async fn execute(app: &Arc<App>, job: &QueuedTask) -> Result<String, TaskError> {
+    let task = Task::decode(job).map_err(|e| TaskError::Retry(e.into()))?;
+    match task {
+        Task::Info {} => work::info::run(app).await,
+        Task::Sif { image, typed } => work::sif::run(app, job, &image, &typed).await,
+        Task::SubmitJob { request, notes } => {
+            work::job_submit::submit_job(app, job, request, notes).await
+        }
+        Task::GitlabEvent { event, body } => work::builds::event(app, &event, &body).await,
+        Task::Build { build } => work::builds::run(app, build).await,
+        Task::Run(t) => work::containers::run_job(app, job, &t).await,
+        Task::Stop(t) => work::containers::stop_job(app, job, &t).await,
+        Task::Start(t) => work::containers::start_job(app, job, &t).await,
+        Task::Remove(t) => work::containers::rm_job(app, job, &t).await,
+        Task::Exec(t) => work::containers::exec_job(app, job, &t).await,
     }
 }
 
-pub async fn process(app: &Arc<App>, job: QueuedJob) {
+pub async fn process(app: &Arc<App>, job: QueuedTask) {
     use tracing::Instrument;
     let span = tracing::info_span!("job", id = job.id, kind = %job.kind, request = %job.request_id);
     process_in_span(app, job).instrument(span).await
 }
 
-async fn process_in_span(app: &Arc<App>, job: QueuedJob) {
+async fn process_in_span(app: &Arc<App>, job: QueuedTask) {
     // Each claim counts an attempt, and so does a restart that finds the job cut off:
     // work that kills the service every time it runs stops after its attempts.
     let result = if job.attempts > job.max_attempts {
-        Err(JobError::Retry(anyhow::anyhow!(
+        Err(TaskError::Retry(anyhow::anyhow!(
             "interrupted by a restart on each of its {} attempts; not run again",
             job.max_attempts
         )))
@@ -101,12 +102,12 @@ async fn process_in_span(app: &Arc<App>, job: QueuedJob) {
     };
     let (text, outcome, audit_outcome, error) = match result {
         Ok(text) => (Some(text), Outcome::Done, "ok", None),
-        Err(JobError::Gone) => (None, Outcome::Done, "gone", None),
-        Err(JobError::User(e)) => {
+        Err(TaskError::Gone) => (None, Outcome::Done, "gone", None),
+        Err(TaskError::User(e)) => {
             let t = e.to_string();
             (Some(t.clone()), Outcome::Failed, "failed", Some(t))
         }
-        Err(JobError::Retry(e)) if job.attempts < job.max_attempts => {
+        Err(TaskError::Retry(e)) if job.attempts < job.max_attempts => {
             let delay = 2i64.pow(job.attempts.min(6));
             tracing::warn!(error = %e, attempt = job.attempts, delay, "job failed; retrying");
             if let Err(e) = app.store.retry_later(job.id, &e.to_string(), delay).await {
@@ -114,7 +115,7 @@ async fn process_in_span(app: &Arc<App>, job: QueuedJob) {
             }
             return;
         }
-        Err(JobError::Retry(e)) => {
+        Err(TaskError::Retry(e)) => {
             tracing::error!(error = %e, "job failed for the last time");
             let target = job.reply.clone().unwrap_or_default();
             let t = render(

@@ -10,7 +10,8 @@ use futures_util::StreamExt;
 use crate::app::App;
 use crate::containers::{fmt_size, MANAGED_LABEL};
 use crate::messages::{render, Lang};
-use crate::store::queue::{NewJob, ReplyTarget};
+use crate::store::queue::ReplyTarget;
+use crate::work::tasks::{ContainerTask, Task};
 
 pub fn spawn(
     app: Arc<App>,
@@ -82,7 +83,7 @@ pub async fn on_died(
     let oom = st.as_ref().is_some_and(|s| s.oom_killed);
     app.store.mark_exited(row.id, code, oom).await?;
     app.allocator.release(row.id).await?;
-    crate::handlers::containers::promote_waiting(app, blade).await;
+    crate::work::containers::promote_waiting(app, blade).await;
     let tail = client
         .logs(podman_id, 10)
         .await
@@ -151,21 +152,21 @@ pub async fn stop_expired(app: &Arc<App>) -> anyhow::Result<usize> {
             command: "/container".into(),
             sub: "stop".into(),
         };
+        let task = Task::Stop(ContainerTask {
+            container: r.id,
+            actor: "shisa".into(),
+            expired: true,
+            ..Default::default()
+        });
+        let request = format!("expire-{}-{}", r.id, uuid::Uuid::new_v4().simple());
         app.store
-            .enqueue(NewJob {
-                kind: crate::handlers::containers::STOP,
-                payload: serde_json::json!({"container": r.id, "actor": "shisa", "expired": true}),
-                owner: &r.owner,
-                request_id: &format!("expire-{}-{}", r.id, uuid::Uuid::new_v4().simple()),
-                reply: Some(target),
-                max_attempts: app.cfg.queue.max_attempts,
-            })
+            .enqueue(task.owned(&r.owner, &request, Some(target), app.cfg.queue.max_attempts))
             .await?;
         // So the sweep does not queue it twice before the stop runs.
         app.store.clear_expiry(r.id).await?;
     }
     if !rows.is_empty() {
-        app.wake.notify_one();
+        super::wake(app);
     }
     Ok(rows.len())
 }

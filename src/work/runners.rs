@@ -19,7 +19,7 @@ use crate::gitlab::hooks;
 use crate::messages::{render, Lang, UserError};
 use crate::store::gitlab::ProjectRow;
 
-use super::JobError;
+use super::TaskError;
 
 /// The label on runner containers (never `shisa.managed`: they are not users' containers).
 pub const LABEL: &str = "shisa.runner";
@@ -174,7 +174,7 @@ fn project_lock(project: u64) -> Arc<tokio::sync::Mutex<()>> {
 }
 
 /// A Job Hook: a pending job of a runner project starts that project's runner, once.
-pub async fn on_job(app: &Arc<App>, j: &hooks::Job) -> Result<(), JobError> {
+pub async fn on_job(app: &Arc<App>, j: &hooks::Job) -> Result<(), TaskError> {
     if j.build_status != "pending" {
         return Ok(());
     }
@@ -182,7 +182,7 @@ pub async fn on_job(app: &Arc<App>, j: &hooks::Job) -> Result<(), JobError> {
         .store
         .gitlab_project(j.project_id)
         .await
-        .map_err(JobError::Retry)?
+        .map_err(TaskError::Retry)?
     else {
         return Ok(());
     };
@@ -191,9 +191,9 @@ pub async fn on_job(app: &Arc<App>, j: &hooks::Job) -> Result<(), JobError> {
 
 /// Start the project's runner unless one is up (one at a time per project, however many
 /// hooks arrive together).
-pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), JobError> {
+pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), TaskError> {
     let Some(g) = app.cfg.gitlab.as_ref() else {
-        return Err(JobError::Gone);
+        return Err(TaskError::Gone);
     };
     if p.mode != "runner" || p.broken.is_some() {
         return Ok(());
@@ -201,7 +201,7 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), J
     let lock = project_lock(p.project_id);
     let _one = lock.lock().await;
     let Some((blade, client)) = app.blades.iter().find(|(b, _)| b.ssh.is_none()) else {
-        return Err(JobError::Retry(anyhow::anyhow!(
+        return Err(TaskError::Retry(anyhow::anyhow!(
             "no blade on this machine for runners"
         )));
     };
@@ -211,7 +211,7 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), J
         client
             .list_labelled(&label)
             .await
-            .map_err(|e| JobError::Retry(e.into()))?,
+            .map_err(|e| TaskError::Retry(e.into()))?,
     );
     if existing
         .iter()
@@ -223,9 +223,9 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), J
         let _ = client.remove(&x.id, true).await;
     }
     let token = match (key(app), p.runner_token.as_ref()) {
-        (Ok(k), Some(s)) => open(&k, s).map_err(JobError::Retry)?,
+        (Ok(k), Some(s)) => open(&k, s).map_err(TaskError::Retry)?,
         _ => {
-            return Err(JobError::Retry(anyhow::anyhow!(
+            return Err(TaskError::Retry(anyhow::anyhow!(
                 "no runner token for project {}",
                 p.project_id
             )))
@@ -238,15 +238,15 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), J
         .token(token.as_str())
         .system_id(system_id.as_str())
         .build()
-        .map_err(|e| JobError::Retry(anyhow::anyhow!("{e}")))?;
-    let api = app.gitlab.as_ref().ok_or(JobError::Gone)?;
+        .map_err(|e| TaskError::Retry(anyhow::anyhow!("{e}")))?;
+    let api = app.gitlab.as_ref().ok_or(TaskError::Gone)?;
     if let Err(e) = gitlab::api::ignore(verify).query_async(api).await {
         let why = client::explain(&e);
         if why.contains("not allowed") || why.contains("does not exist") {
             app.store
                 .mark_project_broken(p.project_id, &why)
                 .await
-                .map_err(JobError::Retry)?;
+                .map_err(TaskError::Retry)?;
             let text = render(
                 Lang::En,
                 "build.runner_broken",
@@ -261,14 +261,14 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), J
                 .await;
             return Ok(());
         }
-        return Err(JobError::Retry(anyhow::anyhow!(why)));
+        return Err(TaskError::Retry(anyhow::anyhow!(why)));
     }
     let owner = app
         .directory
         .lookup(&p.owner)
         .await
-        .map_err(|e| JobError::Retry(e.into()))?
-        .ok_or(JobError::Gone)?;
+        .map_err(|e| TaskError::Retry(e.into()))?
+        .ok_or(TaskError::Gone)?;
     let limits = app.cfg.limits_for(owner.role);
     let name = format!("shisa-runner-{}", p.project_id);
     let dir: PathBuf = app
@@ -276,18 +276,18 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), J
         .data_dir
         .join("runners")
         .join(p.project_id.to_string());
-    std::fs::create_dir_all(&dir).map_err(|e| JobError::Retry(e.into()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| TaskError::Retry(e.into()))?;
     let conf = dir.join("config.toml");
     std::fs::write(&conf, config_toml(&g.url, &name, &token))
-        .map_err(|e| JobError::Retry(e.into()))?;
+        .map_err(|e| TaskError::Retry(e.into()))?;
     {
         // Readable only by the runner's root, which is runner_uid_base on the host.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o400))
-            .map_err(|e| JobError::Retry(e.into()))?;
+            .map_err(|e| TaskError::Retry(e.into()))?;
         if unsafe { libc::geteuid() } == 0 {
             std::os::unix::fs::chown(&conf, Some(g.runner_uid_base), Some(g.runner_uid_base))
-                .map_err(|e| JobError::Retry(e.into()))?;
+                .map_err(|e| TaskError::Retry(e.into()))?;
         }
     }
     let memory = crate::containers::size_of(&limits.max_memory);
@@ -313,11 +313,11 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), J
     let id = client
         .create(&spec)
         .await
-        .map_err(|e| JobError::Retry(e.into()))?;
+        .map_err(|e| TaskError::Retry(e.into()))?;
     client
         .start(&id)
         .await
-        .map_err(|e| JobError::Retry(e.into()))?;
+        .map_err(|e| TaskError::Retry(e.into()))?;
     tracing::info!(project = p.project_id, blade = %blade.name, job = for_job, "runner started for a pending job");
     Ok(())
 }

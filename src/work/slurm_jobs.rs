@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::app::App;
 use crate::messages::{render, Lang};
 use crate::store::jobs::JobRow;
+use crate::work::tasks::{ContainerTask, Task};
 
 pub fn spawn(
     app: Arc<App>,
@@ -95,7 +96,7 @@ async fn end(app: &Arc<App>, j: &JobRow, state: &str, code: Option<i32>) -> anyh
     };
     let dir = Path::new(&j.dir);
     // What the job script recorded wins over Slurm's view (which may be gone).
-    let written = crate::handlers::jobs::read_as(&account, &dir.join("exit-code"), 1)
+    let written = crate::work::job_submit::read_as(&account, &dir.join("exit-code"), 1)
         .await
         .ok()
         .and_then(|t| t.trim().parse::<i32>().ok());
@@ -109,7 +110,7 @@ async fn end(app: &Arc<App>, j: &JobRow, state: &str, code: Option<i32>) -> anyh
     if !app.store.close_job(j.slurm_id, state, code).await? {
         return Ok(false);
     }
-    let log = crate::handlers::jobs::read_as(&account, &dir.join("output.log"), 15)
+    let log = crate::work::job_submit::read_as(&account, &dir.join("output.log"), 15)
         .await
         .unwrap_or_else(|e| format!("(the output cannot be read: {e})"));
     let row = app
@@ -117,7 +118,7 @@ async fn end(app: &Arc<App>, j: &JobRow, state: &str, code: Option<i32>) -> anyh
         .job(j.slurm_id)
         .await?
         .unwrap_or_else(|| j.clone());
-    let ran = match crate::handlers::jobs::elapsed(&row) {
+    let ran = match crate::work::job_submit::elapsed(&row) {
         e if e.is_empty() => "—".to_string(),
         e => e,
     };
@@ -155,7 +156,7 @@ pub async fn holders_once(app: &Arc<App>) -> anyhow::Result<usize> {
         return Ok(0);
     };
     for b in &app.cfg.blades {
-        crate::handlers::containers::promote_waiting(app, &b.name).await;
+        crate::work::containers::promote_waiting(app, &b.name).await;
     }
     let holders = app.store.gpu_holders().await?;
     if holders.is_empty() {
@@ -183,19 +184,23 @@ pub async fn holders_once(app: &Arc<App>) -> anyhow::Result<usize> {
             sub: "stop".into(),
             ..Default::default()
         };
+        let task = Task::Stop(ContainerTask {
+            container: cid,
+            actor: "shisa".into(),
+            allocation_ended: true,
+            ..Default::default()
+        });
         app.store
-            .enqueue(crate::store::queue::NewJob {
-                kind: crate::handlers::containers::STOP,
-                payload: serde_json::json!({"container": cid, "actor": "shisa", "allocation_ended": true}),
-                owner: &row.owner,
-                request_id: &format!("allocation-ended-{cid}-{hid}"),
-                reply: Some(target),
-                max_attempts: app.cfg.queue.max_attempts,
-            })
+            .enqueue(task.owned(
+                &row.owner,
+                &format!("allocation-ended-{cid}-{hid}"),
+                Some(target),
+                app.cfg.queue.max_attempts,
+            ))
             .await?;
         // So the next round does not queue it twice.
         app.store.take_gpu_holder(cid).await?;
-        app.wake.notify_one();
+        super::wake(app);
         stopped += 1;
     }
     Ok(stopped)

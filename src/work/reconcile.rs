@@ -98,7 +98,7 @@ pub async fn blade(app: &Arc<App>, blade: &str) -> anyhow::Result<Report> {
             }
             ("running", Some(l)) if l.state != "running" => {
                 // Died while nobody was watching (shisa down, events missed).
-                crate::handlers::events::on_died(app, blade, &l.id, None).await?;
+                crate::work::events::on_died(app, blade, &l.id, None).await?;
                 rep.exited += 1;
                 app.metrics.incr_labeled(
                     "reconcile_repairs",
@@ -145,7 +145,7 @@ pub async fn blade(app: &Arc<App>, blade: &str) -> anyhow::Result<Report> {
     }
     if rep != Report::default() {
         tracing::info!(blade, ?rep, "reconciled");
-        crate::handlers::containers::promote_waiting(app, blade).await;
+        crate::work::containers::promote_waiting(app, blade).await;
     }
     Ok(rep)
 }

@@ -5,13 +5,10 @@ use std::sync::Arc;
 
 use crate::app::App;
 use crate::messages::{render, Lang};
-use crate::store::queue::QueuedJob;
 
-use super::JobError;
+use super::TaskError;
 
-pub const KIND: &str = "container.info";
-
-pub async fn run(app: &Arc<App>, _job: &QueuedJob) -> Result<String, JobError> {
+pub async fn run(app: &Arc<App>) -> Result<String, TaskError> {
     let mut lines = vec![render(Lang::En, "info.header", &[])];
     for (blade, client) in &app.blades {
         match client.info().await {

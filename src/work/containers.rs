@@ -1,0 +1,756 @@
+//! The Podman part of `/container run|stop|start|rm|exec`, done by a worker after the
+//! command was checked, recorded and acknowledged; and the GPU wait queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::access::{authorize, Action, Resource, ResourceRef};
+use crate::app::App;
+use crate::config::Blade;
+use crate::containers::{self, fmt_cpus, fmt_size};
+use crate::identity::Account;
+use crate::images::{self, Source};
+use crate::messages::{render, Lang, UserError};
+use crate::podman::{ExecRequest, PodmanError};
+use crate::store::containers::ContainerRow;
+use crate::store::queue::{QueuedTask, ReplyTarget};
+use crate::work::tasks::{ContainerTask, Task};
+
+use super::TaskError;
+
+/// May `caller` use this image? Their own and the admins' always; another
+/// user's only when shared with them (or they are an admin).
+pub async fn may_use_image(
+    app: &App,
+    caller: &Account,
+    image: &images::ImageRef,
+) -> anyhow::Result<bool> {
+    let Source::User(owner) = &image.source else {
+        return Ok(true);
+    };
+    let shared = match registry_repository(app, &image.reference) {
+        Some(repo) => app.store.shared_with_of(&repo).await?,
+        None => Vec::new(),
+    };
+    let r = ResourceRef {
+        kind: "image",
+        name: &image.reference,
+        owner,
+        shared_with: &shared,
+        owner_groups: &[],
+    };
+    Ok(authorize(caller, Action::Use, &Resource::Owned(r), &app.role_groups).allowed())
+}
+
+/// `REGISTRY/alice/app:1` → `alice/app`, for images in the department registry.
+pub fn registry_repository(app: &App, reference: &str) -> Option<String> {
+    let host = &app.registry.as_ref()?.cfg.host;
+    let rest = reference.strip_prefix(host.as_str())?.strip_prefix('/')?;
+    let end = rest.find(['@']).unwrap_or(rest.len());
+    let path = &rest[..end];
+    let path = match path.rfind(':') {
+        Some(i) if !path[i..].contains('/') => &path[..i],
+        _ => path,
+    };
+    Some(path.to_string())
+}
+
+pub fn blade_of<'a>(
+    app: &'a App,
+    name: &str,
+) -> anyhow::Result<(&'a Blade, &'a crate::podman::PodmanClient)> {
+    app.blades
+        .iter()
+        .find(|(b, _)| b.name == name)
+        .map(|(b, c)| (b, c))
+        .ok_or_else(|| anyhow::anyhow!("blade {name} is no longer configured"))
+}
+
+/// The container a queued job is about; `Gone` if it was removed meanwhile.
+pub async fn job_row(app: &Arc<App>, t: &ContainerTask) -> Result<ContainerRow, TaskError> {
+    app.store
+        .container(t.container)
+        .await
+        .map_err(TaskError::Retry)?
+        .ok_or(TaskError::Gone)
+}
+
+pub fn retry_or_fail(job: &QueuedTask, e: PodmanError) -> TaskError {
+    match e {
+        PodmanError::Unreachable { .. } if job.attempts < job.max_attempts => {
+            TaskError::Retry(e.into())
+        }
+        PodmanError::Unreachable { .. } => TaskError::Retry(e.into()),
+        PodmanError::Api { message, .. } => TaskError::User(
+            UserError::new("command.failed")
+                .arg("command", "/container")
+                .arg("sub", job.kind.trim_start_matches("container."))
+                .arg("reason", message),
+        ),
+    }
+}
+
+pub async fn owner_of(app: &Arc<App>, row: &ContainerRow) -> Result<Account, TaskError> {
+    match app.directory.lookup(&row.owner).await {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(TaskError::User(
+            UserError::new("identity.unknown_user")
+                .arg("user", &row.owner)
+                .arg("contact", &app.cfg.mattermost.contact),
+        )),
+        Err(e) => Err(TaskError::Retry(e.into())),
+    }
+}
+
+/// Undo a run that cannot complete: nothing is left created or leased.
+pub async fn discard(app: &Arc<App>, row: &ContainerRow) {
+    if let Ok((_, client)) = blade_of(app, &row.blade) {
+        // By id, or by our labels: a container of the same name may be another installation's.
+        let target = match &row.podman_id {
+            Some(id) => Some(id.clone()),
+            None => earlier_attempt(app, client, row)
+                .await
+                .ok()
+                .flatten()
+                .map(|l| l.id),
+        };
+        if let Some(target) = target {
+            if let Err(e) = client.remove(&target, true).await {
+                tracing::warn!(error = %e, container = row.id, "could not remove a failed container; reconciliation will");
+            }
+        }
+    }
+    let _ = app.allocator.release(row.id).await;
+    let _ = app.store.delete_container(row.id).await;
+    promote_waiting(app, &row.blade).await;
+}
+
+pub fn port_in_message(msg: &str) -> Option<u16> {
+    // netavark/rootlessport say e.g. "cannot listen on the TCP port: listen tcp4 :61000: bind: address already in use"
+    let before = msg.split("address already in use").next()?;
+    before
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())
+        .and_then(|s| s.parse().ok())
+}
+
+/// The container an earlier attempt of this row's run made on the blade, if any:
+/// labelled with this row's id and this instance (or, from before instance labels,
+/// with no instance and this row's Podman name).
+pub async fn earlier_attempt(
+    app: &Arc<App>,
+    client: &crate::podman::PodmanClient,
+    row: &ContainerRow,
+) -> Result<Option<crate::podman::Listed>, PodmanError> {
+    let listed = client
+        .list_labelled(&format!("shisa.id={}", row.id))
+        .await?;
+    Ok(listed.into_iter().find(|l| {
+        let label = |k: &str| l.labels.as_ref().and_then(|m| m.get(k)).map(String::as_str);
+        label("shisa.managed") == Some("true")
+            && label("shisa.blade") == Some(row.blade.as_str())
+            && match label(containers::INSTANCE_LABEL) {
+                Some(i) => i == app.instance,
+                None => l
+                    .names
+                    .iter()
+                    .any(|n| n.trim_start_matches('/') == row.podman_name),
+            }
+    }))
+}
+
+pub async fn run_job(
+    app: &Arc<App>,
+    job: &QueuedTask,
+    t: &ContainerTask,
+) -> Result<String, TaskError> {
+    let row = job_row(app, t).await?;
+    let (blade, client) = blade_of(app, &row.blade).map_err(TaskError::Retry)?;
+    let blade = blade.clone();
+    if row.state == "running" {
+        // A retry after a crash that came after the start: it is done, say so.
+        if let Some(pid) = &row.podman_id {
+            if client
+                .inspect(pid)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.running)
+            {
+                return Ok(started_text(app, &row, &blade, None).await);
+            }
+        }
+    }
+    let owner = match owner_of(app, &row).await {
+        Ok(o) => o,
+        Err(TaskError::User(e)) => {
+            discard(app, &row).await;
+            return Err(TaskError::User(e));
+        }
+        Err(e) => return Err(e),
+    };
+    let grant = if row.gpus > 0 {
+        match app
+            .allocator
+            .grant(&blade, row.id, row.gpus)
+            .await
+            .map_err(TaskError::Retry)?
+        {
+            Some(g) => Some(g),
+            None => {
+                app.store
+                    .set_container_state(row.id, "waiting")
+                    .await
+                    .map_err(TaskError::Retry)?;
+                let position = app
+                    .store
+                    .waiting_position(row.id)
+                    .await
+                    .map_err(TaskError::Retry)?;
+                return Ok(UserError::new("container.waiting")
+                    .arg("blade", &blade.name)
+                    .arg("name", &row.name)
+                    .arg("position", position.to_string())
+                    .to_string());
+            }
+        }
+    } else {
+        None
+    };
+    let devices = grant
+        .as_ref()
+        .map(|g| g.devices.clone())
+        .unwrap_or_default();
+    // A registry image the blade does not have yet: pull it as its owner, for this repository only.
+    if let (Some(reg), Some(repo)) = (app.registry.as_ref(), registry_repository(app, &row.image)) {
+        if !client
+            .image_exists(&row.image)
+            .await
+            .map_err(|e| retry_or_fail(job, e))?
+        {
+            let cred = reg.pull_credential(&row.owner, &repo);
+            if let Err(e) = client
+                .pull(&row.image, &row.owner, &cred, !reg.cfg.insecure)
+                .await
+            {
+                return Err(match e {
+                    PodmanError::Api { message, .. } => {
+                        discard(app, &row).await;
+                        TaskError::User(
+                            UserError::new("container.start_failed")
+                                .arg("name", &row.name)
+                                .arg("reason", format!("pulling the image failed: {message}")),
+                        )
+                    }
+                    other => TaskError::Retry(other.into()),
+                });
+            }
+        }
+    }
+    let ip = app.store.ip_of(row.id).await.map_err(TaskError::Retry)?;
+    if let (Some(_), Some(pool)) = (&ip, &blade.ip_pool) {
+        if let Err(e) = client
+            .ensure_network(
+                &pool.network,
+                &pool.subnet,
+                &pool.gateway().map(|g| g.to_string()).unwrap_or_default(),
+            )
+            .await
+        {
+            return Err(retry_or_fail(job, e));
+        }
+    }
+    let fail = |reason: String| {
+        UserError::new("container.start_failed")
+            .arg("name", &row.name)
+            .arg("reason", reason)
+    };
+    // An earlier attempt of this job (cut off by a crash) may have made the container
+    // already: find it by our labels, never by name alone, and adopt it.
+    // (A first attempt has nothing to find: no Podman query on the common path.)
+    let earlier = if job.attempts > 1 {
+        earlier_attempt(app, client, &row)
+            .await
+            .map_err(|e| retry_or_fail(job, e))?
+    } else {
+        None
+    };
+    if let Some(l) = earlier {
+        if l.state == "running" {
+            tracing::info!(container = row.id, podman = %l.id, "adopting the container an earlier attempt started");
+            app.store
+                .set_podman_id(row.id, &l.id)
+                .await
+                .map_err(TaskError::Retry)?;
+            let lifetime = gpu_lifetime(app, &owner, &row);
+            app.store
+                .mark_running(row.id, lifetime)
+                .await
+                .map_err(TaskError::Retry)?;
+            return Ok(started_text(app, &row, &blade, grant.as_ref()).await);
+        }
+        // Created but never started (or already dead): made again below, from today's leases.
+        tracing::info!(container = row.id, podman = %l.id, state = %l.state, "replacing what an earlier attempt left");
+        client
+            .remove(&l.id, true)
+            .await
+            .map_err(|e| retry_or_fail(job, e))?;
+    }
+    let mut started = None;
+    for _ in 0..5 {
+        let ports = app.store.ports_of(row.id).await.map_err(TaskError::Retry)?;
+        let mut spec = containers::spec(
+            &row,
+            &owner,
+            &app.cfg.containers,
+            &ports,
+            &devices,
+            &blade,
+            ip.as_deref(),
+        );
+        spec["labels"][containers::INSTANCE_LABEL] = serde_json::json!(app.instance);
+        let created = client.create(&spec).await;
+        let pid = match created {
+            Ok(p) => p,
+            Err(e @ PodmanError::Unreachable { .. }) => {
+                if job.attempts >= job.max_attempts {
+                    discard(app, &row).await;
+                }
+                return Err(TaskError::Retry(e.into()));
+            }
+            Err(PodmanError::Api { message, .. }) => {
+                discard(app, &row).await;
+                return Err(TaskError::User(fail(message)));
+            }
+        };
+        app.store
+            .set_podman_id(row.id, &pid)
+            .await
+            .map_err(TaskError::Retry)?;
+        match client.start(&pid).await {
+            Ok(()) => {
+                started = Some(pid);
+                break;
+            }
+            Err(PodmanError::Api { message, .. }) if message.contains("address already in use") => {
+                let _ = client.remove(&pid, true).await;
+                let bad: Vec<u16> = match port_in_message(&message) {
+                    Some(p) => vec![p],
+                    None => ports.iter().map(|p| p.port).collect(),
+                };
+                tracing::warn!(?bad, "host port taken outside shisa; leasing another");
+                for p in bad {
+                    if !app
+                        .store
+                        .replace_bad_port(&blade.name, blade.port_range, p)
+                        .await
+                        .map_err(TaskError::Retry)?
+                    {
+                        let mut r = row.clone();
+                        r.podman_id = None;
+                        discard(app, &r).await;
+                        return Err(TaskError::User(
+                            UserError::new("container.no_ports")
+                                .arg("blade", &blade.name)
+                                .arg("contact", &app.cfg.mattermost.contact),
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                let mut r = row.clone();
+                r.podman_id = Some(pid);
+                discard(app, &r).await;
+                return Err(match e {
+                    PodmanError::Api { message, .. } => TaskError::User(fail(message)),
+                    other => TaskError::User(fail(other.to_string())),
+                });
+            }
+        }
+    }
+    if started.is_none() {
+        discard(app, &row).await;
+        return Err(TaskError::User(fail(
+            "no free host port could be bound".into(),
+        )));
+    }
+    let lifetime = gpu_lifetime(app, &owner, &row);
+    app.store
+        .mark_running(row.id, lifetime)
+        .await
+        .map_err(TaskError::Retry)?;
+    Ok(started_text(app, &row, &blade, grant.as_ref()).await)
+}
+
+pub async fn started_text(
+    app: &Arc<App>,
+    row: &ContainerRow,
+    blade: &Blade,
+    grant: Option<&crate::gpus::Grant>,
+) -> String {
+    let gpus = match grant {
+        Some(g) if g.shared => render(
+            Lang::En,
+            "container.gpus_shared",
+            &[("devices", g.devices.join(", "))],
+        ),
+        Some(g) => render(
+            Lang::En,
+            "container.gpus_exclusive",
+            &[("devices", g.devices.join(", "))],
+        ),
+        None => String::new(),
+    };
+    let mut t = UserError::new("container.started")
+        .arg("name", &row.name)
+        .arg("blade", &blade.name)
+        .arg(
+            "image",
+            format!("`{}`", containers::short_image(&row.image)),
+        )
+        .arg("cpus", fmt_cpus(row.cpus_milli))
+        .arg("memory", fmt_size(row.memory))
+        .arg("gpus", gpus)
+        .to_string();
+    let ports = app.store.ports_of(row.id).await.unwrap_or_default();
+    if !ports.is_empty() {
+        t.push('\n');
+        t.push_str(&containers::port_lines(&ports, blade, row.private));
+    }
+    if let Ok(Some(ip)) = app.store.ip_of(row.id).await {
+        t.push_str(&format!("\naddress: {ip}"));
+    }
+    t
+}
+
+/// How long a GPU container may run for its owner's role; `None` without GPUs.
+pub fn gpu_lifetime(app: &App, owner: &Account, row: &ContainerRow) -> Option<i64> {
+    (row.gpus > 0)
+        .then(|| crate::values::parse_duration(&app.cfg.limits_for(owner.role).gpu_lifetime).ok())
+        .flatten()
+        .map(|s| s as i64)
+}
+
+/// Start the oldest waiting containers on a blade that now fit.
+pub async fn promote_waiting(app: &Arc<App>, blade_name: &str) {
+    let Some(blade) = app.cfg.blade(blade_name).cloned() else {
+        return;
+    };
+    let Ok(waiting) = app.store.containers_in_state(blade_name, "waiting").await else {
+        return;
+    };
+    // Nobody waiting: no need to ask the allocator (for Slurm, a command per blade per round).
+    if waiting.is_empty() {
+        return;
+    }
+    let Ok(mut free) = app.allocator.free(&blade).await else {
+        return;
+    };
+    for w in waiting {
+        match app.allocator.ready(w.id).await {
+            // Slurm keeps the queue: promote exactly those whose allocation started.
+            Ok(Some(true)) => {}
+            Ok(Some(false)) | Err(_) => continue,
+            Ok(None) => {
+                if w.gpus > free {
+                    break; // first come, first served: nobody overtakes the head of the queue
+                }
+                free -= w.gpus;
+            }
+        }
+        if app
+            .store
+            .set_container_state(w.id, "pending")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let target = ReplyTarget {
+            response_url: None,
+            channel_id: None,
+            mm_user_id: app.store.mm_user_of(&w.owner).await.ok().flatten(),
+            uid: w.owner.clone(),
+            command: "/container".into(),
+            sub: "run".into(),
+        };
+        let rid = format!("promote-{}-{}", w.id, uuid::Uuid::new_v4().simple());
+        let task = Task::Run(ContainerTask {
+            container: w.id,
+            ..Default::default()
+        });
+        if let Err(e) = super::enqueue(app, task, &w.owner, &rid, Some(target)).await {
+            tracing::error!(error = %e, "could not queue a waiting container");
+        }
+    }
+}
+
+pub async fn tell_owner_if_staff(
+    app: &Arc<App>,
+    t: &ContainerTask,
+    row: &ContainerRow,
+    action: &str,
+) {
+    if t.staff {
+        let actor = t.actor.as_str();
+        let t = render(
+            Lang::En,
+            "container.staff_action",
+            &[
+                ("actor", actor.into()),
+                ("action", action.into()),
+                ("name", row.name.clone()),
+            ],
+        );
+        app.notifier
+            .notice(
+                &row.owner,
+                &t,
+                serde_json::json!({"shisa": {"notice": "staff_action"}}),
+            )
+            .await;
+    }
+}
+
+pub async fn stop_job(
+    app: &Arc<App>,
+    job: &QueuedTask,
+    t: &ContainerTask,
+) -> Result<String, TaskError> {
+    let row = job_row(app, t).await?;
+    if row.state != "running" && row.state != "stopping" {
+        return Ok(UserError::new("container.already_stopped")
+            .arg("name", &row.name)
+            .to_string());
+    }
+    let (_, client) = blade_of(app, &row.blade).map_err(TaskError::Retry)?;
+    // Mark first, so the died event this causes is not reported as a crash.
+    app.store
+        .set_container_state(row.id, "stopping")
+        .await
+        .map_err(TaskError::Retry)?;
+    if let Some(pid) = &row.podman_id {
+        if let Err(e) = client.stop(pid, app.cfg.containers.stop_timeout).await {
+            app.store
+                .set_container_state(row.id, "running")
+                .await
+                .map_err(TaskError::Retry)?;
+            return Err(retry_or_fail(job, e));
+        }
+    }
+    let state = match &row.podman_id {
+        Some(pid) => client.inspect(pid).await.ok().flatten(),
+        None => None,
+    };
+    app.store
+        .mark_exited(row.id, state.as_ref().map(|s| s.exit_code), false)
+        .await
+        .map_err(TaskError::Retry)?;
+    app.allocator
+        .release(row.id)
+        .await
+        .map_err(TaskError::Retry)?;
+    promote_waiting(app, &row.blade).await;
+    tell_owner_if_staff(app, t, &row, "stop").await;
+    if t.allocation_ended {
+        return Ok(render(
+            Lang::En,
+            "container.allocation_ended",
+            &[("name", row.name.clone())],
+        ));
+    }
+    if t.expired {
+        return Ok(render(
+            Lang::En,
+            "container.expired",
+            &[("name", row.name.clone())],
+        ));
+    }
+    Ok(render(
+        Lang::En,
+        "container.stopped",
+        &[("name", row.name.clone())],
+    ))
+}
+
+pub async fn start_job(
+    app: &Arc<App>,
+    job: &QueuedTask,
+    t: &ContainerTask,
+) -> Result<String, TaskError> {
+    let row = job_row(app, t).await?;
+    if row.state == "running" {
+        return Ok(UserError::new("container.already_running")
+            .arg("name", &row.name)
+            .to_string());
+    }
+    let (blade, client) = blade_of(app, &row.blade).map_err(TaskError::Retry)?;
+    let blade = blade.clone();
+    let grant = if row.gpus > 0 {
+        match app
+            .allocator
+            .grant(&blade, row.id, row.gpus)
+            .await
+            .map_err(TaskError::Retry)?
+        {
+            Some(g) => Some(g),
+            None => {
+                let total = blade.gpus.len() as u32 * blade.gpu_share;
+                return Err(TaskError::User(
+                    UserError::new("container.gpus_busy")
+                        .arg("blade", &blade.name)
+                        .arg("total", total.to_string()),
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    let Some(pid) = row.podman_id.clone() else {
+        return Err(TaskError::User(
+            UserError::new("container.busy")
+                .arg("name", &row.name)
+                .arg("state", "not created"),
+        ));
+    };
+    app.store
+        .set_container_state(row.id, "pending")
+        .await
+        .map_err(TaskError::Retry)?;
+    if let Err(e) = client.start(&pid).await {
+        app.allocator
+            .release(row.id)
+            .await
+            .map_err(TaskError::Retry)?;
+        app.store
+            .set_container_state(row.id, "exited")
+            .await
+            .map_err(TaskError::Retry)?;
+        return Err(retry_or_fail(job, e));
+    }
+    let owner = owner_of(app, &row).await?;
+    let lifetime = gpu_lifetime(app, &owner, &row);
+    app.store
+        .mark_running(row.id, lifetime)
+        .await
+        .map_err(TaskError::Retry)?;
+    tell_owner_if_staff(app, t, &row, "start").await;
+    Ok(started_text(app, &row, &blade, grant.as_ref()).await)
+}
+
+pub async fn rm_job(
+    app: &Arc<App>,
+    job: &QueuedTask,
+    t: &ContainerTask,
+) -> Result<String, TaskError> {
+    let row = job_row(app, t).await?;
+    let (_, client) = blade_of(app, &row.blade).map_err(TaskError::Retry)?;
+    let before = row.state.clone();
+    app.store
+        .set_container_state(row.id, "removing")
+        .await
+        .map_err(TaskError::Retry)?;
+    let target = row
+        .podman_id
+        .clone()
+        .unwrap_or_else(|| row.podman_name.clone());
+    if let Err(e) = client.remove(&target, true).await {
+        app.store
+            .set_container_state(row.id, &before)
+            .await
+            .map_err(TaskError::Retry)?;
+        return Err(retry_or_fail(job, e));
+    }
+    app.allocator
+        .release(row.id)
+        .await
+        .map_err(TaskError::Retry)?;
+    app.store
+        .delete_container(row.id)
+        .await
+        .map_err(TaskError::Retry)?;
+    promote_waiting(app, &row.blade).await;
+    tell_owner_if_staff(app, t, &row, "rm").await;
+    Ok(render(
+        Lang::En,
+        "container.removed",
+        &[("name", row.name.clone())],
+    ))
+}
+
+pub async fn exec_job(
+    app: &Arc<App>,
+    job: &QueuedTask,
+    t: &ContainerTask,
+) -> Result<String, TaskError> {
+    let row = job_row(app, t).await?;
+    let cmd = t.cmd.clone();
+    let Some(pid) = row.podman_id.clone().filter(|_| row.state == "running") else {
+        return Err(TaskError::User(
+            UserError::new("container.not_running_exec").arg("name", &row.name),
+        ));
+    };
+    let owner = owner_of(app, &row).await?;
+    let (_, client) = blade_of(app, &row.blade).map_err(TaskError::Retry)?;
+    let home = owner.home.display().to_string();
+    let user = format!("{}:{}", owner.uid_number, owner.gid_number);
+    let timeout = Duration::from_secs(app.cfg.containers.exec_timeout);
+    // Always as the owner, never root, even when an admin runs it.
+    let req = ExecRequest {
+        cmd: &cmd,
+        env: vec![format!("HOME={home}"), format!("USER={}", owner.uid)],
+        workdir: &home,
+        user: &user,
+        timeout,
+        max_output: 3000,
+    };
+    let r = client
+        .exec(&pid, &req)
+        .await
+        .map_err(|e| retry_or_fail(job, e))?;
+    let shown = cmd.join(" ").replace('`', "'");
+    let output = r.output.replace("```", "'''");
+    tell_owner_if_staff(app, t, &row, "exec").await;
+    if r.timed_out {
+        return Ok(render(
+            Lang::En,
+            "container.exec_timeout",
+            &[
+                ("cmd", shown),
+                ("name", row.name.clone()),
+                ("seconds", timeout.as_secs().to_string()),
+                ("output", output),
+            ],
+        ));
+    }
+    let note = if r.truncated {
+        " (output cut to its last 3000 bytes)".to_string()
+    } else {
+        String::new()
+    };
+    Ok(render(
+        Lang::En,
+        "container.exec_result",
+        &[
+            ("cmd", shown),
+            ("name", row.name.clone()),
+            (
+                "code",
+                r.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "?".into()),
+            ),
+            ("note", note),
+            ("output", output),
+        ],
+    ))
+}
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn port_from_podman_message() {
+        let m = "cannot listen on the TCP port: listen tcp4 :61000: bind: address already in use";
+        assert_eq!(super::port_in_message(m), Some(61000));
+        assert_eq!(super::port_in_message("something else"), None);
+    }
+}
