@@ -3,10 +3,8 @@
 //! English is the only language today; a Japanese table can be added beside
 //! `EN` with the same keys, and `Lang` chooses. Placeholders are `{name}`.
 //!
-//! Error policy (after crates.io's `util/errors.rs`): a [`UserError`] is
-//! something the user did or can fix; it is rendered from the catalogue and
-//! shown to them. Anything else is an internal error: logged with the request
-//! id, and the user sees only `internal.error` with that id.
+//! A [`Message`] is any reply from the catalogue (an acknowledgement, a result); a
+//! [`UserError`] is an error the user can act on. The error policy is in `error`.
 
 use std::fmt;
 
@@ -72,7 +70,7 @@ pub static EN: &[(&str, &str)] = &[
     ("container.gpus_shared", ", GPU {devices} shared with other containers"),
     ("container.gpus_exclusive", ", GPU {devices}"),
     ("container.waiting", "All GPUs on `{blade}` are busy. Your container `{name}` is number {position} in the queue; I will send you a message when it starts."),
-    ("container.start_failed", "Container `{name}` could not start: {reason}. Nothing was left behind."),
+    ("container.command_not_found", "Container `{name}` could not start: its command is not in the image. Check the command after `--` (or the image's own), then run it again. Nothing was left behind."),
     ("container.stopped", "Container `{name}` is stopped; its GPUs and CPUs are free again. `/container start {name}` runs it again."),
     ("container.already_stopped", "Container `{name}` is not running."),
     ("container.already_running", "Container `{name}` is already running."),
@@ -156,7 +154,7 @@ pub static EN: &[(&str, &str)] = &[
     ("job.already_ended", "Job {id} has already ended ({state})."),
     ("job.cancelled", "Job {id} is cancelled. You will get its last lines when Slurm has stopped it."),
     ("job.slurm_refused", "Slurm refused: {reason}"),
-    ("job.slurm_down", "Slurm is not answering right now ({reason}); nothing was changed. Try again in a minute."),
+    ("job.slurm_down", "Slurm is not answering right now; nothing was changed. Try again in a minute."),
     ("job.no_dir", "I cannot create the job directory `{dir}` in your home: {reason}."),
     ("job.submitted", "Job {id} (`{name}`) is submitted in `{image}` ({resources}). Its output goes to `{dir}/output.log`; you will get its last lines when it ends.{notes}"),
     ("job.ended", "Job {id} (`{name}`) ended: {state}, exit code {code}, ran {elapsed}. The last lines of its output:\n```\n{log}\n```"),
@@ -167,19 +165,21 @@ pub static EN: &[(&str, &str)] = &[
     ("identity.not_ldap", "Your Mattermost account `{user}` does not sign in through the department directory (LDAP), so I cannot tell which department account is yours. Sign in to Mattermost with your department account, or ask {contact}."),
     ("identity.directory_down", "I cannot reach the department directory right now, so I cannot check who you are. Please try again in a minute; if it persists, tell {contact}."),
     // generic
-    ("internal.error", "Something went wrong on my side and nothing was changed. The admins can find the details under reference `{request}`."),
+    ("internal.error", "Something went wrong on our side and nothing was changed. If it keeps happening, tell {contact} the reference `{request}`."),
     ("command.unknown_program", "This server does not answer `{command}`; it knows `/container` and `/job`. Ask {contact} to check the slash command's settings."),
     ("command.not_available", "`{command} {sub}` is not available yet on this server. Type `{command} help` to see what you can do today."),
     ("command.forbidden", "`{command} {sub}` is for {role}s only."),
     ("command.accepted", "Working on `{command} {sub}` (request `{request}`); I will reply here when it is done."),
     ("command.failed", "`{command} {sub}` failed: {reason}"),
+    ("command.failed_here", "`{command} {sub}` did not work on our side, and nothing was left half-done. Try again in a while; if it keeps failing, tell {contact} the reference `{request}`."),
+    ("container.start_failed_here", "Container `{name}` could not start on our side, and nothing was left behind. Try again in a while; if it keeps failing, tell {contact} the reference `{request}`."),
     ("command.gave_up", "`{command} {sub}` (request `{request}`) could not be completed after {attempts} attempts and nothing was left half-done. Please try again later; if it keeps failing, tell {contact} with the request id."),
     ("not_found", "There is no {kind} called `{name}` that you can see."),
     // whoami / info
     ("whoami.text", "You are `{uid}` (uid {uid_number}, gid {gid_number}), role **{role}**, home `{home}`, groups: {groups}."),
     ("info.header", "Blades:"),
     ("info.blade_up", "- `{blade}`: up, Podman {version}, {containers} containers, {images} images"),
-    ("info.blade_down", "- `{blade}`: **down** ({reason})"),
+    ("info.blade_down", "- `{blade}`: **down** (not answering; the admins can see why)"),
     ("templates.none", "No templates are configured yet. Ask the admins to add `[templates.NAME]` to the configuration."),
     // chat/cli
     ("chat.timeout", "No final reply arrived within {seconds} s."),
@@ -225,7 +225,33 @@ pub fn render(lang: Lang, key: &str, args: &[(&str, String)]) -> String {
     out
 }
 
-/// A user-facing error: a catalogue key plus its arguments.
+/// A reply that is not an error: a catalogue key plus its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub key: &'static str,
+    pub args: Vec<(&'static str, String)>,
+}
+
+impl Message {
+    pub fn new(key: &'static str) -> Self {
+        Message {
+            key,
+            args: Vec::new(),
+        }
+    }
+    pub fn arg(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.args.push((name, value.into()));
+        self
+    }
+}
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&render(Lang::En, self.key, &self.args))
+    }
+}
+
+/// A user-facing error: a catalogue key plus its arguments (see `error` for the policy).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UserError {
     pub key: &'static str,
@@ -283,7 +309,7 @@ mod tests {
                     stack.push(e);
                 } else if e.extension().is_some_and(|x| x == "rs") && !e.ends_with("messages.rs") {
                     let text = std::fs::read_to_string(&e).unwrap();
-                    for pat in ["UserError::new(\"", "render_key(\""] {
+                    for pat in ["UserError::new(\"", "Message::new(\"", "render_key(\""] {
                         for (i, _) in text.match_indices(pat) {
                             let rest = &text[i + pat.len()..];
                             let key = &rest[..rest.find('"').unwrap()];

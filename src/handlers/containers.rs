@@ -58,7 +58,7 @@ pub async fn handle(
             };
             let res = Some(format!("container:{}/{}", row.owner, row.name));
             let text = if inv.sub == "logs" {
-                logs(app, &row, inv).await
+                logs(app, &row, inv, request).await
             } else {
                 inspect(app, &row).await
             };
@@ -126,7 +126,7 @@ pub async fn handle(
 }
 
 fn accepted(request: &str, sub: &str) -> Reply {
-    let t = UserError::new("command.accepted")
+    let t = crate::messages::Message::new("command.accepted")
         .arg("command", "/container")
         .arg("sub", sub)
         .arg("request", request);
@@ -435,7 +435,7 @@ async fn run(
     let res = Some(format!("container:{}/{}", row.owner, row.name));
     if state == "waiting" {
         let position = app.store.waiting_position(row.id).await?;
-        let t = UserError::new("container.waiting")
+        let t = crate::messages::Message::new("container.waiting")
             .arg("blade", &blade.name)
             .arg("name", &name)
             .arg("position", position.to_string());
@@ -521,7 +521,7 @@ fn human(secs: i64) -> String {
     }
 }
 
-async fn logs(app: &Arc<App>, row: &ContainerRow, inv: &Invocation) -> String {
+async fn logs(app: &Arc<App>, row: &ContainerRow, inv: &Invocation, request: &str) -> String {
     let tail = match inv.value("tail") {
         Some(Value::Count(n)) => *n,
         _ => 50,
@@ -554,11 +554,15 @@ async fn logs(app: &Arc<App>, row: &ContainerRow, inv: &Invocation) -> String {
                 ],
             )
         }
-        Err(e) => UserError::new("command.failed")
-            .arg("command", "/container")
-            .arg("sub", "logs")
-            .arg("reason", e.to_string())
-            .to_string(),
+        Err(e) => crate::error::internal(
+            "command.failed_here",
+            request,
+            &app.cfg.mattermost.contact,
+            &e,
+        )
+        .arg("command", "/container")
+        .arg("sub", "logs")
+        .to_string(),
     }
 }
 

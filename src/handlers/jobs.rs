@@ -86,7 +86,8 @@ pub async fn handle(
             }
             // Slurm down: say so now, queue nothing.
             if let Err(e) = sched.ping().await {
-                let e = UserError::new("job.slurm_down").arg("reason", e.to_string());
+                tracing::warn!(request = request_id, error = %e, "Slurm did not answer a ping");
+                let e = UserError::new("job.slurm_down");
                 return Ok(reply(request_id, e.to_string(), "unavailable"));
             }
             work::enqueue(
@@ -100,7 +101,7 @@ pub async fn handle(
                 Some(target),
             )
             .await?;
-            let ack = UserError::new("command.accepted")
+            let ack = crate::messages::Message::new("command.accepted")
                 .arg("command", "/job")
                 .arg("sub", "submit")
                 .arg("request", request_id);
@@ -216,13 +217,14 @@ pub async fn handle(
                         .to_string(),
                     "failed",
                 )),
-                Err(e) => Ok(reply(
-                    request_id,
-                    UserError::new("job.slurm_down")
-                        .arg("reason", e.to_string())
-                        .to_string(),
-                    "failed",
-                )),
+                Err(e) => {
+                    tracing::warn!(request = request_id, error = %e, "scancel failed");
+                    Ok(reply(
+                        request_id,
+                        UserError::new("job.slurm_down").to_string(),
+                        "failed",
+                    ))
+                }
             }
         }
         _ => Ok(reply(

@@ -45,7 +45,7 @@ pub async fn handle(
         Some(target),
     )
     .await?;
-    let t = UserError::new("command.accepted")
+    let t = crate::messages::Message::new("command.accepted")
         .arg("command", "/container")
         .arg("sub", "sif")
         .arg("request", request);

@@ -19,16 +19,13 @@ pub async fn handle(app: &Arc<App>, form: SlashForm, request_id: &str) -> Reply 
     let reply = match handle_inner(app, &form, request_id).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!(request = request_id, error = ?e, "internal error handling a slash command");
-            Reply::new(
+            let e = crate::error::internal(
+                "internal.error",
                 request_id,
-                render(
-                    Lang::En,
-                    "internal.error",
-                    &[("request", request_id.to_string())],
-                ),
-                true,
-            )
+                &app.cfg.mattermost.contact,
+                &format!("{e:?}"),
+            );
+            Reply::new(request_id, e.to_string(), true)
         }
     };
     app.metrics
@@ -214,7 +211,7 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
             )
             .await?;
             audit(action, "queued", None).await?;
-            let ack = UserError::new("command.accepted")
+            let ack = crate::messages::Message::new("command.accepted")
                 .arg("command", program.slash())
                 .arg("sub", inv.sub)
                 .arg("request", request_id);

@@ -75,19 +75,38 @@ pub async fn job_row(app: &Arc<App>, t: &ContainerTask) -> Result<ContainerRow, 
         .ok_or(TaskError::Gone)
 }
 
-pub fn retry_or_fail(job: &QueuedTask, e: PodmanError) -> TaskError {
+/// An unreachable blade is retried (then `command.gave_up`); a refusal of the Podman API
+/// is internal: logged with the request id, the user told the reference (no Podman text).
+pub fn retry_or_fail(app: &App, job: &QueuedTask, e: PodmanError) -> TaskError {
     match e {
-        PodmanError::Unreachable { .. } if job.attempts < job.max_attempts => {
-            TaskError::Retry(e.into())
-        }
         PodmanError::Unreachable { .. } => TaskError::Retry(e.into()),
-        PodmanError::Api { message, .. } => TaskError::User(
-            UserError::new("command.failed")
-                .arg("command", "/container")
-                .arg("sub", job.kind.trim_start_matches("container."))
-                .arg("reason", message),
+        PodmanError::Api { .. } => TaskError::User(
+            crate::error::internal(
+                "command.failed_here",
+                &job.request_id,
+                &app.cfg.mattermost.contact,
+                &e,
+            )
+            .arg("command", "/container")
+            .arg("sub", job.kind.trim_start_matches("container.")),
         ),
     }
+}
+
+/// Why a container could not start, for its owner: what they can fix in their own words
+/// (the command is not in the image), anything else as an internal error with a reference.
+fn start_failure(app: &App, job: &QueuedTask, name: &str, message: &str) -> UserError {
+    let m = message.to_ascii_lowercase();
+    if m.contains("executable file not found") || m.contains("no such file or directory") {
+        return UserError::new("container.command_not_found").arg("name", name);
+    }
+    crate::error::internal(
+        "container.start_failed_here",
+        &job.request_id,
+        &app.cfg.mattermost.contact,
+        &message,
+    )
+    .arg("name", name)
 }
 
 pub async fn owner_of(app: &Arc<App>, row: &ContainerRow) -> Result<Account, TaskError> {
@@ -207,7 +226,7 @@ pub async fn run_job(
                     .waiting_position(row.id)
                     .await
                     .map_err(TaskError::Retry)?;
-                return Ok(UserError::new("container.waiting")
+                return Ok(crate::messages::Message::new("container.waiting")
                     .arg("blade", &blade.name)
                     .arg("name", &row.name)
                     .arg("position", position.to_string())
@@ -226,7 +245,7 @@ pub async fn run_job(
         if !client
             .image_exists(&row.image)
             .await
-            .map_err(|e| retry_or_fail(job, e))?
+            .map_err(|e| retry_or_fail(app, job, e))?
         {
             let cred = reg.pull_credential(&row.owner, &repo);
             if let Err(e) = client
@@ -236,11 +255,12 @@ pub async fn run_job(
                 return Err(match e {
                     PodmanError::Api { message, .. } => {
                         discard(app, &row).await;
-                        TaskError::User(
-                            UserError::new("container.start_failed")
-                                .arg("name", &row.name)
-                                .arg("reason", format!("pulling the image failed: {message}")),
-                        )
+                        TaskError::User(start_failure(
+                            app,
+                            job,
+                            &row.name,
+                            &format!("pulling the image failed: {message}"),
+                        ))
                     }
                     other => TaskError::Retry(other.into()),
                 });
@@ -257,21 +277,16 @@ pub async fn run_job(
             )
             .await
         {
-            return Err(retry_or_fail(job, e));
+            return Err(retry_or_fail(app, job, e));
         }
     }
-    let fail = |reason: String| {
-        UserError::new("container.start_failed")
-            .arg("name", &row.name)
-            .arg("reason", reason)
-    };
     // An earlier attempt of this job (cut off by a crash) may have made the container
     // already: find it by our labels, never by name alone, and adopt it.
     // (A first attempt has nothing to find: no Podman query on the common path.)
     let earlier = if job.attempts > 1 {
         earlier_attempt(app, client, &row)
             .await
-            .map_err(|e| retry_or_fail(job, e))?
+            .map_err(|e| retry_or_fail(app, job, e))?
     } else {
         None
     };
@@ -294,7 +309,7 @@ pub async fn run_job(
         client
             .remove(&l.id, true)
             .await
-            .map_err(|e| retry_or_fail(job, e))?;
+            .map_err(|e| retry_or_fail(app, job, e))?;
     }
     let mut started = None;
     for _ in 0..5 {
@@ -320,7 +335,9 @@ pub async fn run_job(
             }
             Err(PodmanError::Api { message, .. }) => {
                 discard(app, &row).await;
-                return Err(TaskError::User(fail(message)));
+                return Err(TaskError::User(start_failure(
+                    app, job, &row.name, &message,
+                )));
             }
         };
         app.store
@@ -362,17 +379,23 @@ pub async fn run_job(
                 r.podman_id = Some(pid);
                 discard(app, &r).await;
                 return Err(match e {
-                    PodmanError::Api { message, .. } => TaskError::User(fail(message)),
-                    other => TaskError::User(fail(other.to_string())),
+                    PodmanError::Api { message, .. } => {
+                        TaskError::User(start_failure(app, job, &row.name, &message))
+                    }
+                    other => {
+                        TaskError::User(start_failure(app, job, &row.name, &other.to_string()))
+                    }
                 });
             }
         }
     }
     if started.is_none() {
         discard(app, &row).await;
-        return Err(TaskError::User(fail(
-            "no free host port could be bound".into(),
-        )));
+        return Err(TaskError::User(
+            UserError::new("container.no_ports")
+                .arg("blade", &blade.name)
+                .arg("contact", &app.cfg.mattermost.contact),
+        ));
     }
     let lifetime = gpu_lifetime(app, &owner, &row);
     app.store
@@ -401,7 +424,7 @@ pub async fn started_text(
         ),
         None => String::new(),
     };
-    let mut t = UserError::new("container.started")
+    let mut t = crate::messages::Message::new("container.started")
         .arg("name", &row.name)
         .arg("blade", &blade.name)
         .arg(
@@ -535,7 +558,7 @@ pub async fn stop_job(
                 .set_container_state(row.id, "running")
                 .await
                 .map_err(TaskError::Retry)?;
-            return Err(retry_or_fail(job, e));
+            return Err(retry_or_fail(app, job, e));
         }
     }
     let state = match &row.podman_id {
@@ -626,7 +649,7 @@ pub async fn start_job(
             .set_container_state(row.id, "exited")
             .await
             .map_err(TaskError::Retry)?;
-        return Err(retry_or_fail(job, e));
+        return Err(retry_or_fail(app, job, e));
     }
     let owner = owner_of(app, &row).await?;
     let lifetime = gpu_lifetime(app, &owner, &row);
@@ -659,7 +682,7 @@ pub async fn rm_job(
             .set_container_state(row.id, &before)
             .await
             .map_err(TaskError::Retry)?;
-        return Err(retry_or_fail(job, e));
+        return Err(retry_or_fail(app, job, e));
     }
     app.allocator
         .release(row.id)
@@ -707,7 +730,7 @@ pub async fn exec_job(
     let r = client
         .exec(&pid, &req)
         .await
-        .map_err(|e| retry_or_fail(job, e))?;
+        .map_err(|e| retry_or_fail(app, job, e))?;
     let shown = cmd.join(" ").replace('`', "'");
     let output = r.output.replace("```", "'''");
     tell_owner_if_staff(app, t, &row, "exec").await;

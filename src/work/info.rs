@@ -22,11 +22,14 @@ pub async fn run(app: &Arc<App>) -> Result<String, TaskError> {
                     ("images", i.images.to_string()),
                 ],
             )),
-            Err(e) => lines.push(render(
-                Lang::En,
-                "info.blade_down",
-                &[("blade", blade.name.clone()), ("reason", e.to_string())],
-            )),
+            Err(e) => {
+                tracing::warn!(blade = %blade.name, error = %e, "blade did not answer /container info");
+                lines.push(render(
+                    Lang::En,
+                    "info.blade_down",
+                    &[("blade", blade.name.clone())],
+                ))
+            }
         }
     }
     Ok(lines.join("\n"))

@@ -102,24 +102,29 @@ pub async fn create(
         .run_untagged(false)
         .description(format!("shisa: {owner}'s builds, started on demand"))
         .build()
-        .map_err(|e| {
-            UserError::new("command.failed")
-                .arg("command", "/container")
-                .arg("sub", "build")
-                .arg("reason", e.to_string())
-        })?;
+        .map_err(|e| build_failed(app, &e))?;
     let c: Created = ep.query_async(as_user).await.map_err(|e| {
         UserError::new("build.project_unreachable")
             .arg("project", project.to_string())
             .arg("reason", client::explain(&e))
     })?;
-    let sealed = key(app).and_then(|k| seal(&k, &c.token)).map_err(|e| {
-        UserError::new("command.failed")
-            .arg("command", "/container")
-            .arg("sub", "build")
-            .arg("reason", e.to_string())
-    })?;
+    let sealed = key(app)
+        .and_then(|k| seal(&k, &c.token))
+        .map_err(|e| build_failed(app, &e))?;
     Ok((c.id, sealed))
+}
+
+/// Setting up a project's runner failed on our side: a fresh reference in the log.
+fn build_failed(app: &App, e: &dyn std::fmt::Display) -> UserError {
+    let reference = format!("runner-{}", uuid::Uuid::new_v4().simple());
+    crate::error::internal(
+        "command.failed_here",
+        &reference,
+        &app.cfg.mattermost.contact,
+        e,
+    )
+    .arg("command", "/container")
+    .arg("sub", "build")
 }
 
 /// The runner containers of this installation (a blade may be shared).

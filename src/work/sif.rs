@@ -92,12 +92,12 @@ pub async fn ensure(
                     .pull(&reference, &job.owner, &cred, !reg.cfg.insecure)
                     .await
                 {
-                    return Err(TaskError::User(
-                        UserError::new("command.failed")
-                            .arg("command", "/container")
-                            .arg("sub", "sif")
-                            .arg("reason", e.to_string()),
-                    ));
+                    return Err(match e {
+                        crate::podman::PodmanError::Unreachable { .. } => {
+                            TaskError::Retry(e.into())
+                        }
+                        e => TaskError::User(sif_failed(app, job, &e)),
+                    });
                 }
             }
             _ => {
@@ -119,14 +119,7 @@ pub async fn ensure(
     let reporter = tokio::spawn(report_progress(app.clone(), job.clone(), typed.clone(), rx));
     let converted = crate::sif::convert::convert(client, &reference, &store, &tmp, &opts).await;
     reporter.abort();
-    let c = converted.map_err(|e| {
-        TaskError::User(
-            UserError::new("command.failed")
-                .arg("command", "/container")
-                .arg("sub", "sif")
-                .arg("reason", e.to_string()),
-        )
-    })?;
+    let c = converted.map_err(|e| TaskError::User(sif_failed(app, job, &e)))?;
     // Readable by the one asking (authorised when the request came in), the image's owner and
     // those it is shared with; nobody else.
     let mut readers = vec![job.owner.clone()];
@@ -306,4 +299,16 @@ pub async fn verify(
     }
     let p = app.cfg.sif.store_dir.clone().unwrap_or_default().join(file);
     Ok(p.is_file().then_some(p))
+}
+
+/// A conversion that failed on our side: the reference, not the detail.
+fn sif_failed(app: &App, job: &QueuedTask, e: &dyn std::fmt::Display) -> UserError {
+    crate::error::internal(
+        "command.failed_here",
+        &job.request_id,
+        &app.cfg.mattermost.contact,
+        e,
+    )
+    .arg("command", "/container")
+    .arg("sub", "sif")
 }

@@ -293,3 +293,87 @@ async fn ip_pool_exhaustion_and_release_and_reconciliation_after_a_hand_removal(
     s.remove_all(&["alice", "bob"]).await;
     s.stop().await;
 }
+
+/// No adapter text reaches a student: with the blade's Podman gone, every answer names
+/// the blade or a reference, never the socket, the error of the connection or Podman's words.
+#[tokio::test]
+async fn an_unreachable_blade_shows_no_adapter_text_in_replies() {
+    let mut b = PodmanService::start("unreach");
+    let blades = format!(
+        "[[blades]]\nname = \"b1\"\npodman_socket = {:?}\naddress = \"127.0.0.1\"\nport_range = [63300, 63319]\n",
+        b.socket.display().to_string()
+    );
+    let s = Stack::start(Opts {
+        blades: Some(blades),
+        extra: format!("{EXTRA}[queue]\nmax_attempts = 2\n"),
+        ..Default::default()
+    })
+    .await;
+    wait_until("b1 up", || async {
+        s.say("admin", "/container blades")
+            .await
+            .contains("| up (Podman")
+    })
+    .await;
+    let t = s
+        .say(
+            "alice",
+            "/container run --name w localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(t.contains("is running"), "{t}");
+    b.kill();
+    wait_until("b1 down", || async {
+        s.say("admin", "/container blades")
+            .await
+            .contains("**down**")
+    })
+    .await;
+    let socket = b.socket.display().to_string();
+    let leaks = |t: &str| {
+        [
+            socket.as_str(),
+            "podman.sock",
+            "os error",
+            "Connection refused",
+            "No such file",
+            "hyper",
+            "client error",
+        ]
+        .into_iter()
+        .filter(|n| t.contains(n))
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    let mut replies = Vec::new();
+    replies.push(s.say("alice", "/container info").await);
+    replies.push(s.say("alice", "/container logs w").await);
+    // Queued: retried once, then the final answer (nothing half-done).
+    replies.push(s.say("alice", "/container stop w").await);
+    replies.push(
+        s.say(
+            "alice",
+            "/container run --name v localhost/busybox -- sleep 600",
+        )
+        .await,
+    );
+    for t in &replies {
+        assert!(leaks(t).is_empty(), "adapter text {:?} in: {t}", leaks(t));
+    }
+    assert!(replies[0].contains("`b1`: **down**"), "{}", replies[0]);
+    assert!(replies[1].contains("reference"), "{}", replies[1]);
+    assert!(
+        replies[2].contains("could not be completed"),
+        "{}",
+        replies[2]
+    );
+    b.revive();
+    wait_until("b1 up again", || async {
+        s.say("admin", "/container blades")
+            .await
+            .contains("| up (Podman")
+    })
+    .await;
+    s.remove_all(&["alice"]).await;
+    s.stop().await;
+}
