@@ -5,20 +5,20 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::identity::directory::Directory;
-use crate::mattermost::client::MattermostClient;
+use crate::mattermost::client::{Chat, MattermostClient};
 use crate::mattermost::notify::Notifier;
 use crate::metrics::Metrics;
-use crate::podman::PodmanClient;
+use crate::podman::{Podman, PodmanClient};
 use crate::store::Store;
 
 pub struct App {
     pub cfg: Config,
     pub store: Store,
-    pub directory: Arc<Directory>,
-    pub mattermost: MattermostClient,
+    pub directory: Arc<dyn Directory>,
+    pub mattermost: Arc<dyn Chat>,
     pub notifier: Notifier,
     pub metrics: Metrics,
-    pub blades: Vec<(crate::config::Blade, PodmanClient)>,
+    pub blades: Vec<(crate::config::Blade, Arc<dyn Podman>)>,
     /// The names of groups that confer roles; they are not course groups.
     pub role_groups: Vec<String>,
     /// Who gets the GPUs.
@@ -26,7 +26,7 @@ pub struct App {
     /// The department registry, when configured.
     pub registry: Option<crate::registry::Registry>,
     /// The GitLab API client (admin token; `for_user` adds Sudo), when configured.
-    pub gitlab: Option<crate::gitlab::client::GitlabApi>,
+    pub gitlab: Option<Arc<dyn crate::gitlab::client::Gitlab>>,
     /// Slurm, when configured.
     pub scheduler: Option<Arc<dyn crate::slurm::Scheduler>>,
     /// Which blades answer.
@@ -37,8 +37,30 @@ pub struct App {
     pub instance: String,
 }
 
+/// Makes a blade's Podman client.
+pub type PodmanMaker = Arc<dyn Fn(&crate::config::Blade) -> Arc<dyn Podman> + Send + Sync>;
+
+/// The outside services, when a test brings its own: `None` is the real one the
+/// configuration describes. `serve` passes `Services::default()`.
+#[derive(Clone, Default)]
+pub struct Services {
+    /// Each blade's Podman.
+    pub podman: Option<PodmanMaker>,
+    pub directory: Option<Arc<dyn crate::identity::Directory>>,
+    pub chat: Option<Arc<dyn Chat>>,
+    pub gitlab: Option<Arc<dyn crate::gitlab::client::Gitlab>>,
+    /// The registry's API (the token service and its keys stay real).
+    pub registry_api: Option<Arc<dyn crate::registry::client::RegistryApi>>,
+    pub scheduler: Option<Arc<dyn crate::slurm::Scheduler>>,
+}
+
 impl App {
     pub fn new(cfg: Config) -> anyhow::Result<Arc<App>> {
+        Self::assemble(cfg, Services::default())
+    }
+
+    /// The application with the real services, or the ones `services` brings.
+    pub fn assemble(cfg: Config, services: Services) -> anyhow::Result<Arc<App>> {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             anyhow::anyhow!(
                 "cannot create the data directory {}: {e}",
@@ -47,12 +69,20 @@ impl App {
         })?;
         let store = Store::open(&cfg.db_path())?;
         let instance = store.instance_id()?;
-        let directory = Arc::new(Directory::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?);
-        let mattermost = MattermostClient::new(
-            cfg.mattermost.url.clone(),
-            cfg.mattermost.bot_token.clone(),
-            cfg.mattermost.timeout_seconds,
-        );
+        let directory = match services.directory {
+            Some(d) => d,
+            None => {
+                crate::identity::directory::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?
+            }
+        };
+        let mattermost: Arc<dyn Chat> = match services.chat {
+            Some(c) => c,
+            None => Arc::new(MattermostClient::new(
+                cfg.mattermost.url.clone(),
+                cfg.mattermost.bot_token.clone(),
+                cfg.mattermost.timeout_seconds,
+            )),
+        };
         let notifier = Notifier {
             client: mattermost.clone(),
             store: store.clone(),
@@ -60,7 +90,13 @@ impl App {
         let blades = cfg
             .blades
             .iter()
-            .map(|b| (b.clone(), PodmanClient::new(&b.podman_socket)))
+            .map(|b| {
+                let c: Arc<dyn Podman> = match &services.podman {
+                    Some(make) => make(b),
+                    None => Arc::new(PodmanClient::new(&b.podman_socket)),
+                };
+                (b.clone(), c)
+            })
             .collect();
         let role_groups = cfg
             .roles
@@ -70,22 +106,32 @@ impl App {
             .cloned()
             .collect();
         let registry = match &cfg.registry {
-            Some(r) => Some(crate::registry::Registry::new(r)?),
+            Some(r) => {
+                let mut reg = crate::registry::Registry::new(r)?;
+                if let Some(api) = services.registry_api {
+                    reg.api = api;
+                }
+                Some(reg)
+            }
             None => None,
         };
-        let gitlab = match &cfg.gitlab {
-            Some(g) => Some(crate::gitlab::client::GitlabApi::new(
+        let gitlab = match (services.gitlab, &cfg.gitlab) {
+            (Some(g), _) => Some(g),
+            (None, Some(g)) => Some(Arc::new(crate::gitlab::client::GitlabApi::new(
                 &g.url,
                 g.api_token.clone(),
                 std::time::Duration::from_secs(g.timeout_seconds),
-            )?),
-            None => None,
+            )?) as Arc<dyn crate::gitlab::client::Gitlab>),
+            (None, None) => None,
         };
-        let scheduler = cfg.slurm.as_ref().map(|sl| {
-            Arc::new(crate::slurm::Cli {
-                conf: sl.conf.clone(),
-            }) as Arc<dyn crate::slurm::Scheduler>
-        });
+        let scheduler = match services.scheduler {
+            Some(s) => cfg.slurm.as_ref().map(|_| s),
+            None => cfg.slurm.as_ref().map(|sl| {
+                Arc::new(crate::slurm::Cli {
+                    conf: sl.conf.clone(),
+                }) as Arc<dyn crate::slurm::Scheduler>
+            }),
+        };
         // Who owns the blades' GPUs: Slurm when the blades are its nodes, else our own ledger.
         let allocator: Arc<dyn crate::gpus::Allocator> = match (&cfg.slurm, &scheduler) {
             (Some(sl), Some(sched)) if sl.gpu_containers => {
@@ -93,8 +139,7 @@ impl App {
                 let lifetimes = [Role::Student, Role::Instructor, Role::Admin]
                     .into_iter()
                     .map(|r| {
-                        let secs = crate::values::parse_duration(&cfg.limits_for(r).gpu_lifetime)
-                            .unwrap_or(86_400);
+                        let secs = cfg.limits_for(r).gpu_lifetime.secs;
                         (r.as_str().to_string(), secs.div_ceil(60).max(1))
                     })
                     .collect();
@@ -141,10 +186,10 @@ impl App {
         }
     }
 
-    pub fn podman(&self, blade: &str) -> Option<&PodmanClient> {
+    pub fn podman(&self, blade: &str) -> Option<&dyn Podman> {
         self.blades
             .iter()
             .find(|(b, _)| b.name == blade)
-            .map(|(_, c)| c)
+            .map(|(_, c)| c.as_ref())
     }
 }

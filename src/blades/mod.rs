@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use crate::config::Blade;
 use crate::gpus::Allocator;
 use crate::messages::UserError;
-use crate::podman::PodmanClient;
+use crate::podman::Podman;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Default)]
@@ -62,7 +62,7 @@ pub enum Placement {
 /// least loaded. A local-only image pins the request to the blades that have it.
 /// What placement looks at: the blades and their Podman, their health and load, the GPUs.
 pub struct Fleet<'a> {
-    pub blades: &'a [(Blade, PodmanClient)],
+    pub blades: &'a [(Blade, std::sync::Arc<dyn Podman>)],
     pub health: &'a HealthBoard,
     pub store: &'a Store,
     pub allocator: &'a dyn Allocator,
@@ -132,7 +132,7 @@ pub async fn place(
     for b in usable {
         let load = app.store.blade_load(&b.name).await?;
         let cap_cpus = b.cpus.map(|c| (c * 1000.0) as u64);
-        let cap_mem = b.memory.as_deref().map(crate::containers::size_of);
+        let cap_mem = b.memory.as_ref().map(|m| m.bytes);
         if cap_cpus.is_some_and(|c| load.cpus_milli + r.cpus_milli as u64 > c)
             || cap_mem.is_some_and(|m| load.memory + r.memory > m)
         {

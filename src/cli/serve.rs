@@ -61,6 +61,16 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with(cfg, listener, stop, crate::app::Services::default()).await
+}
+
+/// Run with the outside services a test brings (the rest real).
+pub async fn serve_with(
+    cfg: Config,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    services: crate::app::Services,
+) -> anyhow::Result<()> {
     let listen = listener.local_addr()?;
     let mut cfg = cfg;
     if cfg.server.public_url.is_none() {
@@ -68,7 +78,7 @@ pub async fn serve_on(
         cfg.server.public_url = Some(format!("http://{listen}"));
     }
     let grace = cfg.server.shutdown_grace_seconds;
-    let app = App::new(cfg)?;
+    let app = App::assemble(cfg, services)?;
     let recovered = app.store.recover().await?;
     if recovered > 0 {
         tracing::info!(recovered, "re-queued work left running by the previous run");

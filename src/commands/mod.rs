@@ -8,11 +8,13 @@ pub mod help;
 pub mod lexer;
 pub mod parse;
 pub mod spec;
+pub mod typed;
 
 pub use crate::values;
 pub use crate::values::Value;
 pub use parse::{parse, Invocation, Parsed};
 pub use spec::Program;
+pub use typed::{BuildAction, Command, ContainerCommand, JobCommand, TokenAction};
 
 /// The text of a help reply.
 pub fn help_text(program: Program, topic: Option<&str>) -> String {

@@ -79,10 +79,6 @@ pub fn fmt_cpus(milli: u32) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-pub fn size_of(s: &str) -> u64 {
-    crate::values::parse_size(s).unwrap_or(0)
-}
-
 /// Per-request limits and per-user totals. A refusal lists what the user holds.
 pub fn check_limits(
     l: &Limits,
@@ -102,8 +98,8 @@ pub fn check_limits(
     if cpus_milli > max_cpus {
         return Err(over("CPUs", fmt_cpus(cpus_milli), fmt_cpus(max_cpus)));
     }
-    if memory > size_of(&l.max_memory) {
-        return Err(over("memory", fmt_size(memory), l.max_memory.clone()));
+    if memory > l.max_memory.bytes {
+        return Err(over("memory", fmt_size(memory), l.max_memory.to_string()));
     }
     if gpus > l.max_gpus {
         return Err(over("GPUs", gpus.to_string(), l.max_gpus.to_string()));
@@ -135,8 +131,8 @@ pub fn check_limits(
     if h.cpus_milli + cpus_milli > (l.total_cpus * 1000.0) as u32 {
         return Err(total("CPUs", fmt_cpus((l.total_cpus * 1000.0) as u32)));
     }
-    if h.memory + memory > size_of(&l.total_memory) {
-        return Err(total("memory", l.total_memory.clone()));
+    if h.memory + memory > l.total_memory.bytes {
+        return Err(total("memory", l.total_memory.to_string()));
     }
     if h.gpus + gpus > l.total_gpus {
         return Err(total("GPUs", l.total_gpus.to_string()));

@@ -5,6 +5,7 @@
 //! enforces the user's rights: shisa never reads a repository for someone
 //! who could not read it themselves.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,6 +31,7 @@ pub struct GitlabApi {
     token: std::sync::Arc<Secret>,
     sudo: Option<String>,
     retries: u32,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for GitlabApi {
@@ -53,15 +55,8 @@ impl GitlabApi {
             token: std::sync::Arc::new(token),
             sudo: None,
             retries: 2,
+            timeout,
         })
-    }
-
-    /// The same client acting as `user` (a GitLab username or numeric id).
-    pub fn for_user(&self, user: &str) -> GitlabApi {
-        GitlabApi {
-            sudo: Some(user.to_string()),
-            ..self.clone()
-        }
     }
 }
 
@@ -209,95 +204,9 @@ pub fn explain(e: &ApiError<ClientError>) -> String {
     }
 }
 
-pub async fn project(
-    api: &GitlabApi,
-    path_or_id: &str,
-) -> Result<ProjectInfo, ApiError<ClientError>> {
-    let ep = gitlab::api::projects::Project::builder()
-        .project(path_or_id)
-        .build()
-        .expect("project is set");
-    ep.query_async(api).await
-}
-
-pub async fn user(api: &GitlabApi, id: u64) -> Result<UserInfo, ApiError<ClientError>> {
-    let ep = gitlab::api::users::User::builder()
-        .user(id)
-        .build()
-        .expect("user is set");
-    ep.query_async(api).await
-}
-
-pub async fn archive(
-    api: &GitlabApi,
-    project: u64,
-    sha: &str,
-) -> Result<Vec<u8>, ApiError<ClientError>> {
-    let ep = gitlab::api::projects::repository::Archive::builder()
-        .project(project)
-        .sha(sha)
-        .format(gitlab::api::projects::repository::ArchiveFormat::TarGz)
-        .build()
-        .expect("project is set");
-    gitlab::api::raw(ep).query_async(api).await
-}
-
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct HookInfo {
     pub id: u64,
-}
-
-pub async fn create_hook(
-    api: &GitlabApi,
-    project: u64,
-    url: &str,
-    token: &str,
-) -> Result<HookInfo, ApiError<ClientError>> {
-    let ep = gitlab::api::projects::hooks::CreateHook::builder()
-        .project(project)
-        .url(url)
-        .token(token)
-        .push_events(true)
-        .pipeline_events(true)
-        .job_events(true)
-        .enable_ssl_verification(true)
-        .build()
-        .expect("project and url are set");
-    ep.query_async(api).await
-}
-
-pub async fn delete_hook(
-    api: &GitlabApi,
-    project: u64,
-    hook: u64,
-) -> Result<(), ApiError<ClientError>> {
-    let ep = gitlab::api::projects::hooks::DeleteHook::builder()
-        .project(project)
-        .hook_id(hook)
-        .build()
-        .expect("project and hook are set");
-    gitlab::api::ignore(ep).query_async(api).await
-}
-
-pub async fn commit_status(
-    api: &GitlabApi,
-    project: u64,
-    sha: &str,
-    state: gitlab::api::projects::repository::commits::CommitStatusState,
-    description: &str,
-    target_url: Option<&str>,
-) -> Result<(), ApiError<ClientError>> {
-    let mut b = gitlab::api::projects::repository::commits::CreateCommitStatus::builder();
-    b.project(project)
-        .commit(sha)
-        .state(state)
-        .name("shisa/image")
-        .description(description.chars().take(250).collect::<String>());
-    if let Some(u) = target_url {
-        b.target_url(u);
-    }
-    let ep = b.build().expect("project, commit and state are set");
-    gitlab::api::ignore(ep).query_async(api).await
 }
 
 /// The job a `CI_JOB_TOKEN` belongs to (`GET /api/v4/job` with `JOB-TOKEN`), or None when
@@ -327,20 +236,203 @@ pub struct CiUser {
     pub username: String,
 }
 
-pub async fn current_job(
-    base_url: &str,
-    job_token: &str,
-    timeout: Duration,
-) -> anyhow::Result<Option<CiJob>> {
-    let r = reqwest::Client::builder()
-        .timeout(timeout)
-        .build()?
-        .get(format!("{}/api/v4/job", base_url.trim_end_matches('/')))
-        .header("JOB-TOKEN", job_token)
-        .send()
-        .await?;
-    if matches!(r.status().as_u16(), 401 | 403 | 404) {
-        return Ok(None);
+/// An error of the GitLab API, as the `gitlab` crate reports it.
+pub type GitlabError = ApiError<ClientError>;
+
+/// GitLab as shisa uses it: the API client here, or a test's fake.
+#[async_trait]
+pub trait Gitlab: Send + Sync {
+    /// The same API acting as `user` (a GitLab username or numeric id): `Sudo`.
+    fn for_user(&self, user: &str) -> Arc<dyn Gitlab>;
+    /// Create the project's runner (as its maintainer): its id and token.
+    async fn create_runner(
+        &self,
+        project: u64,
+        description: &str,
+    ) -> Result<(u64, String), GitlabError>;
+    async fn delete_runner(&self, runner: u64) -> Result<(), GitlabError>;
+    /// Does GitLab still know this runner token?
+    async fn verify_runner(&self, token: &str, system_id: &str) -> Result<(), GitlabError>;
+    /// The pending CI jobs of a project.
+    async fn pending_jobs(&self, project: u64) -> Result<Vec<u64>, GitlabError>;
+    /// The job a `CI_JOB_TOKEN` belongs to (`GET /api/v4/job` with `JOB-TOKEN`), or None when
+    /// GitLab does not know the token (401/403/404). This call carries only the job's token,
+    /// never the admin token.
+    async fn current_job(&self, job_token: &str) -> anyhow::Result<Option<CiJob>>;
+    async fn project(&self, path_or_id: &str) -> Result<ProjectInfo, ApiError<ClientError>>;
+    async fn user(&self, id: u64) -> Result<UserInfo, ApiError<ClientError>>;
+    async fn archive(&self, project: u64, sha: &str) -> Result<Vec<u8>, ApiError<ClientError>>;
+    async fn create_hook(
+        &self,
+        project: u64,
+        url: &str,
+        token: &str,
+    ) -> Result<HookInfo, ApiError<ClientError>>;
+    async fn delete_hook(&self, project: u64, hook: u64) -> Result<(), ApiError<ClientError>>;
+    async fn commit_status(
+        &self,
+        project: u64,
+        sha: &str,
+        state: gitlab::api::projects::repository::commits::CommitStatusState,
+        description: &str,
+        target_url: Option<&str>,
+    ) -> Result<(), ApiError<ClientError>>;
+}
+
+#[async_trait]
+impl Gitlab for GitlabApi {
+    fn for_user(&self, user: &str) -> Arc<dyn Gitlab> {
+        Arc::new(GitlabApi {
+            sudo: Some(user.to_string()),
+            ..self.clone()
+        })
     }
-    Ok(Some(r.error_for_status()?.json().await?))
+
+    async fn create_runner(
+        &self,
+        project: u64,
+        description: &str,
+    ) -> Result<(u64, String), GitlabError> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            id: u64,
+            token: String,
+        }
+        let ep = gitlab::api::users::CreateRunner::builder()
+            .project(project)
+            .tag("shisa")
+            .locked(true)
+            .run_untagged(false)
+            .description(description)
+            .build()
+            .expect("project is set");
+        let c: Created = ep.query_async(self).await?;
+        Ok((c.id, c.token))
+    }
+
+    async fn delete_runner(&self, runner: u64) -> Result<(), GitlabError> {
+        let ep = gitlab::api::runners::DeleteRunner::builder()
+            .runner(runner)
+            .build()
+            .expect("runner is set");
+        gitlab::api::ignore(ep).query_async(self).await
+    }
+
+    async fn verify_runner(&self, token: &str, system_id: &str) -> Result<(), GitlabError> {
+        let ep = gitlab::api::runners::VerifyRunner::builder()
+            .token(token)
+            .system_id(system_id)
+            .build()
+            .expect("token is set");
+        gitlab::api::ignore(ep).query_async(self).await
+    }
+
+    async fn pending_jobs(&self, project: u64) -> Result<Vec<u64>, GitlabError> {
+        #[derive(serde::Deserialize)]
+        struct Pending {
+            id: u64,
+        }
+        let ep = gitlab::api::projects::jobs::Jobs::builder()
+            .project(project)
+            .scope(gitlab::api::projects::jobs::JobScope::Pending)
+            .build()
+            .expect("project is set");
+        let jobs: Vec<Pending> = ep.query_async(self).await?;
+        Ok(jobs.into_iter().map(|j| j.id).collect())
+    }
+
+    async fn current_job(&self, job_token: &str) -> anyhow::Result<Option<CiJob>> {
+        let base_url = self
+            .base
+            .as_str()
+            .trim_end_matches('/')
+            .trim_end_matches("/api/v4");
+        let timeout = self.timeout;
+        let r = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()?
+            .get(format!("{}/api/v4/job", base_url.trim_end_matches('/')))
+            .header("JOB-TOKEN", job_token)
+            .send()
+            .await?;
+        if matches!(r.status().as_u16(), 401 | 403 | 404) {
+            return Ok(None);
+        }
+        Ok(Some(r.error_for_status()?.json().await?))
+    }
+
+    async fn project(&self, path_or_id: &str) -> Result<ProjectInfo, ApiError<ClientError>> {
+        let ep = gitlab::api::projects::Project::builder()
+            .project(path_or_id)
+            .build()
+            .expect("project is set");
+        ep.query_async(self).await
+    }
+
+    async fn user(&self, id: u64) -> Result<UserInfo, ApiError<ClientError>> {
+        let ep = gitlab::api::users::User::builder()
+            .user(id)
+            .build()
+            .expect("user is set");
+        ep.query_async(self).await
+    }
+
+    async fn archive(&self, project: u64, sha: &str) -> Result<Vec<u8>, ApiError<ClientError>> {
+        let ep = gitlab::api::projects::repository::Archive::builder()
+            .project(project)
+            .sha(sha)
+            .format(gitlab::api::projects::repository::ArchiveFormat::TarGz)
+            .build()
+            .expect("project is set");
+        gitlab::api::raw(ep).query_async(self).await
+    }
+
+    async fn create_hook(
+        &self,
+        project: u64,
+        url: &str,
+        token: &str,
+    ) -> Result<HookInfo, ApiError<ClientError>> {
+        let ep = gitlab::api::projects::hooks::CreateHook::builder()
+            .project(project)
+            .url(url)
+            .token(token)
+            .push_events(true)
+            .pipeline_events(true)
+            .job_events(true)
+            .enable_ssl_verification(true)
+            .build()
+            .expect("project and url are set");
+        ep.query_async(self).await
+    }
+
+    async fn delete_hook(&self, project: u64, hook: u64) -> Result<(), ApiError<ClientError>> {
+        let ep = gitlab::api::projects::hooks::DeleteHook::builder()
+            .project(project)
+            .hook_id(hook)
+            .build()
+            .expect("project and hook are set");
+        gitlab::api::ignore(ep).query_async(self).await
+    }
+
+    async fn commit_status(
+        &self,
+        project: u64,
+        sha: &str,
+        state: gitlab::api::projects::repository::commits::CommitStatusState,
+        description: &str,
+        target_url: Option<&str>,
+    ) -> Result<(), ApiError<ClientError>> {
+        let mut b = gitlab::api::projects::repository::commits::CreateCommitStatus::builder();
+        b.project(project)
+            .commit(sha)
+            .state(state)
+            .name("shisa/image")
+            .description(description.chars().take(250).collect::<String>());
+        if let Some(u) = target_url {
+            b.target_url(u);
+        }
+        let ep = b.build().expect("project, commit and state are set");
+        gitlab::api::ignore(ep).query_async(self).await
+    }
 }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use crate::app::App;
-use crate::commands::Invocation;
 use crate::containers::{fmt_cpus, fmt_size};
 use crate::identity::Account;
 use crate::messages::{render, Lang, UserError};
@@ -44,7 +43,8 @@ pub async fn blades(app: &Arc<App>) -> anyhow::Result<String> {
 pub async fn drain(
     app: &Arc<App>,
     caller: &Account,
-    inv: &Invocation,
+    name: &str,
+    undo: bool,
 ) -> anyhow::Result<Result<String, UserError>> {
     use crate::access::{authorize, Action, Resource};
     if !authorize(
@@ -60,7 +60,6 @@ pub async fn drain(
             .arg("sub", "drain")
             .arg("role", "admin")));
     }
-    let name = inv.arg_text("BLADE").unwrap_or_default();
     if app.cfg.blade(name).is_none() {
         let all = app
             .blades
@@ -72,7 +71,6 @@ pub async fn drain(
             .arg("blade", name)
             .arg("blades", all)));
     }
-    let undo = inv.has("undo");
     app.store.set_drained(name, &caller.uid, !undo).await?;
     if undo {
         crate::work::containers::promote_waiting(app, name).await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::access::{authorize, Action, Resource, ResourceRef};
 use crate::app::App;
-use crate::commands::Invocation;
+use crate::commands::BuildAction;
 use crate::gitlab::client::{self};
 use crate::identity::Account;
 use crate::messages::{render, Lang, UserError};
@@ -18,24 +18,27 @@ use crate::work::runners;
 pub async fn handle(
     app: &Arc<App>,
     caller: &Account,
-    inv: &Invocation,
+    command: &BuildAction,
 ) -> anyhow::Result<Result<String, UserError>> {
-    let action = inv.arg_text("ACTION").unwrap_or("status");
-    if action == "status" {
-        return Ok(Ok(status(app, caller).await?));
-    }
+    let action = command.name();
+    let (project, runner, git_ref) = match command {
+        BuildAction::Status => return Ok(Ok(status(app, caller).await?)),
+        BuildAction::Enable { project, runner } => (project, *runner, None),
+        BuildAction::Disable { project } => (project, false, None),
+        BuildAction::Run { project, git_ref } => (project, false, git_ref.clone()),
+    };
     let api = match gitlab(app) {
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
     };
-    let Some(path) = inv.arg_text("PROJECT") else {
+    let Some(path) = project.as_deref() else {
         return Ok(Err(
             UserError::new("build.project_missing").arg("action", action)
         ));
     };
     // As the caller: GitLab answers 404 for a project they cannot see.
     let as_user = api.for_user(&caller.uid);
-    let info = match client::project(&as_user, path).await {
+    let info = match as_user.project(path).await {
         Ok(i) => i,
         Err(e) => {
             return Ok(Err(UserError::new("build.project_unreachable")
@@ -43,8 +46,8 @@ pub async fn handle(
                 .arg("reason", client::explain(&e))))
         }
     };
-    match action {
-        "enable" => {
+    match command {
+        BuildAction::Enable { .. } => {
             if info.access_level() < 40 {
                 return Ok(Err(UserError::new("build.not_maintainer")
                     .arg("project", &info.path_with_namespace)));
@@ -62,7 +65,7 @@ pub async fn handle(
             let old = app.store.gitlab_project(info.id).await?;
             let hook_id = match old.as_ref().and_then(|o| o.hook_id) {
                 Some(h) => h,
-                None => match client::create_hook(&as_user, info.id, &url, &token).await {
+                None => match as_user.create_hook(info.id, &url, &token).await {
                     Ok(h) => h.id,
                     Err(e) => {
                         return Ok(Err(UserError::new("build.project_unreachable")
@@ -72,16 +75,18 @@ pub async fn handle(
                 },
             };
             // With --runner: the project's own GitLab runner (created as the maintainer).
-            let (mode, runner_id, runner_token) = if inv.has("runner") {
+            let (mode, runner_id, runner_token) = if runner {
                 let existing = old
                     .as_ref()
                     .filter(|o| o.runner_id.is_some() && o.broken.is_none());
                 match existing {
                     Some(o) => ("runner", o.runner_id, o.runner_token.clone()),
-                    None => match runners::create(app, &as_user, info.id, &caller.uid).await {
-                        Ok((id, sealed)) => ("runner", Some(id), Some(sealed)),
-                        Err(e) => return Ok(Err(e)),
-                    },
+                    None => {
+                        match runners::create(app, as_user.as_ref(), info.id, &caller.uid).await {
+                            Ok((id, sealed)) => ("runner", Some(id), Some(sealed)),
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
                 }
             } else {
                 ("direct", None, None)
@@ -125,7 +130,7 @@ pub async fn handle(
                 ],
             )))
         }
-        "disable" => {
+        BuildAction::Disable { .. } => {
             let Some(p) = app.store.gitlab_project(info.id).await? else {
                 return Ok(Err(UserError::new("build.not_enabled_here")
                     .arg("project", &info.path_with_namespace)));
@@ -135,10 +140,10 @@ pub async fn handle(
                     .arg("project", &info.path_with_namespace)));
             }
             if p.mode == "runner" {
-                runners::delete(app, &as_user, &p).await;
+                runners::delete(app, as_user.as_ref(), &p).await;
             }
             if let Some(h) = p.hook_id {
-                if let Err(e) = client::delete_hook(&as_user, info.id, h).await {
+                if let Err(e) = as_user.delete_hook(info.id, h).await {
                     tracing::warn!(error = %client::explain(&e), "could not delete the project hook");
                 }
             }
@@ -159,9 +164,7 @@ pub async fn handle(
                         .arg("project", &info.path_with_namespace)))
                 }
             };
-            let git_ref = inv
-                .arg_text("REF")
-                .map(str::to_string)
+            let git_ref = git_ref
                 .or(info.default_branch.clone())
                 .unwrap_or_else(|| "main".into());
             let id = queue_build(app, &p, &git_ref, &git_ref, "command").await?;

@@ -121,6 +121,7 @@ async fn verify_id_token(g: &crate::config::Gitlab, jwt: &str) -> Result<client:
 /// The job a request's identity belongs to: an ID token if given, else the job token.
 async fn job_of(
     g: &crate::config::Gitlab,
+    api: &dyn client::Gitlab,
     job_token: Option<&str>,
     id_token: Option<&str>,
 ) -> Result<client::CiJob, CiRefusal> {
@@ -132,8 +133,7 @@ async fn job_of(
             "send the job's CI_JOB_TOKEN in a JOB-TOKEN header, or an ID token (aud: shisa) as Authorization: Bearer".into(),
         ));
     };
-    let timeout = std::time::Duration::from_secs(g.timeout_seconds);
-    let job = match client::current_job(&g.url, token, timeout).await {
+    let job = match api.current_job(token).await {
         Ok(Some(j)) => j,
         Ok(None) => {
             return Err(CiRefusal::Unauthorized(
@@ -165,7 +165,11 @@ pub async fn exchange(
             "this shisa has no GitLab or no registry configured".into(),
         ));
     };
-    let job = job_of(g, job_token, id_token).await?;
+    let api = app
+        .gitlab
+        .as_deref()
+        .ok_or_else(|| CiRefusal::Unavailable("this shisa has no GitLab configured".into()))?;
+    let job = job_of(g, api, job_token, id_token).await?;
     let project = match app.store.gitlab_project(job.pipeline.project_id).await {
         Ok(Some(p)) => p,
         Ok(None) => {

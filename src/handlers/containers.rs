@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::access::{authorize, Action, Decision, Resource, ResourceRef};
 use crate::app::App;
-use crate::commands::{Invocation, Value};
+use crate::commands::typed::{ContainerCommand, Listing, RunArgs, Target};
 use crate::containers::{self, fmt_cpus, fmt_size};
 use crate::identity::{Account, Role};
 use crate::images::{self};
@@ -44,85 +44,91 @@ fn user_err(request: &str, e: UserError) -> Handled {
 pub async fn handle(
     app: &Arc<App>,
     caller: &Account,
-    inv: &Invocation,
+    command: ContainerCommand,
     target: ReplyTarget,
     request: &str,
 ) -> anyhow::Result<Handled> {
-    match inv.sub {
-        "run" => run(app, caller, inv, target, request).await,
-        "ps" => ps(app, caller, inv, request).await,
-        "logs" | "inspect" => {
-            let (row, decision) = match find(app, caller, inv, Action::View).await? {
-                Ok(x) => x,
-                Err(e) => return Ok(user_err(request, e)),
-            };
-            let res = Some(format!("container:{}/{}", row.owner, row.name));
-            let text = if inv.sub == "logs" {
-                logs(app, &row, inv, request).await
-            } else {
-                inspect(app, &row).await
-            };
-            let _ = decision;
-            Ok(answer(request, text, "ok", res))
+    use ContainerCommand as C;
+    // What each command does to one container, and what it queues.
+    let (who, action, sub) = match &command {
+        C::Run(r) => return run(app, caller, r, target, request).await,
+        C::Ps(l) => return ps(app, caller, l, request).await,
+        C::Logs { target, .. } => (target, Action::View, "logs"),
+        C::Inspect(t) => (t, Action::View, "inspect"),
+        C::Stop(t) => (t, Action::Modify, "stop"),
+        C::Start(t) => (t, Action::Modify, "start"),
+        C::Exec { target, .. } => (target, Action::Modify, "exec"),
+        C::Rm { target, .. } => (target, Action::Delete, "rm"),
+        _ => {
+            return Ok(user_err(
+                request,
+                UserError::new("command.not_available")
+                    .arg("command", "/container")
+                    .arg("sub", "?"),
+            ))
         }
-        "stop" | "start" | "rm" | "exec" => {
-            let action = if inv.sub == "rm" {
-                Action::Delete
-            } else {
-                Action::Modify
-            };
-            let (row, decision) = match find(app, caller, inv, action).await? {
-                Ok(x) => x,
-                Err(e) => return Ok(user_err(request, e)),
-            };
-            let res = Some(format!("container:{}/{}", row.owner, row.name));
-            let name = row.name.clone();
-            // Answer what needs no blade at once.
-            let early = match (inv.sub, row.state.as_str()) {
-                ("stop", s) if s != "running" => Some(UserError::new("container.already_stopped")),
-                ("start", "running") => Some(UserError::new("container.already_running")),
-                ("start", s) if s != "exited" => {
-                    Some(UserError::new("container.busy").arg("state", s))
-                }
-                ("rm", "running") if !inv.has("force") => {
-                    Some(UserError::new("container.running_use_force"))
-                }
-                ("rm", s) if matches!(s, "pending" | "stopping" | "removing") => {
-                    Some(UserError::new("container.busy").arg("state", s))
-                }
-                ("exec", s) if s != "running" => Some(UserError::new("container.not_running_exec")),
-                _ => None,
-            };
-            if let Some(e) = early {
-                return Ok(answer(
-                    request,
-                    e.arg("name", &name).to_string(),
-                    "rejected",
-                    res,
-                ));
-            }
-            let t = ContainerTask {
-                container: row.id,
-                actor: caller.uid.clone(),
-                cmd: inv.command.clone().unwrap_or_default(),
-                staff: decision == Decision::Staff,
-                ..Default::default()
-            };
-            let task = match inv.sub {
-                "stop" => Task::Stop(t),
-                "start" => Task::Start(t),
-                "rm" => Task::Remove(t),
-                _ => Task::Exec(t),
-            };
-            work::enqueue(app, task, &caller.uid, request, Some(target)).await?;
-            Ok(Handled {
-                reply: accepted(request, inv.sub),
-                outcome: "queued",
-                resource: res,
-            })
+    };
+    let (row, decision) = match find(app, caller, who, action).await? {
+        Ok(x) => x,
+        Err(e) => return Ok(user_err(request, e)),
+    };
+    let res = Some(format!("container:{}/{}", row.owner, row.name));
+    let name = row.name.clone();
+    // Answer what needs no blade at once.
+    let state = row.state.as_str();
+    let early = match &command {
+        C::Logs { tail, .. } => {
+            let text = logs(app, &row, tail.unwrap_or(50), request).await;
+            return Ok(answer(request, text, "ok", res));
         }
-        _ => unreachable!("routed by slash.rs"),
+        C::Inspect(_) => {
+            let text = inspect(app, &row).await;
+            return Ok(answer(request, text, "ok", res));
+        }
+        C::Stop(_) if state != "running" => Some(UserError::new("container.already_stopped")),
+        C::Start(_) if state == "running" => Some(UserError::new("container.already_running")),
+        C::Start(_) if state != "exited" => {
+            Some(UserError::new("container.busy").arg("state", state))
+        }
+        C::Rm { force: false, .. } if state == "running" => {
+            Some(UserError::new("container.running_use_force"))
+        }
+        C::Rm { .. } if matches!(state, "pending" | "stopping" | "removing") => {
+            Some(UserError::new("container.busy").arg("state", state))
+        }
+        C::Exec { .. } if state != "running" => Some(UserError::new("container.not_running_exec")),
+        _ => None,
+    };
+    if let Some(e) = early {
+        return Ok(answer(
+            request,
+            e.arg("name", &name).to_string(),
+            "rejected",
+            res,
+        ));
     }
+    let mut t = ContainerTask {
+        container: row.id,
+        actor: caller.uid.clone(),
+        staff: decision == Decision::Staff,
+        ..Default::default()
+    };
+    let task = match command {
+        C::Stop(_) => Task::Stop(t),
+        C::Start(_) => Task::Start(t),
+        C::Rm { .. } => Task::Remove(t),
+        C::Exec { command, .. } => {
+            t.cmd = command;
+            Task::Exec(t)
+        }
+        _ => return Ok(answer(request, String::new(), "ok", res)),
+    };
+    work::enqueue(app, task, &caller.uid, request, Some(target)).await?;
+    Ok(Handled {
+        reply: accepted(request, sub),
+        outcome: "queued",
+        resource: res,
+    })
 }
 
 fn accepted(request: &str, sub: &str) -> Reply {
@@ -138,11 +144,11 @@ fn accepted(request: &str, sub: &str) -> Reply {
 async fn find(
     app: &Arc<App>,
     caller: &Account,
-    inv: &Invocation,
+    who: &Target,
     action: Action,
 ) -> anyhow::Result<Result<(ContainerRow, Decision), UserError>> {
-    let name = inv.arg_text("NAME").unwrap_or_default().to_string();
-    let owner = match super::owner_named(app, caller, inv.text("user")) {
+    let name = who.name.clone();
+    let owner = match super::owner_named(app, caller, who.user.as_deref()) {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -172,13 +178,13 @@ async fn find(
 async fn run(
     app: &Arc<App>,
     caller: &Account,
-    inv: &Invocation,
+    run: &RunArgs,
     target: ReplyTarget,
     request: &str,
 ) -> anyhow::Result<Handled> {
     let cfg = &app.cfg;
     let contact = cfg.mattermost.contact.as_str();
-    let template = match inv.text("template") {
+    let template = match run.template.as_deref() {
         Some(t) => match cfg.templates.get(t) {
             Some(tp) => Some(tp),
             None => {
@@ -201,7 +207,7 @@ async fn run(
         },
         None => None,
     };
-    let raw_image = match (inv.arg_text("IMAGE"), template) {
+    let raw_image = match (run.image.as_deref(), template) {
         (Some(i), _) => i.to_string(),
         (None, Some(t)) => t.image.clone(),
         (None, None) => return Ok(user_err(request, UserError::new("container.need_image"))),
@@ -244,39 +250,33 @@ async fn run(
         }
     }
     let limits = cfg.limits_for(caller.role);
-    let name = match inv.text("name") {
-        Some(n) => n.to_string(),
+    let name = match &run.name {
+        Some(n) => n.clone(),
         None => containers::generated_name(&image.reference),
     };
-    let cpus_milli = match inv.value("cpus") {
-        Some(Value::MilliCpus(m)) => *m,
-        _ => template
+    let cpus_milli = match run.resources.cpus_milli {
+        Some(m) => m,
+        None => template
             .and_then(|t| t.cpus)
             .map(|c| (c * 1000.0) as u32)
             .unwrap_or((limits.default_cpus.min(limits.max_cpus) * 1000.0) as u32),
     };
-    let memory = match inv.value("memory") {
-        Some(Value::Size(s)) => *s,
+    let memory = match run.resources.memory {
+        Some(s) => s,
         // The default never exceeds the role's maximum.
-        _ => template
-            .and_then(|t| t.memory.as_deref())
-            .map(containers::size_of)
-            .unwrap_or_else(|| {
-                containers::size_of(&limits.default_memory)
-                    .min(containers::size_of(&limits.max_memory))
-            }),
+        None => template
+            .and_then(|t| t.memory.as_ref())
+            .map(|m| m.bytes)
+            .unwrap_or_else(|| limits.default_memory.bytes.min(limits.max_memory.bytes)),
     };
-    let gpus = match inv.value("gpus") {
-        Some(Value::Gpus { count, .. }) => *count,
-        _ => template.map(|t| t.gpus).unwrap_or(0),
+    let gpus = match &run.resources.gpus {
+        Some(g) => g.count,
+        None => template.map(|t| t.gpus).unwrap_or(0),
     };
-    let mut ports: Vec<(u16, String)> = inv
-        .values("port")
+    let mut ports: Vec<(u16, String)> = run
+        .ports
         .iter()
-        .filter_map(|v| match v {
-            Value::Port { port, proto } => Some((*port, proto.clone())),
-            _ => None,
-        })
+        .map(|p| (p.port, p.proto.clone()))
         .collect();
     if ports.is_empty() {
         if let Some(t) = template {
@@ -286,18 +286,16 @@ async fn run(
     ports.sort();
     ports.dedup();
     let mut env = std::collections::BTreeMap::new();
-    for v in inv.values("env") {
-        if let Value::Env { name, value } = v {
-            if name.starts_with("NVIDIA_") || name == "HOME" || name == "USER" {
-                return Ok(user_err(
-                    request,
-                    UserError::new("container.env_reserved").arg("name", name),
-                ));
-            }
-            env.insert(name.clone(), value.clone());
+    for (name, value) in &run.env {
+        if name.starts_with("NVIDIA_") || name == "HOME" || name == "USER" {
+            return Ok(user_err(
+                request,
+                UserError::new("container.env_reserved").arg("name", name),
+            ));
         }
+        env.insert(name.clone(), value.clone());
     }
-    let command = inv
+    let command = run
         .command
         .clone()
         .filter(|c| !c.is_empty())
@@ -319,7 +317,7 @@ async fn run(
         return Ok(user_err(request, e));
     }
     // GPUs now, or a place in the queue with --wait.
-    let want_ip = inv.has("ip");
+    let want_ip = run.ip;
     let placed = crate::blades::place(
         &app.fleet(),
         &crate::blades::PlaceRequest {
@@ -327,7 +325,7 @@ async fn run(
             gpus,
             cpus_milli,
             memory,
-            wait: inv.has("wait"),
+            wait: run.wait,
             ip: want_ip,
             pullable: registry_repository(app, &image.reference).is_some(),
         },
@@ -357,7 +355,7 @@ async fn run(
         cpus_milli,
         memory,
         gpus,
-        private: inv.has("private"),
+        private: run.private,
         state,
         ports,
         ip_hosts: if want_ip {
@@ -456,15 +454,15 @@ async fn run(
 async fn ps(
     app: &Arc<App>,
     caller: &Account,
-    inv: &Invocation,
+    listing: &Listing,
     request: &str,
 ) -> anyhow::Result<Handled> {
-    let owners = match super::listed_owners(app, caller, inv, "/container").await? {
+    let owners = match super::listed_owners(app, caller, listing, "/container").await? {
         Ok(o) => o,
         Err(e) => return Ok(user_err(request, e)),
     };
     let several = owners.len() > 1 || owners.first() != Some(&caller.uid);
-    let rows = app.store.containers_of(owners, inv.has("all")).await?;
+    let rows = app.store.containers_of(owners, listing.all).await?;
     if rows.is_empty() {
         return Ok(answer(
             request,
@@ -521,11 +519,7 @@ fn human(secs: i64) -> String {
     }
 }
 
-async fn logs(app: &Arc<App>, row: &ContainerRow, inv: &Invocation, request: &str) -> String {
-    let tail = match inv.value("tail") {
-        Some(Value::Count(n)) => *n,
-        _ => 50,
-    };
+async fn logs(app: &Arc<App>, row: &ContainerRow, tail: u32, request: &str) -> String {
     let Some(id) = row.podman_id.as_deref() else {
         return render(
             Lang::En,

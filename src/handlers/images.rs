@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::access::{authorize, Action, Resource, ResourceRef};
 use crate::app::App;
-use crate::commands::{Invocation, Value};
+use crate::commands::{ContainerCommand, TokenAction};
 use crate::containers::fmt_size;
 use crate::identity::Account;
 use crate::messages::{render, Lang, UserError};
@@ -45,19 +45,6 @@ fn repo_and_tag(raw: &str, caller: &str) -> Result<(String, String), UserError> 
 }
 
 /// The text values of a repeatable flag.
-fn texts(inv: &Invocation, flag: &str) -> Vec<String> {
-    inv.values(flag)
-        .iter()
-        .filter_map(|v| {
-            if let Value::Text(t) = v {
-                Some(t.clone())
-            } else {
-                None
-            }
-        })
-        .collect()
-}
-
 fn age(t: i64) -> String {
     let s = (crate::store::now() - t).max(0);
     match s {
@@ -71,19 +58,24 @@ fn age(t: i64) -> String {
 pub async fn handle(
     app: &Arc<App>,
     caller: &Account,
-    inv: &Invocation,
+    command: ContainerCommand,
     request: &str,
 ) -> anyhow::Result<Handled> {
+    use ContainerCommand as C;
     let Some(reg) = app.registry.as_ref() else {
         return Ok(rejected(
             request,
             UserError::new("registry.not_configured").arg("contact", &app.cfg.mattermost.contact),
         ));
     };
-    match inv.sub {
-        "token" => token(app, caller, inv, request).await,
-        "images" => {
-            let (title, rows) = if inv.has("shared") {
+    match &command {
+        C::Token(t) => token(app, caller, t, request).await,
+        C::Images {
+            shared,
+            library,
+            user,
+        } => {
+            let (title, rows) = if *shared {
                 // One read of the image table, not one per shared repository.
                 let repos: std::collections::HashSet<String> = app
                     .store
@@ -99,10 +91,10 @@ pub async fn handle(
                     .filter(|i| repos.contains(&i.repository))
                     .collect();
                 ("Images shared with you", v)
-            } else if inv.has("library") {
+            } else if *library {
                 ("The library", app.store.images_of("library").await?)
             } else {
-                let owner = match super::owner_named(app, caller, inv.text("user")) {
+                let owner = match super::owner_named(app, caller, user.as_deref()) {
                     Ok(o) => o,
                     Err(e) => return Ok(rejected(request, e)),
                 };
@@ -134,10 +126,9 @@ pub async fn handle(
             if rows.is_empty() {
                 out.push_str("| (none) | | | | | |\n");
             }
-            if !inv.has("shared") && !inv.has("library") {
+            if !*shared && !*library {
                 let usage = app.store.registry_usage(&caller.uid).await?;
-                let limit =
-                    crate::containers::size_of(&app.cfg.limits_for(caller.role).registry_bytes);
+                let limit = app.cfg.limits_for(caller.role).registry_bytes.bytes;
                 out.push_str(&format!(
                     "\nRegistry use: {} of {}.",
                     fmt_size(usage),
@@ -146,8 +137,8 @@ pub async fn handle(
             }
             Ok(reply(request, out, "ok", None))
         }
-        "share" | "unshare" | "rmi" => {
-            let raw = inv.arg_text("IMAGE").unwrap_or_default();
+        C::Share { image, .. } | C::Unshare { image, .. } | C::Rmi { image, .. } => {
+            let raw = image.as_str();
             let (repo, tag) = match repo_and_tag(raw, &caller.uid) {
                 Ok(x) => x,
                 Err(e) => return Ok(rejected(request, e)),
@@ -159,7 +150,7 @@ pub async fn handle(
                 return Ok(rejected(request, not_found()));
             }
             let shared = app.store.shared_with_of(&repo).await?;
-            let action = if inv.sub == "rmi" {
+            let action = if matches!(command, C::Rmi { .. }) {
                 Action::Delete
             } else {
                 Action::Modify
@@ -186,9 +177,11 @@ pub async fn handle(
                     },
                 ));
             }
-            match inv.sub {
-                "share" => {
-                    let mut with: Vec<String> = texts(inv, "with");
+            match &command {
+                C::Share {
+                    with, description, ..
+                } => {
+                    let mut with = with.clone();
                     if with.is_empty() {
                         with.push("all".into());
                     }
@@ -211,7 +204,7 @@ pub async fn handle(
                     for w in &with {
                         app.store.share(&repo, &owner, w).await?;
                     }
-                    if let Some(d) = inv.text("description") {
+                    if let Some(d) = description {
                         app.store.set_description(&repo, d).await?;
                     }
                     let all = app.store.shared_with_of(&repo).await?;
@@ -226,12 +219,11 @@ pub async fn handle(
                         res,
                     ))
                 }
-                "unshare" => {
-                    let with: Vec<String> = texts(inv, "with");
+                C::Unshare { with, .. } => {
                     if with.is_empty() {
                         app.store.unshare(&repo, None).await?;
                     }
-                    for w in &with {
+                    for w in with.iter() {
                         app.store.unshare(&repo, Some(w)).await?;
                     }
                     let left = app.store.shared_with_of(&repo).await?;
@@ -288,14 +280,19 @@ pub async fn handle(
                 }
             }
         }
-        _ => unreachable!("routed by slash.rs"),
+        _ => Ok(rejected(
+            request,
+            UserError::new("command.not_available")
+                .arg("command", "/container")
+                .arg("sub", "?"),
+        )),
     }
 }
 
 async fn token(
     app: &Arc<App>,
     caller: &Account,
-    inv: &Invocation,
+    action: &TokenAction,
     request: &str,
 ) -> anyhow::Result<Handled> {
     let host = app
@@ -303,8 +300,8 @@ async fn token(
         .as_ref()
         .map(|r| r.cfg.host.clone())
         .unwrap_or_default();
-    match inv.arg_text("ACTION").unwrap_or("list") {
-        "new" => {
+    match action {
+        TokenAction::New => {
             let (id, secret) =
                 crate::handlers::registry::new_personal_token(app, &caller.uid).await?;
             // Shown once, only to the caller (ephemeral); only its hash is kept.
@@ -325,8 +322,8 @@ async fn token(
                 Some(format!("registry-token:{id}")),
             ))
         }
-        "revoke" => {
-            let Some(id) = inv.arg_text("ID").and_then(|s| s.parse::<i64>().ok()) else {
+        TokenAction::Revoke { id } => {
+            let Some(id) = id.as_deref().and_then(|s| s.parse::<i64>().ok()) else {
                 return Ok(rejected(request, UserError::new("token.which")));
             };
             if app.store.revoke_registry_token(&caller.uid, id).await? {
@@ -343,7 +340,7 @@ async fn token(
                 ))
             }
         }
-        _ => {
+        TokenAction::List => {
             let rows = app.store.registry_tokens_of(&caller.uid).await?;
             if rows.is_empty() {
                 return Ok(reply(

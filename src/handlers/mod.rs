@@ -37,10 +37,10 @@ pub async fn owner_groups(app: &App, caller: &Account, owner: &str) -> Vec<Strin
 pub async fn listed_owners(
     app: &App,
     caller: &Account,
-    inv: &crate::commands::Invocation,
+    listing: &crate::commands::typed::Listing,
     command: &str,
 ) -> anyhow::Result<Result<Vec<String>, UserError>> {
-    if let Some(g) = inv.text("group") {
+    if let Some(g) = listing.group.as_deref() {
         if !authorize(caller, Action::List, &Resource::Group(g), &app.role_groups).allowed() {
             return Ok(Err(UserError::new("command.forbidden")
                 .arg("command", command)
@@ -53,7 +53,7 @@ pub async fn listed_owners(
             .await
             .map_err(|e| anyhow::anyhow!(e))?));
     }
-    Ok(owner_named(app, caller, inv.text("user")).map(|o| vec![o]))
+    Ok(owner_named(app, caller, listing.user.as_deref()).map(|o| vec![o]))
 }
 
 /// The owner a command is about: the caller, or with `--user NAME` that user (admins

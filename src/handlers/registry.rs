@@ -154,7 +154,7 @@ pub async fn issue(app: &Arc<App>, req: TokenRequest) -> Result<Issued, TokenErr
         return Err(TokenError::BadRequest("too many scopes".into()));
     }
     let (account, only_repo) = authenticate(app, reg, user, password, req.address).await?;
-    let limit = crate::containers::size_of(&app.cfg.limits_for(account.role).registry_bytes);
+    let limit = app.cfg.limits_for(account.role).registry_bytes.bytes;
     let usage = app.store.registry_usage(&account.uid).await.unwrap_or(0);
     let over_quota = usage >= limit;
     let mut access = Vec::new();

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use crate::app::App;
-use crate::commands::Invocation;
 use crate::identity::Account;
 use crate::images;
 use crate::messages::UserError;
@@ -16,11 +15,10 @@ pub use crate::work::sif::*;
 pub async fn handle(
     app: &Arc<App>,
     caller: &Account,
-    inv: &Invocation,
+    raw: &str,
     target: ReplyTarget,
     request: &str,
 ) -> anyhow::Result<Handled> {
-    let raw = inv.arg_text("IMAGE").unwrap_or_default();
     let registry_host = app.registry.as_ref().map(|r| r.cfg.host.as_str());
     let reject = |e: UserError| Handled {
         reply: crate::mattermost::Reply::new(request, e.to_string(), true),

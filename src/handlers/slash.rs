@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::app::App;
-use crate::commands::{self, Invocation, Parsed, Program};
+use crate::commands::{self, BuildAction, Command, Invocation, Parsed, Program};
 use crate::identity::linking::{LinkError, Linker};
 use crate::identity::Account;
 use crate::mattermost::slash::{acceptable_response_url, SlashForm};
@@ -44,8 +44,8 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
     let linker = Linker {
         mode: app.cfg.mattermost.linking,
         store: &app.store,
-        directory: &app.directory,
-        mattermost: &app.mattermost,
+        directory: app.directory.as_ref(),
+        mattermost: app.mattermost.as_ref(),
         contact: &app.cfg.mattermost.contact,
     };
     let account = match linker.resolve(&form.user_id, &form.user_name).await {
@@ -117,36 +117,57 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
         Parsed::Invocation(inv) => inv,
     };
     let action = format!("{}.{}", label_of(program), inv.sub);
-    match (program, inv.sub) {
-        (_, "whoami") => {
+    let Some(command) = Command::of(&inv) else {
+        audit(action, "unavailable", None).await?;
+        let e = UserError::new("command.not_available")
+            .arg("command", program.slash())
+            .arg("sub", inv.sub);
+        return Ok(Reply::new(request_id, e.to_string(), true));
+    };
+    use crate::commands::typed::ContainerCommand as C;
+    use crate::commands::typed::JobCommand as J;
+    match command {
+        Command::Container(C::Whoami) | Command::Job(J::Whoami) => {
             audit(action, "ok", None).await?;
             Ok(Reply::new(request_id, whoami(&account), true))
         }
-        (_, "templates") => {
+        Command::Container(C::Templates) | Command::Job(J::Templates) => {
             audit(action, "ok", None).await?;
             Ok(Reply::new(request_id, templates(app, program), true))
         }
-        (
-            Program::Container,
-            "run" | "ps" | "logs" | "exec" | "stop" | "start" | "rm" | "inspect",
+        Command::Container(
+            c @ (C::Run(_)
+            | C::Ps(_)
+            | C::Logs { .. }
+            | C::Exec { .. }
+            | C::Stop(_)
+            | C::Start(_)
+            | C::Rm { .. }
+            | C::Inspect(_)),
         ) => {
             let target = reply_target(app, form, &account, program, &inv);
-            let h = super::containers::handle(app, &account, &inv, target, request_id).await?;
+            let h = super::containers::handle(app, &account, c, target, request_id).await?;
             audit_res(action, h.outcome, None, h.resource).await?;
             Ok(h.reply)
         }
-        (Program::Container, "images" | "share" | "unshare" | "rmi" | "token") => {
-            let h = super::images::handle(app, &account, &inv, request_id).await?;
+        Command::Container(
+            c @ (C::Images { .. }
+            | C::Share { .. }
+            | C::Unshare { .. }
+            | C::Rmi { .. }
+            | C::Token(_)),
+        ) => {
+            let h = super::images::handle(app, &account, c, request_id).await?;
             audit_res(action, h.outcome, None, h.resource).await?;
             Ok(h.reply)
         }
-        (Program::Container, "sif") => {
+        Command::Container(C::Sif { image }) => {
             let target = reply_target(app, form, &account, program, &inv);
-            let h = super::sif::handle(app, &account, &inv, target, request_id).await?;
+            let h = super::sif::handle(app, &account, &image, target, request_id).await?;
             audit_res(action, h.outcome, None, h.resource).await?;
             Ok(h.reply)
         }
-        (Program::Container, "blades") => {
+        Command::Container(C::Blades) => {
             audit(action, "ok", None).await?;
             Ok(Reply::new(
                 request_id,
@@ -154,18 +175,12 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
                 true,
             ))
         }
-        (Program::Container, "drain") => {
-            let r = super::blades::drain(app, &account, &inv).await?;
-            let blade = inv.arg_text("BLADE").map(|b| format!("blade:{b}"));
+        Command::Container(C::Drain { blade, undo }) => {
+            let r = super::blades::drain(app, &account, &blade, undo).await?;
+            let blade = Some(format!("blade:{blade}"));
             match r {
                 Ok(t) => {
-                    audit_res(
-                        action,
-                        "ok",
-                        inv.has("undo").then(|| "undo".to_string()),
-                        blade,
-                    )
-                    .await?;
+                    audit_res(action, "ok", undo.then(|| "undo".to_string()), blade).await?;
                     Ok(Reply::new(request_id, t, true))
                 }
                 Err(e) => {
@@ -174,23 +189,24 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
                 }
             }
         }
-        (Program::Job, "submit" | "ps" | "logs" | "cancel") => {
+        Command::Job(j) => {
             let target = reply_target(app, form, &account, program, &inv);
-            let h = super::jobs::handle(app, &account, &inv, target, request_id).await?;
+            let h = super::jobs::handle(app, &account, j, target, request_id).await?;
             audit_res(action, h.outcome, None, h.resource).await?;
             Ok(h.reply)
         }
-        (Program::Container, "build") => {
-            let project = inv.arg_text("PROJECT").map(|p| format!("gitlab:{p}"));
-            match super::builds::handle(app, &account, &inv).await? {
+        Command::Container(C::Build(b)) => {
+            let project = match &b {
+                BuildAction::Status => None,
+                BuildAction::Enable { project, .. }
+                | BuildAction::Disable { project }
+                | BuildAction::Run { project, .. } => {
+                    project.as_ref().map(|p| format!("gitlab:{p}"))
+                }
+            };
+            match super::builds::handle(app, &account, &b).await? {
                 Ok(t) => {
-                    audit_res(
-                        action,
-                        "ok",
-                        inv.arg_text("ACTION").map(str::to_string),
-                        project,
-                    )
-                    .await?;
+                    audit_res(action, "ok", Some(b.name().to_string()), project).await?;
                     Ok(Reply::new(request_id, t, true))
                 }
                 Err(e) => {
@@ -199,7 +215,7 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
                 }
             }
         }
-        (Program::Container, "info") => {
+        Command::Container(C::Info) => {
             let target = reply_target(app, form, &account, program, &inv);
             // In the database before the acknowledgement goes out.
             crate::work::enqueue(
@@ -216,13 +232,6 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
                 .arg("sub", inv.sub)
                 .arg("request", request_id);
             Ok(Reply::new(request_id, ack.to_string(), false))
-        }
-        _ => {
-            audit(action, "unavailable", None).await?;
-            let e = UserError::new("command.not_available")
-                .arg("command", program.slash())
-                .arg("sub", inv.sub);
-            Ok(Reply::new(request_id, e.to_string(), true))
         }
     }
 }
@@ -290,7 +299,10 @@ fn templates(app: &App, program: Program) -> String {
     });
     for (name, t) in &app.cfg.templates {
         let extra = if program == Program::Job {
-            t.time.clone().unwrap_or_else(|| "-".into())
+            t.time
+                .as_ref()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into())
         } else {
             t.ports
                 .iter()
@@ -302,7 +314,10 @@ fn templates(app: &App, program: Program) -> String {
             "| `{name}` | `{}` | {} | {} | {} | {} | {} |\n",
             t.image,
             t.cpus.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-            t.memory.clone().unwrap_or_else(|| "-".into()),
+            t.memory
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "-".into()),
             t.gpus,
             extra,
             t.comment.replace('|', "/")

@@ -1,66 +1,103 @@
-//! The department directory: LDAP in production, the static users file in
-//! the embedded default, both behind one type with a short cache.
+//! The department directory: LDAP in production, the static users file in the embedded
+//! default and the demo, both behind the [`Directory`] trait, with a short cache in front.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 
 use super::ldap::LdapDirectory;
 use super::users_file::UsersFile;
 use super::{Account, Role};
 use crate::config::{self, Roles};
 
-#[derive(Debug, thiserror::Error)]
-pub enum DirectoryError {
-    #[error("directory unavailable: {0}")]
-    Unavailable(String),
+pub use super::{Directory, DirectoryError};
+
+/// The directory `[directory]` configures, cached for `cache_seconds`.
+pub fn from_config(cfg: &config::Config) -> Result<Arc<dyn Directory>, String> {
+    let (source, ttl): (Box<dyn Directory>, u64) = match &cfg.directory {
+        config::Directory::Static {
+            users_file,
+            cache_seconds,
+        } => (
+            Box::new(StaticDirectory {
+                file: UsersFile::load(users_file)?,
+                roles: cfg.roles.clone(),
+                data_dir: cfg.data_dir.clone(),
+            }),
+            *cache_seconds,
+        ),
+        config::Directory::Ldap {
+            ldap,
+            cache_seconds,
+        } => (
+            Box::new(LdapDirectory::new(ldap, cfg.roles.clone())),
+            *cache_seconds,
+        ),
+    };
+    Ok(Arc::new(Cached {
+        source,
+        ttl: Duration::from_secs(ttl),
+        cache: Mutex::new(HashMap::new()),
+    }))
 }
 
-enum Source {
-    Static { file: UsersFile },
-    Ldap(Box<LdapDirectory>),
+/// The static users file as a directory (demo passwords for registry logins).
+pub struct StaticDirectory {
+    pub file: UsersFile,
+    pub roles: Roles,
+    pub data_dir: PathBuf,
 }
 
-pub struct Directory {
-    source: Source,
-    roles: Roles,
-    data_dir: PathBuf,
+#[async_trait]
+impl Directory for StaticDirectory {
+    async fn lookup(&self, uid: &str) -> Result<Option<Account>, DirectoryError> {
+        Ok(self.file.user(uid).map(|u| {
+            let groups = self.file.groups_of(uid);
+            Account {
+                uid: u.uid.clone(),
+                uid_number: u.uid_number,
+                gid_number: u.gid_number,
+                home: self.file.home_of(u, &self.data_dir),
+                mail: u.mail.clone(),
+                display_name: u.name.clone(),
+                role: Role::from_groups(&groups, &self.roles),
+                groups,
+            }
+        }))
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<String>, DirectoryError> {
+        Ok(self
+            .file
+            .groups
+            .iter()
+            .filter(|g| g.name == group)
+            .flat_map(|g| g.members.clone())
+            .collect())
+    }
+
+    async fn verify_password(&self, uid: &str, password: &str) -> Result<bool, DirectoryError> {
+        Ok(self
+            .file
+            .user(uid)
+            .and_then(|u| u.demo_password.as_deref())
+            .is_some_and(|p| crate::config::Secret::new(p).matches(password)))
+    }
+}
+
+/// Any directory with a short cache of look-ups, and the checks every source needs.
+pub struct Cached {
+    source: Box<dyn Directory>,
     ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, Option<Account>)>>,
 }
 
-impl Directory {
-    pub fn from_config(cfg: &config::Config) -> Result<Directory, String> {
-        let (source, ttl) = match &cfg.directory {
-            config::Directory::Static {
-                users_file,
-                cache_seconds,
-            } => (
-                Source::Static {
-                    file: UsersFile::load(users_file)?,
-                },
-                *cache_seconds,
-            ),
-            config::Directory::Ldap {
-                ldap,
-                cache_seconds,
-            } => (
-                Source::Ldap(Box::new(LdapDirectory::new(ldap))),
-                *cache_seconds,
-            ),
-        };
-        Ok(Directory {
-            source,
-            roles: cfg.roles.clone(),
-            data_dir: cfg.data_dir.clone(),
-            ttl: Duration::from_secs(ttl),
-            cache: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Look an account up by its name. `Ok(None)`: no such account.
-    pub async fn lookup(&self, uid: &str) -> Result<Option<Account>, DirectoryError> {
+#[async_trait]
+impl Directory for Cached {
+    async fn lookup(&self, uid: &str) -> Result<Option<Account>, DirectoryError> {
         if !crate::values::valid_account(uid) {
             return Ok(None);
         }
@@ -69,22 +106,7 @@ impl Directory {
                 return Ok(acc.clone());
             }
         }
-        let found = match &self.source {
-            Source::Static { file } => file.user(uid).map(|u| {
-                let groups = file.groups_of(uid);
-                Account {
-                    uid: u.uid.clone(),
-                    uid_number: u.uid_number,
-                    gid_number: u.gid_number,
-                    home: file.home_of(u, &self.data_dir),
-                    mail: u.mail.clone(),
-                    display_name: u.name.clone(),
-                    role: Role::from_groups(&groups, &self.roles),
-                    groups,
-                }
-            }),
-            Source::Ldap(l) => l.lookup(uid, &self.roles).await?,
-        };
+        let found = self.source.lookup(uid).await?;
         self.cache
             .lock()
             .unwrap()
@@ -92,31 +114,16 @@ impl Directory {
         Ok(found)
     }
 
-    /// The members of a group (for instructors' views).
-    pub async fn members(&self, group: &str) -> Result<Vec<String>, DirectoryError> {
-        match &self.source {
-            Source::Static { file } => Ok(file
-                .groups
-                .iter()
-                .filter(|g| g.name == group)
-                .flat_map(|g| g.members.clone())
-                .collect()),
-            Source::Ldap(l) => l.members(group).await,
-        }
+    async fn members(&self, group: &str) -> Result<Vec<String>, DirectoryError> {
+        self.source.members(group).await
     }
 
-    /// Check a password (registry logins). Empty passwords are always refused:
-    /// to LDAP an empty password is an anonymous bind, which "succeeds".
-    pub async fn verify_password(&self, uid: &str, password: &str) -> Result<bool, DirectoryError> {
+    /// Empty passwords are always refused: to LDAP an empty password is an anonymous
+    /// bind, which "succeeds".
+    async fn verify_password(&self, uid: &str, password: &str) -> Result<bool, DirectoryError> {
         if password.is_empty() || !crate::values::valid_account(uid) {
             return Ok(false);
         }
-        match &self.source {
-            Source::Static { file } => Ok(file
-                .user(uid)
-                .and_then(|u| u.demo_password.as_deref())
-                .is_some_and(|p| crate::config::Secret::new(p).matches(password))),
-            Source::Ldap(l) => l.verify_password(uid, password).await,
-        }
+        self.source.verify_password(uid, password).await
     }
 }

@@ -4,16 +4,16 @@ use std::time::Duration;
 
 use ldap3::{ldap_escape, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 
-use super::directory::DirectoryError;
-use super::{Account, Role};
+use super::{Account, Directory, DirectoryError, Role};
 use crate::config::{Ldap, Roles};
 
 pub struct LdapDirectory {
     cfg: Ldap,
+    roles: Roles,
 }
 
 impl LdapDirectory {
-    pub fn new(cfg: &Ldap) -> Self {
+    pub fn new(cfg: &Ldap, roles: Roles) -> Self {
         LdapDirectory {
             cfg: Ldap {
                 url: cfg.url.clone(),
@@ -28,6 +28,7 @@ impl LdapDirectory {
                 attributes: cfg.attributes.clone(),
                 timeout_seconds: cfg.timeout_seconds,
             },
+            roles,
         }
     }
 
@@ -91,12 +92,12 @@ impl LdapDirectory {
             ))),
         }
     }
+}
 
-    pub async fn lookup(
-        &self,
-        uid: &str,
-        roles: &Roles,
-    ) -> Result<Option<Account>, DirectoryError> {
+#[async_trait::async_trait]
+impl Directory for LdapDirectory {
+    async fn lookup(&self, uid: &str) -> Result<Option<Account>, DirectoryError> {
+        let roles = &self.roles;
         let mut ldap = self.service_bind().await?;
         let Some(e) = self.find_user(&mut ldap, uid).await? else {
             let _ = ldap.unbind().await;
@@ -151,7 +152,7 @@ impl LdapDirectory {
         }))
     }
 
-    pub async fn members(&self, group: &str) -> Result<Vec<String>, DirectoryError> {
+    async fn members(&self, group: &str) -> Result<Vec<String>, DirectoryError> {
         let mut ldap = self.service_bind().await?;
         let filter = format!(
             "(&(objectClass=posixGroup)({}={}))",
@@ -181,7 +182,7 @@ impl LdapDirectory {
             .collect())
     }
 
-    pub async fn verify_password(&self, uid: &str, password: &str) -> Result<bool, DirectoryError> {
+    async fn verify_password(&self, uid: &str, password: &str) -> Result<bool, DirectoryError> {
         if password.is_empty() {
             return Ok(false);
         }

@@ -5,15 +5,15 @@
 use super::directory::Directory;
 use super::Account;
 use crate::config::Linking;
-use crate::mattermost::client::MattermostClient;
+use crate::mattermost::client::Chat;
 use crate::messages::UserError;
 use crate::store::Store;
 
 pub struct Linker<'a> {
     pub mode: Linking,
     pub store: &'a Store,
-    pub directory: &'a Directory,
-    pub mattermost: &'a MattermostClient,
+    pub directory: &'a dyn Directory,
+    pub mattermost: &'a dyn Chat,
     pub contact: &'a str,
 }
 

@@ -31,3 +31,20 @@ impl Account {
         self.groups.iter().any(|x| x == g)
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Who the department's people are: LDAP, the static users file, or a test's fake.
+#[async_trait::async_trait]
+pub trait Directory: Send + Sync {
+    /// Look an account up by its name. `Ok(None)`: no such account.
+    async fn lookup(&self, uid: &str) -> Result<Option<Account>, DirectoryError>;
+    /// The members of a group (for instructors' views).
+    async fn members(&self, group: &str) -> Result<Vec<String>, DirectoryError>;
+    /// Check a password (registry logins).
+    async fn verify_password(&self, uid: &str, password: &str) -> Result<bool, DirectoryError>;
+}

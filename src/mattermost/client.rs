@@ -37,6 +37,22 @@ pub enum PostError {
 
 const ATTEMPTS: u32 = 3;
 
+/// Mattermost as shisa uses it: the REST client here, or a test's fake.
+#[async_trait::async_trait]
+pub trait Chat: Send + Sync {
+    fn has_bot(&self) -> bool;
+    /// POST a reply to a slash command's `response_url`.
+    async fn post_response_url(&self, url: &str, reply: &Reply) -> Result<(), PostError>;
+    async fn get_user(&self, user_id: &str) -> anyhow::Result<MmUser>;
+    /// Send a direct message from the bot to a Mattermost user.
+    async fn direct_message(
+        &self,
+        user_id: &str,
+        text: &str,
+        props: &serde_json::Value,
+    ) -> anyhow::Result<()>;
+}
+
 impl MattermostClient {
     pub fn new(url: Option<String>, bot_token: Option<Secret>, timeout_seconds: u64) -> Self {
         let http = reqwest::Client::builder()
@@ -51,27 +67,6 @@ impl MattermostClient {
             bot_token,
             bot_user_id: Default::default(),
         }
-    }
-
-    pub fn has_bot(&self) -> bool {
-        self.url.is_some() && self.bot_token.is_some()
-    }
-
-    /// POST a reply to a slash command's `response_url`.
-    pub async fn post_response_url(&self, url: &str, reply: &Reply) -> Result<(), PostError> {
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            match self.http.post(url).json(reply).send().await {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) if matches!(r.status().as_u16(), 400 | 404) => {
-                    return Err(PostError::Refused(r.status().as_u16()))
-                }
-                Ok(r) => last = format!("HTTP {}", r.status()),
-                Err(e) => last = e.without_url().to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
-        }
-        Err(PostError::Transport(last))
     }
 
     async fn api<T: serde::de::DeserializeOwned>(
@@ -116,8 +111,32 @@ impl MattermostClient {
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("Mattermost unreachable")))
     }
+}
 
-    pub async fn get_user(&self, user_id: &str) -> anyhow::Result<MmUser> {
+#[async_trait::async_trait]
+impl Chat for MattermostClient {
+    fn has_bot(&self) -> bool {
+        self.url.is_some() && self.bot_token.is_some()
+    }
+
+    /// POST a reply to a slash command's `response_url`.
+    async fn post_response_url(&self, url: &str, reply: &Reply) -> Result<(), PostError> {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            match self.http.post(url).json(reply).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if matches!(r.status().as_u16(), 400 | 404) => {
+                    return Err(PostError::Refused(r.status().as_u16()))
+                }
+                Ok(r) => last = format!("HTTP {}", r.status()),
+                Err(e) => last = e.without_url().to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+        }
+        Err(PostError::Transport(last))
+    }
+
+    async fn get_user(&self, user_id: &str) -> anyhow::Result<MmUser> {
         let id = percent_encoding::utf8_percent_encode(user_id, percent_encoding::NON_ALPHANUMERIC)
             .to_string();
         self.api(reqwest::Method::GET, &format!("/users/{id}"), None)
@@ -125,7 +144,7 @@ impl MattermostClient {
     }
 
     /// Send a direct message from the bot to a Mattermost user.
-    pub async fn direct_message(
+    async fn direct_message(
         &self,
         user_id: &str,
         text: &str,

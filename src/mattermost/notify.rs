@@ -1,14 +1,14 @@
 //! Getting an answer to a user: the slash command's `response_url` while it
 //! is usable (5 uses, 30 minutes), else a bot DM, else the outbox table.
 
-use super::client::{MattermostClient, PostError};
+use super::client::{Chat, PostError};
 use super::Reply;
 use crate::store::queue::ReplyTarget;
 use crate::store::Store;
 
 #[derive(Clone)]
 pub struct Notifier {
-    pub client: MattermostClient,
+    pub client: std::sync::Arc<dyn Chat>,
     pub store: Store,
 }
 

@@ -30,6 +30,55 @@ pub enum PodmanError {
     Api { status: u16, message: String },
 }
 
+/// A blade's Podman, as shisa uses it: the libpod client here, or a test's fake.
+#[async_trait::async_trait]
+pub trait Podman: Send + Sync {
+    /// Does the image exist on this blade? (`GET /images/{name}/exists`: 204 or 404.)
+    async fn image_exists(&self, reference: &str) -> Result<bool, PodmanError>;
+    /// `POST /containers/create` with a libpod SpecGenerator body; returns the id.
+    async fn create(&self, spec: &serde_json::Value) -> Result<String, PodmanError>;
+    async fn start(&self, id: &str) -> Result<(), PodmanError>;
+    async fn stop(&self, id: &str, timeout: u64) -> Result<(), PodmanError>;
+    /// Remove; a container that is already gone is not an error.
+    async fn remove(&self, id: &str, force: bool) -> Result<(), PodmanError>;
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerState>, PodmanError>;
+    /// The last `tail` lines of output (stdout and stderr interleaved).
+    async fn logs(&self, id: &str, tail: u32) -> Result<String, PodmanError>;
+    /// Run a command in a running container as `user`, bounded in time and output.
+    async fn exec(&self, id: &str, e: &ExecRequest<'_>) -> Result<ExecResult, PodmanError>;
+    /// Containers with a label, for reconciliation: (id, name, state, labels).
+    async fn list_labelled(&self, label: &str) -> Result<Vec<Listed>, PodmanError>;
+    /// The stream of `died` events for shisa's containers (newline-delimited JSON).
+    async fn died_events(&self, label: &str) -> Result<DiedEvents, PodmanError>;
+    /// Pull an image with credentials (`X-Registry-Auth`: base64 JSON, as Podman's clients send it).
+    async fn pull(
+        &self,
+        reference: &str,
+        username: &str,
+        password: &str,
+        tls_verify: bool,
+    ) -> Result<(), PodmanError>;
+    /// An image's id, architecture and OCI config (Env, Entrypoint, Cmd, Labels, WorkingDir).
+    async fn image_inspect(&self, reference: &str) -> Result<ImageInfo, PodmanError>;
+    /// Mount a (created, not started) container's root filesystem on the blade; returns its path.
+    async fn mount(&self, id: &str) -> Result<String, PodmanError>;
+    async fn unmount(&self, id: &str) -> Result<(), PodmanError>;
+    /// Create a bridge network for an IP pool unless it exists, on a bridge named
+    /// by `pool_bridge` (Podman's own pick, `cni-podmanN`, can be one the host's
+    /// or another Podman's network already holds with another address).
+    async fn ensure_network(
+        &self,
+        name: &str,
+        subnet: &str,
+        gateway: &str,
+    ) -> Result<(), PodmanError>;
+    /// `GET /libpod/info`: version and counts.
+    async fn info(&self) -> Result<BladeInfo, PodmanError>;
+}
+
+/// The `died` events of a blade's containers, as they come.
+pub type DiedEvents = std::pin::Pin<Box<dyn futures_util::Stream<Item = DiedEvent> + Send>>;
+
 impl PodmanClient {
     pub fn new(socket: &Path) -> PodmanClient {
         let http = reqwest::Client::builder()
@@ -88,9 +137,12 @@ impl PodmanClient {
     fn url(path: &str, segment: &str, rest: &str) -> String {
         format!("{API}{path}/{}{rest}", enc(segment))
     }
+}
 
+#[async_trait::async_trait]
+impl Podman for PodmanClient {
     /// Does the image exist on this blade? (`GET /images/{name}/exists`: 204 or 404.)
-    pub async fn image_exists(&self, reference: &str) -> Result<bool, PodmanError> {
+    async fn image_exists(&self, reference: &str) -> Result<bool, PodmanError> {
         let r = self
             .send(self.http.get(Self::url("/images", reference, "/exists")))
             .await?;
@@ -102,7 +154,7 @@ impl PodmanClient {
     }
 
     /// `POST /containers/create` with a libpod SpecGenerator body; returns the id.
-    pub async fn create(&self, spec: &serde_json::Value) -> Result<String, PodmanError> {
+    async fn create(&self, spec: &serde_json::Value) -> Result<String, PodmanError> {
         #[derive(Deserialize)]
         struct Created {
             #[serde(rename = "Id")]
@@ -124,14 +176,14 @@ impl PodmanClient {
         Ok(c.id)
     }
 
-    pub async fn start(&self, id: &str) -> Result<(), PodmanError> {
+    async fn start(&self, id: &str) -> Result<(), PodmanError> {
         let r = self
             .send(self.http.post(Self::url("/containers", id, "/start")))
             .await?;
         self.check(r).await.map(|_| ())
     }
 
-    pub async fn stop(&self, id: &str, timeout: u64) -> Result<(), PodmanError> {
+    async fn stop(&self, id: &str, timeout: u64) -> Result<(), PodmanError> {
         let r = self
             .send(
                 self.http
@@ -147,7 +199,7 @@ impl PodmanClient {
     }
 
     /// Remove; a container that is already gone is not an error.
-    pub async fn remove(&self, id: &str, force: bool) -> Result<(), PodmanError> {
+    async fn remove(&self, id: &str, force: bool) -> Result<(), PodmanError> {
         let r = self
             .send(self.http.delete(Self::url(
                 "/containers",
@@ -161,7 +213,7 @@ impl PodmanClient {
         self.check(r).await.map(|_| ())
     }
 
-    pub async fn inspect(&self, id: &str) -> Result<Option<ContainerState>, PodmanError> {
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerState>, PodmanError> {
         #[derive(Deserialize)]
         struct Inspect {
             #[serde(rename = "State")]
@@ -199,7 +251,7 @@ impl PodmanClient {
     }
 
     /// The last `tail` lines of output (stdout and stderr interleaved).
-    pub async fn logs(&self, id: &str, tail: u32) -> Result<String, PodmanError> {
+    async fn logs(&self, id: &str, tail: u32) -> Result<String, PodmanError> {
         let r = self
             .send(self.http.get(Self::url(
                 "/containers",
@@ -217,7 +269,7 @@ impl PodmanClient {
     }
 
     /// Run a command in a running container as `user`, bounded in time and output.
-    pub async fn exec(&self, id: &str, e: &ExecRequest<'_>) -> Result<ExecResult, PodmanError> {
+    async fn exec(&self, id: &str, e: &ExecRequest<'_>) -> Result<ExecResult, PodmanError> {
         #[derive(Deserialize)]
         struct Created {
             #[serde(rename = "Id")]
@@ -292,7 +344,7 @@ impl PodmanClient {
     }
 
     /// Containers with a label, for reconciliation: (id, name, state, labels).
-    pub async fn list_labelled(&self, label: &str) -> Result<Vec<Listed>, PodmanError> {
+    async fn list_labelled(&self, label: &str) -> Result<Vec<Listed>, PodmanError> {
         let filters = serde_json::json!({"label": [label]}).to_string();
         let r = self
             .send(
@@ -309,10 +361,7 @@ impl PodmanClient {
     }
 
     /// The stream of `died` events for shisa's containers (newline-delimited JSON).
-    pub async fn died_events(
-        &self,
-        label: &str,
-    ) -> Result<impl futures_util::Stream<Item = DiedEvent> + use<>, PodmanError> {
+    async fn died_events(&self, label: &str) -> Result<DiedEvents, PodmanError> {
         use futures_util::StreamExt;
         let filters =
             serde_json::json!({"type": ["container"], "event": ["died"], "label": [label]})
@@ -329,7 +378,7 @@ impl PodmanClient {
             .map_err(|e| self.unreachable(e))?;
         let r = self.check(r).await?;
         let mut pending = Vec::<u8>::new();
-        Ok(r.bytes_stream().flat_map(move |chunk| {
+        Ok(Box::pin(r.bytes_stream().flat_map(move |chunk| {
             let mut out = Vec::new();
             if let Ok(c) = chunk {
                 pending.extend_from_slice(&c);
@@ -351,11 +400,11 @@ impl PodmanClient {
                 }
             }
             futures_util::stream::iter(out)
-        }))
+        })))
     }
 
     /// Pull an image with credentials (`X-Registry-Auth`: base64 JSON, as Podman's clients send it).
-    pub async fn pull(
+    async fn pull(
         &self,
         reference: &str,
         username: &str,
@@ -395,7 +444,7 @@ impl PodmanClient {
     }
 
     /// An image's id, architecture and OCI config (Env, Entrypoint, Cmd, Labels, WorkingDir).
-    pub async fn image_inspect(&self, reference: &str) -> Result<ImageInfo, PodmanError> {
+    async fn image_inspect(&self, reference: &str) -> Result<ImageInfo, PodmanError> {
         let v: serde_json::Value = self
             .get_json(&format!("/images/{}/json", enc(reference)))
             .await?;
@@ -408,7 +457,7 @@ impl PodmanClient {
     }
 
     /// Mount a (created, not started) container's root filesystem on the blade; returns its path.
-    pub async fn mount(&self, id: &str) -> Result<String, PodmanError> {
+    async fn mount(&self, id: &str) -> Result<String, PodmanError> {
         let r = self
             .send(self.http.post(Self::url("/containers", id, "/mount")))
             .await?;
@@ -418,7 +467,7 @@ impl PodmanClient {
         Ok(t.trim().trim_matches('"').to_string())
     }
 
-    pub async fn unmount(&self, id: &str) -> Result<(), PodmanError> {
+    async fn unmount(&self, id: &str) -> Result<(), PodmanError> {
         let r = self
             .send(self.http.post(Self::url("/containers", id, "/unmount")))
             .await?;
@@ -428,7 +477,7 @@ impl PodmanClient {
     /// Create a bridge network for an IP pool unless it exists, on a bridge named
     /// by `pool_bridge` (Podman's own pick, `cni-podmanN`, can be one the host's
     /// or another Podman's network already holds with another address).
-    pub async fn ensure_network(
+    async fn ensure_network(
         &self,
         name: &str,
         subnet: &str,
@@ -451,7 +500,7 @@ impl PodmanClient {
     }
 
     /// `GET /libpod/info`: version and counts.
-    pub async fn info(&self) -> Result<BladeInfo, PodmanError> {
+    async fn info(&self) -> Result<BladeInfo, PodmanError> {
         #[derive(Deserialize)]
         struct Info {
             version: Version,

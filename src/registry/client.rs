@@ -3,16 +3,20 @@
 
 use std::time::Duration;
 
-use super::jwt::Access;
-use super::Registry;
+use std::sync::Arc;
+
+use super::jwt::{Access, TokenSigner};
+use crate::config;
 
 /// distribution 2.8 returns 404 for an OCI manifest asked without OCI types,
 /// and rewrites schema2 to schema1 (another digest) without schema2 types:
 /// always ask for all of them (shared/docs/protocols.md §5.2).
 pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
-pub struct Client<'a> {
-    pub reg: &'a Registry,
+/// The registry's HTTP API, with tokens shisa signs for itself.
+pub struct Client {
+    pub cfg: config::Registry,
+    pub signer: Arc<TokenSigner>,
     pub http: reqwest::Client,
 }
 
@@ -23,15 +27,21 @@ pub fn http() -> reqwest::Client {
         .expect("client")
 }
 
-impl Client<'_> {
+/// The registry as shisa uses it: the HTTP client here, or a test's fake.
+#[async_trait::async_trait]
+pub trait RegistryApi: Send + Sync {
+    async fn catalog(&self) -> anyhow::Result<Vec<String>>;
+    async fn tags(&self, name: &str) -> anyhow::Result<Vec<String>>;
+    /// (digest, total size of config and layers) of a tag, or None if it does not exist.
+    async fn manifest(&self, name: &str, reference: &str) -> anyhow::Result<Option<(String, u64)>>;
+    /// Delete by digest (the only way distribution 2.8 accepts); all its tags go.
+    async fn delete_manifest(&self, name: &str, digest: &str) -> anyhow::Result<()>;
+}
+
+impl Client {
     fn token(&self, access: Vec<Access>) -> String {
-        self.reg.signer.issue(
-            &self.reg.cfg.issuer,
-            &self.reg.cfg.service,
-            "shisa",
-            &access,
-            120,
-        )
+        self.signer
+            .issue(&self.cfg.issuer, &self.cfg.service, "shisa", &access, 120)
     }
 
     fn repo_token(&self, name: &str, actions: &[&str]) -> String {
@@ -41,15 +51,18 @@ impl Client<'_> {
             actions: actions.iter().map(|a| a.to_string()).collect(),
         }])
     }
+}
 
-    pub async fn catalog(&self) -> anyhow::Result<Vec<String>> {
+#[async_trait::async_trait]
+impl RegistryApi for Client {
+    async fn catalog(&self) -> anyhow::Result<Vec<String>> {
         let tok = self.token(vec![Access {
             kind: "registry".into(),
             name: "catalog".into(),
             actions: vec!["*".into()],
         }]);
         let mut out = Vec::new();
-        let mut url = format!("{}/v2/_catalog?n=100", self.reg.cfg.url);
+        let mut url = format!("{}/v2/_catalog?n=100", self.cfg.url);
         loop {
             let r = self
                 .http
@@ -72,17 +85,17 @@ impl Client<'_> {
             let c: Cat = r.json().await?;
             out.extend(c.repositories);
             match next {
-                Some(n) if !n.is_empty() => url = format!("{}{n}", self.reg.cfg.url),
+                Some(n) if !n.is_empty() => url = format!("{}{n}", self.cfg.url),
                 _ => break,
             }
         }
         Ok(out)
     }
 
-    pub async fn tags(&self, name: &str) -> anyhow::Result<Vec<String>> {
+    async fn tags(&self, name: &str) -> anyhow::Result<Vec<String>> {
         let r = self
             .http
-            .get(format!("{}/v2/{name}/tags/list", self.reg.cfg.url))
+            .get(format!("{}/v2/{name}/tags/list", self.cfg.url))
             .bearer_auth(self.repo_token(name, &["pull"]))
             .send()
             .await?;
@@ -99,17 +112,10 @@ impl Client<'_> {
     }
 
     /// (digest, total size of config and layers) of a tag, or None if it does not exist.
-    pub async fn manifest(
-        &self,
-        name: &str,
-        reference: &str,
-    ) -> anyhow::Result<Option<(String, u64)>> {
+    async fn manifest(&self, name: &str, reference: &str) -> anyhow::Result<Option<(String, u64)>> {
         let r = self
             .http
-            .get(format!(
-                "{}/v2/{name}/manifests/{reference}",
-                self.reg.cfg.url
-            ))
+            .get(format!("{}/v2/{name}/manifests/{reference}", self.cfg.url))
             .bearer_auth(self.repo_token(name, &["pull"]))
             .header("accept", ACCEPT)
             .send()
@@ -137,10 +143,10 @@ impl Client<'_> {
     }
 
     /// Delete by digest (the only way distribution 2.8 accepts); all its tags go.
-    pub async fn delete_manifest(&self, name: &str, digest: &str) -> anyhow::Result<()> {
+    async fn delete_manifest(&self, name: &str, digest: &str) -> anyhow::Result<()> {
         let r = self
             .http
-            .delete(format!("{}/v2/{name}/manifests/{digest}", self.reg.cfg.url))
+            .delete(format!("{}/v2/{name}/manifests/{digest}", self.cfg.url))
             .bearer_auth(self.repo_token(name, &["pull", "delete"]))
             .send()
             .await?;

@@ -8,7 +8,7 @@ pub mod jwt;
 pub mod scope;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -17,7 +17,9 @@ use crate::config;
 
 pub struct Registry {
     pub cfg: config::Registry,
-    pub signer: jwt::TokenSigner,
+    pub signer: Arc<jwt::TokenSigner>,
+    /// The registry's API (the HTTP client, or a test's fake).
+    pub api: Arc<dyn client::RegistryApi>,
     pub(crate) failures: Mutex<HashMap<String, Vec<Instant>>>,
     pub(crate) quota_told: Mutex<HashMap<String, Instant>>,
     /// Short-lived pull credentials shisa hands to a blade's Podman: secret → (uid, repository, until).
@@ -27,8 +29,15 @@ pub struct Registry {
 impl Registry {
     pub fn new(cfg: &config::Registry) -> anyhow::Result<Registry> {
         jwt::ensure_keys(&cfg.key_file, &cfg.cert_file)?;
+        let signer = Arc::new(jwt::TokenSigner::load(&cfg.key_file, &cfg.cert_file)?);
+        let api = Arc::new(client::Client {
+            cfg: cfg.clone(),
+            signer: signer.clone(),
+            http: client::http(),
+        });
         Ok(Registry {
-            signer: jwt::TokenSigner::load(&cfg.key_file, &cfg.cert_file)?,
+            signer,
+            api,
             cfg: cfg.clone(),
             failures: Default::default(),
             quota_told: Default::default(),
@@ -36,11 +45,8 @@ impl Registry {
         })
     }
 
-    pub fn client(&self) -> client::Client<'_> {
-        client::Client {
-            reg: self,
-            http: client::http(),
-        }
+    pub fn client(&self) -> &dyn client::RegistryApi {
+        self.api.as_ref()
     }
 
     /// Too many failed logins for this account or this address in the last minute?

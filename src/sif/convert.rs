@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::squash::Skeleton;
 use super::{DataType, Object, StreamObject, WriteOptions};
-use crate::podman::PodmanClient;
+use crate::podman::Podman;
 
 /// Bump when the output of the same input changes.
 pub const CONVERTER_VERSION: u32 = 2;
@@ -359,7 +359,7 @@ fn comp_ok(c: &str) -> bool {
 
 /// Convert `image` (on the blade `client` talks to, which must be this machine) into `store`.
 pub async fn convert(
-    client: &PodmanClient,
+    client: &dyn Podman,
     image: &str,
     store: &Path,
     tmp: &Path,

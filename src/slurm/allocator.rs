@@ -21,7 +21,7 @@ use crate::store::Store;
 pub struct SlurmAllocator {
     pub store: Store,
     pub slurm: Arc<dyn Scheduler>,
-    pub directory: Arc<Directory>,
+    pub directory: Arc<dyn Directory>,
     /// Minutes a holder lasts, by role (the role's GPU lifetime).
     pub lifetimes: HashMap<String, u64>,
     pub partition: Option<String>,

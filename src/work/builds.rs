@@ -6,7 +6,7 @@ use std::sync::Arc;
 use gitlab::api::projects::repository::commits::CommitStatusState;
 
 use crate::app::App;
-use crate::gitlab::client::{self, GitlabApi};
+use crate::gitlab::client::{self, Gitlab};
 use crate::gitlab::hooks::{self, Hook, Push};
 use crate::identity::Account;
 use crate::images;
@@ -16,8 +16,8 @@ use crate::work::tasks::Task;
 
 use super::TaskError;
 
-pub fn gitlab(app: &App) -> Result<&GitlabApi, UserError> {
-    app.gitlab.as_ref().ok_or_else(|| {
+pub fn gitlab(app: &App) -> Result<&dyn Gitlab, UserError> {
+    app.gitlab.as_deref().ok_or_else(|| {
         UserError::new("build.no_gitlab").arg("contact", &app.cfg.mattermost.contact)
     })
 }
@@ -25,10 +25,10 @@ pub fn gitlab(app: &App) -> Result<&GitlabApi, UserError> {
 /// The department account behind a GitLab user id, by the configured linking.
 pub async fn account_of_gitlab_user(
     app: &App,
-    api: &GitlabApi,
+    api: &dyn Gitlab,
     id: u64,
 ) -> anyhow::Result<Option<Account>> {
-    let u = match client::user(api, id).await {
+    let u = match api.user(id).await {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(gitlab_user = id, error = %client::explain(&e), "GitLab user not found");
@@ -77,7 +77,7 @@ pub async fn on_push(app: &Arc<App>, p: &Push) -> Result<(), TaskError> {
     let Some(g) = app.cfg.gitlab.as_ref() else {
         return Err(TaskError::Gone);
     };
-    let api = app.gitlab.as_ref().ok_or(TaskError::Gone)?;
+    let api = app.gitlab.as_deref().ok_or(TaskError::Gone)?;
     if p.deleted() {
         return Ok(());
     }
@@ -174,7 +174,7 @@ pub fn image_name(app: &App, owner: &str, path: &str, tag: &str) -> String {
 /// The build job.
 pub async fn run(app: &Arc<App>, id: i64) -> Result<String, TaskError> {
     let g = app.cfg.gitlab.as_ref().ok_or(TaskError::Gone)?;
-    let api = app.gitlab.as_ref().ok_or(TaskError::Gone)?;
+    let api = app.gitlab.as_deref().ok_or(TaskError::Gone)?;
     let b = app
         .store
         .build(id)
@@ -215,17 +215,17 @@ pub async fn run(app: &Arc<App>, id: i64) -> Result<String, TaskError> {
         }
     }
     let as_owner = api.for_user(&project.gitlab_user);
-    let _ = client::commit_status(
-        &as_owner,
-        b.project_id,
-        &b.sha,
-        CommitStatusState::Running,
-        "building the image",
-        None,
-    )
-    .await;
-    let result = build_one(app, g, &as_owner, blade, &b).await;
-    report(app, g, &as_owner, &b, result)
+    let _ = as_owner
+        .commit_status(
+            b.project_id,
+            &b.sha,
+            CommitStatusState::Running,
+            "building the image",
+            None,
+        )
+        .await;
+    let result = build_one(app, g, as_owner.as_ref(), blade, &b).await;
+    report(app, g, as_owner.as_ref(), &b, result)
         .await
         .map_err(TaskError::Retry)?;
     Ok(String::new())
@@ -236,7 +236,7 @@ pub async fn run(app: &Arc<App>, id: i64) -> Result<String, TaskError> {
 pub async fn report(
     app: &Arc<App>,
     g: &crate::config::Gitlab,
-    as_owner: &GitlabApi,
+    as_owner: &dyn Gitlab,
     b: &BuildRow,
     result: Result<(String, String, u64), String>,
 ) -> anyhow::Result<()> {
@@ -253,15 +253,15 @@ pub async fn report(
                     "",
                 )
                 .await?;
-            let _ = client::commit_status(
-                as_owner,
-                b.project_id,
-                &b.sha,
-                CommitStatusState::Success,
-                &format!("{image} {digest}"),
-                None,
-            )
-            .await;
+            let _ = as_owner
+                .commit_status(
+                    b.project_id,
+                    &b.sha,
+                    CommitStatusState::Success,
+                    &format!("{image} {digest}"),
+                    None,
+                )
+                .await;
             let typed = image
                 .split_once('/')
                 .map(|x| x.1.to_string())
@@ -302,15 +302,15 @@ pub async fn report(
             app.store
                 .finish_build(id, "failed", None, None, None, &log)
                 .await?;
-            let _ = client::commit_status(
-                as_owner,
-                b.project_id,
-                &b.sha,
-                CommitStatusState::Failed,
-                "the image build failed",
-                None,
-            )
-            .await;
+            let _ = as_owner
+                .commit_status(
+                    b.project_id,
+                    &b.sha,
+                    CommitStatusState::Failed,
+                    "the image build failed",
+                    None,
+                )
+                .await;
             render(
                 Lang::En,
                 "build.failed",
@@ -374,7 +374,7 @@ pub async fn on_pipeline(app: &Arc<App>, p: &hooks::Pipeline) -> Result<(), Task
                 p.object_attributes.id
             ))
         };
-        report(app, g, &as_owner, &b, result)
+        report(app, g, as_owner.as_ref(), &b, result)
             .await
             .map_err(TaskError::Retry)?;
     }
@@ -385,19 +385,17 @@ pub async fn on_pipeline(app: &Arc<App>, p: &hooks::Pipeline) -> Result<(), Task
 pub async fn build_one(
     app: &Arc<App>,
     g: &crate::config::Gitlab,
-    as_owner: &GitlabApi,
+    as_owner: &dyn Gitlab,
     blade: &crate::config::Blade,
     b: &BuildRow,
 ) -> Result<(String, String, u64), String> {
-    let archive = client::archive(as_owner, b.project_id, &b.sha)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot fetch the repository at {}: {}",
-                b.sha,
-                client::explain(&e)
-            )
-        })?;
+    let archive = as_owner.archive(b.project_id, &b.sha).await.map_err(|e| {
+        format!(
+            "cannot fetch the repository at {}: {}",
+            b.sha,
+            client::explain(&e)
+        )
+    })?;
     let work = tempfile::Builder::new()
         .prefix("shisa-build-")
         .tempdir_in(&app.cfg.data_dir)
@@ -453,7 +451,7 @@ pub async fn build_one(
         tags: vec![tag_sha.clone(), tag_latest.clone()],
         uid_base: g.build_uid_base,
         uid_count: g.build_uid_count,
-        memory_bytes: crate::containers::size_of(&limits.max_memory),
+        memory_bytes: limits.max_memory.bytes,
         cpus: limits.max_cpus,
         timeout: std::time::Duration::from_secs(g.build_timeout_seconds),
     })

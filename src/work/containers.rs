@@ -58,11 +58,11 @@ pub fn registry_repository(app: &App, reference: &str) -> Option<String> {
 pub fn blade_of<'a>(
     app: &'a App,
     name: &str,
-) -> anyhow::Result<(&'a Blade, &'a crate::podman::PodmanClient)> {
+) -> anyhow::Result<(&'a Blade, &'a dyn crate::podman::Podman)> {
     app.blades
         .iter()
         .find(|(b, _)| b.name == name)
-        .map(|(b, c)| (b, c))
+        .map(|(b, c)| (b, c.as_ref()))
         .ok_or_else(|| anyhow::anyhow!("blade {name} is no longer configured"))
 }
 
@@ -158,7 +158,7 @@ pub fn port_in_message(msg: &str) -> Option<u16> {
 /// with no instance and this row's Podman name).
 pub async fn earlier_attempt(
     app: &Arc<App>,
-    client: &crate::podman::PodmanClient,
+    client: &dyn crate::podman::Podman,
     row: &ContainerRow,
 ) -> Result<Option<crate::podman::Listed>, PodmanError> {
     let listed = client
@@ -448,10 +448,7 @@ pub async fn started_text(
 
 /// How long a GPU container may run for its owner's role; `None` without GPUs.
 pub fn gpu_lifetime(app: &App, owner: &Account, row: &ContainerRow) -> Option<i64> {
-    (row.gpus > 0)
-        .then(|| crate::values::parse_duration(&app.cfg.limits_for(owner.role).gpu_lifetime).ok())
-        .flatten()
-        .map(|s| s as i64)
+    (row.gpus > 0).then(|| app.cfg.limits_for(owner.role).gpu_lifetime.secs as i64)
 }
 
 /// Start the oldest waiting containers on a blade that now fit.

@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::app::App;
-use crate::commands::Invocation;
+use crate::commands::typed::SubmitArgs;
 use crate::identity::Account;
 use crate::images;
 use crate::messages::{render, Lang, UserError};
 use crate::store::jobs::JobRow;
 use crate::store::queue::QueuedTask;
-use crate::values::Value;
 
 use super::TaskError;
 
@@ -81,13 +80,13 @@ pub fn home_relative(p: &str) -> Result<PathBuf, UserError> {
 pub fn request(
     app: &App,
     caller: &Account,
-    inv: &Invocation,
+    inv: &SubmitArgs,
 ) -> Result<(Request, Vec<String>, images::ImageRef), UserError> {
     let sl = app.cfg.slurm.as_ref().ok_or_else(|| {
         UserError::new("job.no_slurm").arg("contact", &app.cfg.mattermost.contact)
     })?;
     let mut notes = Vec::new();
-    let template = match inv.text("template") {
+    let template = match inv.template.as_deref() {
         Some(t) => Some(app.cfg.templates.get(t).ok_or_else(|| {
             UserError::new("container.template_unknown")
                 .arg("template", t)
@@ -104,8 +103,8 @@ pub fn request(
         None => None,
     };
     let raw_image = inv
-        .text("image")
-        .map(str::to_string)
+        .image
+        .clone()
         .or_else(|| template.map(|t| t.image.clone()))
         .ok_or_else(|| UserError::new("job.no_image"))?;
     let registry_host = app.registry.as_ref().map(|r| r.cfg.host.as_str());
@@ -118,15 +117,14 @@ pub fn request(
     .map_err(|e| e.arg("contact", &app.cfg.mattermost.contact))?;
     let limits = app.cfg.limits_for(caller.role);
     // CPUs.
-    let mut cpus = match inv.value("cpus") {
-        Some(Value::MilliCpus(m)) => m.div_ceil(1000),
-        _ => template
+    let mut cpus = match inv.resources.cpus_milli {
+        Some(m) => m.div_ceil(1000),
+        None => template
             .and_then(|t| t.cpus)
             .map(|c| c.ceil() as u32)
             .unwrap_or(sl.default_cpus),
     };
-    if let (Some(t), Some(Value::MilliCpus(_))) = (template.and_then(|t| t.cpus), inv.value("cpus"))
-    {
+    if let (Some(t), Some(_)) = (template.and_then(|t| t.cpus), inv.resources.cpus_milli) {
         if cpus as f64 > t.ceil() {
             notes.push(format!(
                 "CPUs lowered from {cpus} to the template's {}",
@@ -143,39 +141,30 @@ pub fn request(
     }
     // Memory.
     let default_mem = template
-        .and_then(|t| t.memory.as_deref())
-        .map(crate::containers::size_of)
-        .unwrap_or_else(|| crate::containers::size_of(&sl.default_memory));
-    let mut memory = match inv.value("memory") {
-        Some(Value::Size(b)) => *b,
-        _ => default_mem,
-    };
-    if let (Some(t), Some(Value::Size(_))) = (
-        template.and_then(|t| t.memory.as_deref()),
-        inv.value("memory"),
+        .and_then(|t| t.memory.as_ref())
+        .map(|m| m.bytes)
+        .unwrap_or(sl.default_memory.bytes);
+    let mut memory = inv.resources.memory.unwrap_or(default_mem);
+    if let (Some(t), Some(_)) = (
+        template.and_then(|t| t.memory.as_ref()),
+        inv.resources.memory,
     ) {
-        let cap = crate::containers::size_of(t);
+        let cap = t.bytes;
         if memory > cap {
             notes.push(format!("memory lowered to the template's {t}"));
             memory = cap;
         }
     }
-    if memory > crate::containers::size_of(&limits.max_memory) {
+    if memory > limits.max_memory.bytes {
         return Err(UserError::new("job.over_limit")
             .arg("what", "memory")
             .arg("asked", crate::containers::fmt_size(memory))
-            .arg("limit", limits.max_memory.clone()));
+            .arg("limit", limits.max_memory.to_string()));
     }
     // Time.
-    let tmpl_time = template
-        .and_then(|t| t.time.as_deref())
-        .and_then(|t| crate::values::parse_duration(t).ok());
-    let mut seconds = match inv.value("time") {
-        Some(Value::Duration(s)) => *s,
-        _ => tmpl_time
-            .unwrap_or_else(|| crate::values::parse_duration(&sl.default_time).unwrap_or(3600)),
-    };
-    if let (Some(t), Some(Value::Duration(_))) = (tmpl_time, inv.value("time")) {
+    let tmpl_time = template.and_then(|t| t.time.as_ref()).map(|t| t.secs);
+    let mut seconds = inv.time.or(tmpl_time).unwrap_or(sl.default_time.secs);
+    if let (Some(t), Some(_)) = (tmpl_time, inv.time) {
         if seconds > t {
             notes.push(format!(
                 "time limit lowered to the template's {} minutes",
@@ -185,13 +174,12 @@ pub fn request(
         }
     }
     // GPUs.
-    let mut gpus = match inv.value("gpus") {
-        Some(Value::Gpus { kind, count }) => Some((kind.clone(), *count)),
-        _ if inv.has("gpu") => Some((None, 1)),
-        _ => template.filter(|t| t.gpus > 0).map(|t| (None, t.gpus)),
+    let mut gpus = match &inv.resources.gpus {
+        Some(g) => Some((g.kind.clone(), g.count)),
+        None => template.filter(|t| t.gpus > 0).map(|t| (None, t.gpus)),
     };
     if let (Some(t), Some((k, n))) = (template, gpus.clone()) {
-        if inv.has("gpus") && n > t.gpus.max(1) && t.gpus > 0 {
+        if inv.resources.gpus.is_some() && n > t.gpus.max(1) && t.gpus > 0 {
             notes.push(format!(
                 "GPUs lowered from {n} to the template's {}",
                 t.gpus
@@ -214,19 +202,12 @@ pub fn request(
             }
         }
     }
-    let env: Vec<(String, String)> = inv
-        .values("env")
-        .iter()
-        .filter_map(|v| match v {
-            Value::Env { name, value } => Some((name.clone(), value.clone())),
-            _ => None,
-        })
-        .collect();
-    let chdir = match inv.text("chdir") {
+    let env = inv.env.clone();
+    let chdir = match inv.chdir.as_deref() {
         Some(d) => home_relative(d)?.to_string_lossy().to_string(),
         None => String::new(),
     };
-    let command = match (inv.text("script"), &inv.command) {
+    let command = match (inv.script.as_deref(), &inv.command) {
         (Some(p), _) => {
             let rel = home_relative(p)?;
             vec![
@@ -241,7 +222,7 @@ pub fn request(
         crate::slurm::script::check_text(w)
             .map_err(|e| UserError::new("job.bad_text").arg("reason", e))?;
     }
-    let name = inv.text("name").map(str::to_string).unwrap_or_else(|| {
+    let name = inv.name.clone().unwrap_or_else(|| {
         command
             .first()
             .map(|c| c.rsplit('/').next().unwrap_or(c).to_string())
@@ -256,10 +237,7 @@ pub fn request(
             memory_mb: memory.div_ceil(1024 * 1024).max(1),
             minutes: seconds.div_ceil(60).max(1),
             gpus,
-            partition: inv
-                .text("partition")
-                .map(str::to_string)
-                .or(sl.partition.clone()),
+            partition: inv.partition.clone().or(sl.partition.clone()),
             env,
             chdir,
             command,

@@ -26,8 +26,7 @@ pub struct Report {
 pub async fn blade(app: &Arc<App>, blade: &str) -> anyhow::Result<Report> {
     let client = app
         .podman(blade)
-        .ok_or_else(|| anyhow::anyhow!("no blade {blade}"))?
-        .clone();
+        .ok_or_else(|| anyhow::anyhow!("no blade {blade}"))?;
     // Another installation's containers on a shared blade are its business.
     let listed: Vec<_> = client
         .list_labelled(MANAGED_LABEL)

@@ -11,10 +11,9 @@ use std::sync::Arc;
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use gitlab::api::AsyncQuery;
 
 use crate::app::App;
-use crate::gitlab::client::{self, GitlabApi};
+use crate::gitlab::client::{self, Gitlab};
 use crate::gitlab::hooks;
 use crate::messages::{render, Lang, UserError};
 use crate::store::gitlab::ProjectRow;
@@ -82,36 +81,26 @@ pub fn open(key: &[u8; 32], sealed: &[u8]) -> anyhow::Result<String> {
     Ok(String::from_utf8(plain)?)
 }
 
-#[derive(serde::Deserialize)]
-struct Created {
-    id: u64,
-    token: String,
-}
-
 /// Create the project's runner (as the maintainer enabling it) and seal its token.
 pub async fn create(
     app: &App,
-    as_user: &GitlabApi,
+    as_user: &dyn Gitlab,
     project: u64,
     owner: &str,
 ) -> Result<(u64, Vec<u8>), UserError> {
-    let ep = gitlab::api::users::CreateRunner::builder()
-        .project(project)
-        .tag("shisa")
-        .locked(true)
-        .run_untagged(false)
-        .description(format!("shisa: {owner}'s builds, started on demand"))
-        .build()
-        .map_err(|e| build_failed(app, &e))?;
-    let c: Created = ep.query_async(as_user).await.map_err(|e| {
-        UserError::new("build.project_unreachable")
-            .arg("project", project.to_string())
-            .arg("reason", client::explain(&e))
-    })?;
+    let description = format!("shisa: {owner}'s builds, started on demand");
+    let (id, token) = as_user
+        .create_runner(project, &description)
+        .await
+        .map_err(|e| {
+            UserError::new("build.project_unreachable")
+                .arg("project", project.to_string())
+                .arg("reason", client::explain(&e))
+        })?;
     let sealed = key(app)
-        .and_then(|k| seal(&k, &c.token))
+        .and_then(|k| seal(&k, &token))
         .map_err(|e| build_failed(app, &e))?;
-    Ok((c.id, sealed))
+    Ok((id, sealed))
 }
 
 /// Setting up a project's runner failed on our side: a fresh reference in the log.
@@ -135,13 +124,9 @@ fn ours(app: &App, list: Vec<crate::podman::Listed>) -> Vec<crate::podman::Liste
 }
 
 /// Delete the runner in GitLab and any runner container on the blades.
-pub async fn delete(app: &App, as_user: &GitlabApi, p: &ProjectRow) {
+pub async fn delete(app: &App, as_user: &dyn Gitlab, p: &ProjectRow) {
     if let Some(id) = p.runner_id {
-        let ep = gitlab::api::runners::DeleteRunner::builder()
-            .runner(id)
-            .build()
-            .expect("runner is set");
-        if let Err(e) = gitlab::api::ignore(ep).query_async(as_user).await {
+        if let Err(e) = as_user.delete_runner(id).await {
             tracing::warn!(runner = id, error = %client::explain(&e), "could not delete the runner in GitLab");
         }
     }
@@ -239,13 +224,8 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), T
     // A token GitLab no longer knows: the project is broken until re-enabled, and its owner is told.
     // GitLab asks runners for a system id ("s_" and 12 hex digits): one per project here.
     let system_id = format!("s_{:012x}", p.project_id);
-    let verify = gitlab::api::runners::VerifyRunner::builder()
-        .token(token.as_str())
-        .system_id(system_id.as_str())
-        .build()
-        .map_err(|e| TaskError::Retry(anyhow::anyhow!("{e}")))?;
-    let api = app.gitlab.as_ref().ok_or(TaskError::Gone)?;
-    if let Err(e) = gitlab::api::ignore(verify).query_async(api).await {
+    let api = app.gitlab.as_deref().ok_or(TaskError::Gone)?;
+    if let Err(e) = api.verify_runner(&token, &system_id).await {
         let why = client::explain(&e);
         if why.contains("not allowed") || why.contains("does not exist") {
             app.store
@@ -295,7 +275,7 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), T
                 .map_err(|e| TaskError::Retry(e.into()))?;
         }
     }
-    let memory = crate::containers::size_of(&limits.max_memory);
+    let memory = limits.max_memory.bytes;
     let spec = serde_json::json!({
         "name": format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         "image": g.runner_image,
@@ -365,19 +345,10 @@ pub async fn reconcile(app: &Arc<App>) -> anyhow::Result<()> {
         if p.broken.is_some() {
             continue;
         }
-        let ep = gitlab::api::projects::jobs::Jobs::builder()
-            .project(id)
-            .scope(gitlab::api::projects::jobs::JobScope::Pending)
-            .build()?;
-        #[derive(serde::Deserialize)]
-        struct Pending {
-            id: u64,
-        }
-        match ep.query_async(&api.for_user(&p.gitlab_user)).await {
+        match api.for_user(&p.gitlab_user).pending_jobs(id).await {
             Ok(jobs) => {
-                let jobs: Vec<Pending> = jobs;
                 if let Some(j) = jobs.first() {
-                    if let Err(e) = start(app, &p, j.id).await {
+                    if let Err(e) = start(app, &p, *j).await {
                         tracing::warn!(project = id, error = ?e, "could not start a runner");
                     }
                 }

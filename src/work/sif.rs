@@ -117,7 +117,8 @@ pub async fn ensure(
     let (tx, rx) = tokio::sync::watch::channel(0u64);
     opts.progress = Some(tx);
     let reporter = tokio::spawn(report_progress(app.clone(), job.clone(), typed.clone(), rx));
-    let converted = crate::sif::convert::convert(client, &reference, &store, &tmp, &opts).await;
+    let converted =
+        crate::sif::convert::convert(client.as_ref(), &reference, &store, &tmp, &opts).await;
     reporter.abort();
     let c = converted.map_err(|e| TaskError::User(sif_failed(app, job, &e)))?;
     // Readable by the one asking (authorised when the request came in), the image's owner and
@@ -188,13 +189,7 @@ pub async fn ensure(
         .sif_touch(&file, size)
         .await
         .map_err(TaskError::Retry)?;
-    if let Some(max) = app
-        .cfg
-        .sif
-        .max_bytes
-        .as_deref()
-        .map(crate::containers::size_of)
-    {
+    if let Some(max) = app.cfg.sif.max_bytes.as_ref().map(|m| m.bytes) {
         match crate::sif::store::evict(&app.store, &store, max, &file).await {
             Ok(gone) if !gone.is_empty() => {
                 tracing::info!(?gone, "evicted least recently used SIF files")

@@ -103,6 +103,16 @@ fn errors_name_the_key_and_the_reason() {
             "`lots`",
         ),
         (
+            format!("{b}\n[limits.student]\nmax_memory = \"8 gigs\"\n"),
+            "limits.student.max_memory",
+            "`8 gigs` is not a size",
+        ),
+        (
+            format!("{b}\n[limits.student]\ngpu_lifetime = \"soon\"\n"),
+            "limits.student.gpu_lifetime",
+            "`soon` is not a duration",
+        ),
+        (
             b.replace("cpus = 1\n", "cpus = \"one\"\n"),
             "templates.busybox.cpus",
             "invalid type",

@@ -10,6 +10,7 @@
 //! in all) and `SHISA_CRASH_POINTS` the kill points (default `early,mid,late`):
 //! `SHISA_CRASH_REQUESTS=100 SHISA_CRASH_POINTS=mid` is the long run in docs/developers.
 
+use shisa::podman::Podman as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

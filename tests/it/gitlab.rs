@@ -3,6 +3,7 @@
 //! shaped by shared/docs/protocols.md §1–3 and the fixtures), real Podman and
 //! a real registry.
 
+use shisa::gitlab::client::Gitlab as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -677,22 +678,24 @@ async fn the_fake_gitlab_refuses_a_sudo_user_without_access() {
         Duration::from_secs(5),
     )
     .unwrap();
-    let p = shisa::gitlab::client::project(&api.for_user("alice"), "alice/mymodel")
+    let p = api
+        .for_user("alice")
+        .project("alice/mymodel")
         .await
         .unwrap();
     assert_eq!((p.id, p.access_level()), (7, 40));
-    let e = shisa::gitlab::client::project(&api.for_user("bob"), "alice/mymodel")
+    let e = api
+        .for_user("bob")
+        .project("alice/mymodel")
         .await
         .unwrap_err();
     assert!(
         shisa::gitlab::client::explain(&e).contains("does not exist or you cannot see it"),
         "{e}"
     );
-    let e = shisa::gitlab::client::archive(&api.for_user("bob"), 7, "abc")
-        .await
-        .unwrap_err();
+    let e = api.for_user("bob").archive(7, "abc").await.unwrap_err();
     assert!(shisa::gitlab::client::explain(&e).contains("cannot see it"));
-    let u = shisa::gitlab::client::user(&api, 101).await.unwrap();
+    let u = api.user(101).await.unwrap();
     assert_eq!(u.ldap_uid().as_deref(), Some("alice"));
     let bad = shisa::gitlab::client::GitlabApi::new(
         &fake.url,
@@ -700,9 +703,7 @@ async fn the_fake_gitlab_refuses_a_sudo_user_without_access() {
         Duration::from_secs(5),
     )
     .unwrap();
-    assert!(shisa::gitlab::client::project(&bad, "alice/mymodel")
-        .await
-        .is_err());
+    assert!(bad.project("alice/mymodel").await.is_err());
 }
 
 fn push_body(project: u64, path: &str, user: u64, sha: &str, file: &str) -> Vec<u8> {

@@ -5,6 +5,7 @@
 //! Long-lived children are spawned from a parked thread with
 //! PR_SET_PDEATHSIG, so they die with the test binary and nothing leaks.
 
+use shisa::podman::Podman as _;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -337,6 +338,8 @@ pub struct Opts {
     pub listen_port: Option<u16>,
     /// Another static users file.
     pub users_file: Option<PathBuf>,
+    /// Outside services of the test's own (`fakes`); the rest are real.
+    pub services: shisa::app::Services,
 }
 
 pub const TOKEN: &str = "test-container-token";
@@ -433,7 +436,13 @@ impl Stack {
             .unwrap_or_else(|| tempfile::tempdir_in(run_root()).unwrap().keep());
         let path = data_dir.with_extension("toml");
         std::fs::write(&path, config_text(&o, &data_dir)).unwrap();
-        Self::start_on(&path, data_dir, o.listen_port.unwrap_or(0)).await
+        Self::start_full(
+            &path,
+            data_dir,
+            o.listen_port.unwrap_or(0),
+            o.services.clone(),
+        )
+        .await
     }
 
     pub async fn start_with(path: &Path, data_dir: PathBuf) -> Stack {
@@ -441,6 +450,15 @@ impl Stack {
     }
 
     pub async fn start_on(path: &Path, data_dir: PathBuf, port: u16) -> Stack {
+        Self::start_full(path, data_dir, port, Default::default()).await
+    }
+
+    async fn start_full(
+        path: &Path,
+        data_dir: PathBuf,
+        port: u16,
+        services: shisa::app::Services,
+    ) -> Stack {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
@@ -449,9 +467,10 @@ impl Stack {
         for_chat.server.public_url = Some(format!("http://{addr}"));
         let cfg = Config::load(path).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(shisa::cli::serve::serve_on(cfg, listener, async move {
+        let stop = async move {
             let _ = rx.await;
-        }));
+        };
+        let handle = tokio::spawn(shisa::cli::serve::serve_with(cfg, listener, stop, services));
         Stack {
             cfg: for_chat,
             addr,

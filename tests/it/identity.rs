@@ -7,7 +7,7 @@ use shisa::identity::Role;
 
 use crate::harness::{config_text, demo_users, run_root, shared_data_dir, Dir, Opts};
 
-fn directory(d: Dir) -> Directory {
+fn directory(d: Dir) -> std::sync::Arc<dyn Directory> {
     let o = Opts {
         directory: d,
         ..Default::default()
@@ -19,7 +19,7 @@ fn directory(d: Dir) -> Directory {
         .unwrap();
     std::fs::write(&p, config_text(&o, &shared_data_dir())).unwrap();
     let cfg = Config::load(&p).unwrap();
-    Directory::from_config(&cfg).unwrap()
+    shisa::identity::directory::from_config(&cfg).unwrap()
 }
 
 #[tokio::test]
@@ -64,12 +64,11 @@ async fn ldap_filters_are_escaped() {
         attributes: Default::default(),
         timeout_seconds: 3,
     };
-    let d = shisa::identity::ldap::LdapDirectory::new(&cfg);
-    let roles = shisa::config::Roles::default();
+    let d = shisa::identity::ldap::LdapDirectory::new(&cfg, shisa::config::Roles::default());
     for evil in ["*", "a*", "alice)(uid=*", "*)(objectClass=*"] {
-        assert_eq!(d.lookup(evil, &roles).await.unwrap(), None, "{evil}");
+        assert_eq!(d.lookup(evil).await.unwrap(), None, "{evil}");
     }
-    assert!(d.lookup("alice", &roles).await.unwrap().is_some());
+    assert!(d.lookup("alice").await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod blades;
 mod config;
 mod containers;
 mod crash;
+mod fakes;
 mod gitlab;
 mod harness;
 mod identity;

@@ -1,0 +1,146 @@
+//! `[limits.ROLE]`, `[templates.NAME]`, `[containers]`, `[images]`, `[queue]`, `[reconcile]`.
+
+use serde::Deserialize;
+
+use super::*;
+
+/// Keeping the database and the blades in agreement.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reconcile {
+    /// Seconds between reconciliations (also run at start).
+    pub interval_seconds: u64,
+    /// Seconds between health checks of each blade.
+    pub health_seconds: u64,
+    /// Remove containers labelled as shisa's that the database does not know
+    /// (false: only report them in the log and /metrics).
+    pub remove_unknown: bool,
+}
+
+impl Default for Reconcile {
+    fn default() -> Self {
+        Reconcile {
+            interval_seconds: 60,
+            health_seconds: 10,
+            remove_unknown: false,
+        }
+    }
+}
+
+/// How containers are made: applies to every blade.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Containers {
+    /// Home directories must lie directly under this directory to be mounted
+    /// (default: DATA_DIR/home, where the static directory puts them).
+    pub home_base: Option<PathBuf>,
+    /// Processes per container.
+    pub pids_limit: i64,
+    /// Seconds a container gets to stop before it is killed.
+    pub stop_timeout: u64,
+    /// Seconds an `exec` may run before it is cut off.
+    pub exec_timeout: u64,
+    /// Seconds between sweeps for GPU containers past their lifetime.
+    pub sweep_seconds: u64,
+}
+
+impl Default for Containers {
+    fn default() -> Self {
+        Containers {
+            home_base: None,
+            pids_limit: 1024,
+            stop_timeout: 10,
+            exec_timeout: 20,
+            sweep_seconds: 30,
+        }
+    }
+}
+
+/// Which images from outside the department may be run.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Images {
+    /// Full references (`docker.io/library/python:3.12`), or prefixes ending
+    /// in `*` (`docker.io/pytorch/*`). Nothing else external runs.
+    pub allow: Vec<String>,
+}
+
+/// Limits for one role: per request, and totals per user.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Given when the request names none.
+    pub default_cpus: f64,
+    pub default_memory: Size,
+    /// Most one container may ask for.
+    pub max_cpus: f64,
+    pub max_memory: Size,
+    pub max_gpus: u32,
+    pub max_ports: u32,
+    /// Most one user may hold at once (containers and ports: existing; CPUs, memory, GPUs: running).
+    pub total_containers: u32,
+    pub total_cpus: f64,
+    pub total_memory: Size,
+    pub total_gpus: u32,
+    pub total_ports: u32,
+    /// Registry storage per user (their images' layers, counted once per digest).
+    pub registry_bytes: Size,
+    /// A GPU container is stopped after this long (`1d`, `12h`).
+    pub gpu_lifetime: Seconds,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            default_cpus: 1.0,
+            default_memory: units::size("2G"),
+            max_cpus: 4.0,
+            max_memory: units::size("16G"),
+            max_gpus: 1,
+            max_ports: 5,
+            total_containers: 5,
+            total_cpus: 8.0,
+            total_memory: units::size("32G"),
+            total_gpus: 1,
+            total_ports: 10,
+            registry_bytes: units::size("20G"),
+            gpu_lifetime: units::seconds("1d"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub image: String,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub memory: Option<Size>,
+    #[serde(default)]
+    pub gpus: u32,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub time: Option<Seconds>,
+    #[serde(default)]
+    pub comment: String,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    pub workers: usize,
+    pub max_attempts: u32,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            workers: 2,
+            max_attempts: 5,
+        }
+    }
+}
