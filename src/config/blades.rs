@@ -119,3 +119,87 @@ pub(super) fn default_gpu_kind() -> String {
 pub(super) fn one() -> u32 {
     1
 }
+
+/// `[[blades]]`, checked; paths made absolute (a remote blade's socket is its tunnel's).
+pub(super) fn checked(
+    raw: Vec<Blade>,
+    base: &Path,
+    data_dir: &Path,
+) -> Result<Vec<Blade>, (String, String)> {
+    if raw.is_empty() {
+        return Err((
+            "blades".into(),
+            "configure at least one `[[blades]]`".into(),
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, b) in raw.iter().enumerate() {
+        if !crate::values::valid_name(&b.name) {
+            return Err((
+                format!("blades[{i}].name"),
+                format!(
+                    "`{}`: blade names are lowercase letters, digits and `-`",
+                    b.name
+                ),
+            ));
+        }
+        if !names.insert(b.name.clone()) {
+            return Err((
+                format!("blades[{i}].name"),
+                format!("`{}` is used by two blades", b.name),
+            ));
+        }
+        let s = b.podman_socket.to_string_lossy();
+        if b.ssh.is_none() && s.is_empty() {
+            return Err((
+                format!("blades[{i}]"),
+                "give `podman_socket` (a local Unix socket) or an `ssh` table".into(),
+            ));
+        }
+        if let Some(p) = &b.ip_pool {
+            if p.parse().is_none() {
+                return Err((
+                    format!("blades[{i}].ip_pool.subnet"),
+                    format!(
+                        "`{}` is not an IPv4 network like `10.90.0.0/24` (prefix 8 to 30)",
+                        p.subnet
+                    ),
+                ));
+            }
+            if !crate::values::valid_name(&p.network) {
+                return Err((
+                    format!("blades[{i}].ip_pool.network"),
+                    "network names are lowercase letters, digits and `-`".into(),
+                ));
+            }
+        }
+        if s.starts_with("tcp:") || s.contains("://") && !s.starts_with("unix://") {
+            return Err((
+                format!("blades[{i}].podman_socket"),
+                "a TCP Podman endpoint has no authentication; give the path of a Unix socket"
+                    .into(),
+            ));
+        }
+    }
+    Ok(raw
+        .into_iter()
+        .map(|mut b| {
+            let s = b.podman_socket.to_string_lossy().to_string();
+            if let Some(p) = s.strip_prefix("unix://") {
+                b.podman_socket = PathBuf::from(p);
+            }
+            b.podman_socket = base.join(&b.podman_socket);
+            if b.ssh.is_some() && s.is_empty() {
+                b.podman_socket = base
+                    .join(data_dir)
+                    .join("tunnels")
+                    .join(format!("{}.sock", b.name));
+            }
+            if let Some(ssh) = &mut b.ssh {
+                ssh.key_file = base.join(&ssh.key_file);
+                ssh.known_hosts = base.join(&ssh.known_hosts);
+            }
+            b
+        })
+        .collect())
+}

@@ -113,3 +113,79 @@ pub struct Ldap {
     pub attributes: LdapAttributes,
     pub timeout_seconds: u64,
 }
+
+/// `[directory]`, checked.
+pub(super) fn checked(
+    raw: &DirectoryRaw,
+    base: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Directory, (String, String)> {
+    let cache_seconds = raw.cache_seconds;
+    Ok(match raw.source {
+        DirectorySource::Static => {
+            let f = raw.users_file.as_ref().ok_or((
+                "directory.users_file".to_string(),
+                "`source = \"static\"` needs `users_file`, the demo users file (see deploy/demo-users.toml)".to_string(),
+            ))?;
+            let users_file = base.join(f);
+            users_file::UsersFile::load(&users_file)
+                .map_err(|r| ("directory.users_file".to_string(), r))?;
+            Directory::Static {
+                users_file,
+                cache_seconds,
+            }
+        }
+        DirectorySource::Ldap => {
+            let l = raw.ldap.as_ref().ok_or((
+                "directory.ldap".to_string(),
+                "`source = \"ldap\"` needs a `[directory.ldap]` table".to_string(),
+            ))?;
+            if !(l.url.starts_with("ldap://") || l.url.starts_with("ldaps://")) {
+                return Err((
+                    "directory.ldap.url".into(),
+                    format!("`{}` must start with ldap:// or ldaps://", l.url),
+                ));
+            }
+            if l.url.starts_with("ldap://") && !l.starttls && !is_loopback_url(&l.url) {
+                warnings.push("directory.ldap: plain ldap:// to a remote server sends passwords in clear; use ldaps:// or starttls = true".into());
+            }
+            for (k, f) in [
+                ("user_filter", &l.user_filter),
+                ("group_filter", &l.group_filter),
+            ] {
+                if !f.contains("{uid}") && !f.contains("{dn}") {
+                    return Err((
+                        format!("directory.ldap.{k}"),
+                        "the filter must contain `{uid}`".into(),
+                    ));
+                }
+                if !f.starts_with('(') || !f.ends_with(')') {
+                    return Err((
+                        format!("directory.ldap.{k}"),
+                        "an LDAP filter must be enclosed in parentheses".into(),
+                    ));
+                }
+            }
+            let bind_password = l
+                .bind_password
+                .resolve(base)
+                .map_err(|r| ("directory.ldap.bind_password".to_string(), r))?;
+            Directory::Ldap {
+                ldap: Box::new(Ldap {
+                    url: l.url.clone(),
+                    starttls: l.starttls,
+                    tls_insecure: l.tls_insecure,
+                    bind_dn: l.bind_dn.clone(),
+                    bind_password,
+                    base_dn: l.base_dn.clone(),
+                    user_filter: l.user_filter.clone(),
+                    group_base_dn: l.group_base_dn.clone().unwrap_or_else(|| l.base_dn.clone()),
+                    group_filter: l.group_filter.clone(),
+                    attributes: l.attributes.clone(),
+                    timeout_seconds: l.timeout_seconds,
+                }),
+                cache_seconds,
+            }
+        }
+    })
+}

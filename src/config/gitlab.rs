@@ -117,3 +117,89 @@ pub struct Gitlab {
     pub runner_key_file: PathBuf,
     pub runner_reconcile_seconds: u64,
 }
+
+/// `[gitlab]`, checked.
+pub(super) fn checked(
+    raw: &Option<GitlabRaw>,
+    base: &Path,
+    data_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Gitlab>, (String, String)> {
+    Ok(match raw {
+        None => None,
+        Some(g) => {
+            check_url("gitlab.url", &g.url)?;
+            let webhook_tokens = g
+                .webhook_tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    t.resolve(base)
+                        .map_err(|e| (format!("gitlab.webhook_tokens[{i}]"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let signing_keys = g
+                .signing_keys
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let k = format!("gitlab.signing_keys[{i}]");
+                    let s = t.resolve(base).map_err(|e| (k.clone(), e))?;
+                    secret::signing_key(s.expose()).map_err(|e| (k, e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if webhook_tokens.is_empty() && signing_keys.is_empty() {
+                return Err((
+                    "gitlab.webhook_tokens".into(),
+                    "give at least one webhook token or signing key, or anyone could post events"
+                        .into(),
+                ));
+            }
+            if !matches!(g.link_by.as_str(), "extern_uid" | "username") {
+                return Err((
+                    "gitlab.link_by".into(),
+                    "use `extern_uid` or `username`".into(),
+                ));
+            }
+            if g.link_by == "username" {
+                warnings.push("gitlab.link_by = \"username\": a GitLab user named like a department account acts as it; use only for demos".into());
+            }
+            if g.build_uid_base == 0 || g.build_uid_count < 65_536 {
+                return Err((
+                    "gitlab.build_uid_base".into(),
+                    "builds need a range of at least 65536 host ids that does not start at 0"
+                        .into(),
+                ));
+            }
+            if let Some(u) = &g.hook_url {
+                check_url("gitlab.hook_url", u)?;
+            }
+            Some(Gitlab {
+                url: g.url.trim_end_matches('/').to_string(),
+                api_token: g
+                    .api_token
+                    .resolve(base)
+                    .map_err(|e| ("gitlab.api_token".to_string(), e))?,
+                webhook_tokens,
+                signing_keys,
+                max_skew_seconds: g.max_skew_seconds.clamp(30, 3600),
+                hook_url: g.hook_url.clone(),
+                build_files: g.build_files.clone(),
+                build_timeout_seconds: g.build_timeout_seconds.clamp(5, 86_400),
+                build_uid_base: g.build_uid_base,
+                build_uid_count: g.build_uid_count,
+                link_by: g.link_by.clone(),
+                timeout_seconds: g.timeout_seconds.clamp(1, 120),
+                convert_sif: g.convert_sif,
+                runner_image: g.runner_image.clone(),
+                runner_uid_base: g.runner_uid_base,
+                runner_key_file: g
+                    .runner_key_file
+                    .as_ref()
+                    .map(|p| base.join(p))
+                    .unwrap_or_else(|| base.join(data_dir).join("runner-token.key")),
+                runner_reconcile_seconds: g.runner_reconcile_seconds.clamp(1, 3600),
+            })
+        }
+    })
+}

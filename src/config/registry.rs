@@ -64,3 +64,52 @@ pub struct Registry {
     pub sync_seconds: u64,
     pub insecure: bool,
 }
+
+/// `[registry]`, checked.
+pub(super) fn checked(
+    raw: &Option<RegistryRaw>,
+    base: &Path,
+) -> Result<Option<Registry>, (String, String)> {
+    Ok(match raw {
+        None => None,
+        Some(r) => {
+            check_url("registry.url", &r.url)?;
+            check_url("registry.realm", &r.realm)?;
+            if r.realm.starts_with("http://") && !is_loopback_url(&r.realm) {
+                return Err((
+                    "registry.realm".into(),
+                    "a token realm over plain HTTP on a non-loopback address would send passwords in clear; use https://".into(),
+                ));
+            }
+            if r.host.is_empty() || r.host.contains('/') {
+                return Err((
+                    "registry.host".into(),
+                    "give the registry's host[:port] as written in image references".into(),
+                ));
+            }
+            if !(30..=3600).contains(&r.token_ttl_seconds) {
+                return Err((
+                    "registry.token_ttl_seconds".into(),
+                    "must be from 30 to 3600".into(),
+                ));
+            }
+            let notification_token = r
+                .notification_token
+                .resolve(base)
+                .map_err(|e| ("registry.notification_token".to_string(), e))?;
+            Some(Registry {
+                url: r.url.trim_end_matches('/').to_string(),
+                host: r.host.clone(),
+                service: r.service.clone(),
+                issuer: r.issuer.clone(),
+                realm: r.realm.clone(),
+                key_file: base.join(&r.key_file),
+                cert_file: base.join(&r.cert_file),
+                token_ttl_seconds: r.token_ttl_seconds,
+                notification_token,
+                sync_seconds: r.sync_seconds.max(5),
+                insecure: r.insecure,
+            })
+        }
+    })
+}

@@ -1,4 +1,4 @@
-//! The durable job queue. A request that will be answered later is a row
+//! The durable queue of tasks. A request that will be answered later is a row
 //! here before its acknowledgement is sent; a worker claims it, and a crash
 //! or restart puts claimed-but-unfinished rows back (`recover`).
 
@@ -38,7 +38,7 @@ pub enum Outcome {
     Failed,
 }
 
-/// A job to queue in the same transaction as other work.
+/// A task to queue in the same transaction as other work.
 #[derive(Debug, Clone)]
 pub struct OwnedTask {
     pub kind: String,
@@ -74,7 +74,7 @@ impl Store {
         self.call(move |c| enqueue_tx(c, &j)).await
     }
 
-    /// Claim the oldest ready job, if any.
+    /// Claim the oldest ready task, if any.
     pub async fn claim(&self) -> anyhow::Result<Option<QueuedTask>> {
         self.call(|c| {
             let t = now();
@@ -125,7 +125,7 @@ impl Store {
         Ok(())
     }
 
-    /// Put a job back for another attempt after `delay_seconds`.
+    /// Put a task back for another attempt after `delay_seconds`.
     pub async fn retry_later(
         &self,
         id: i64,
@@ -144,7 +144,7 @@ impl Store {
         Ok(())
     }
 
-    /// After a crash or an unclean stop: jobs left `running` go back to the queue.
+    /// After a crash or an unclean stop: tasks left `running` go back to the queue.
     pub async fn recover(&self) -> anyhow::Result<usize> {
         self.call(|c| {
             c.execute(
@@ -155,7 +155,7 @@ impl Store {
         .await
     }
 
-    /// Put one claimed job back untouched (graceful shutdown), giving back its attempt.
+    /// Put one claimed task back untouched (graceful shutdown), giving back its attempt.
     pub async fn release(&self, id: i64) -> anyhow::Result<()> {
         self.call(move |c| {
             c.execute(
@@ -178,7 +178,7 @@ impl Store {
         .await
     }
 
-    pub fn job_state(&self, request_id: &str) -> anyhow::Result<Option<(String, u32)>> {
+    pub fn task_state(&self, request_id: &str) -> anyhow::Result<Option<(String, u32)>> {
         self.with(|c| {
             c.query_row(
                 "SELECT state, attempts FROM queue WHERE request_id = ?1",
@@ -216,13 +216,13 @@ mod tests {
         );
         assert!(
             s.claim().await.unwrap().is_none(),
-            "a running job is not claimed twice"
+            "a running task is not claimed twice"
         );
         assert_eq!(s.recover().await.unwrap(), 1);
         let j = s.claim().await.unwrap().unwrap();
         assert_eq!(j.attempts, 2);
         s.finish(j.id, Outcome::Done, None).await.unwrap();
         assert_eq!(s.queue_depth().await.unwrap(), (0, 0));
-        assert_eq!(s.job_state("r1").unwrap(), Some(("done".into(), 2)));
+        assert_eq!(s.task_state("r1").unwrap(), Some(("done".into(), 2)));
     }
 }

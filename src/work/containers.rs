@@ -67,7 +67,7 @@ pub fn blade_of<'a>(
 }
 
 /// The container a queued job is about; `Gone` if it was removed meanwhile.
-pub async fn job_row(app: &Arc<App>, t: &ContainerTask) -> Result<ContainerRow, TaskError> {
+pub async fn row_of(app: &Arc<App>, t: &ContainerTask) -> Result<ContainerRow, TaskError> {
     app.store
         .container(t.container)
         .await
@@ -178,12 +178,8 @@ pub async fn earlier_attempt(
     }))
 }
 
-pub async fn run_job(
-    app: &Arc<App>,
-    job: &QueuedTask,
-    t: &ContainerTask,
-) -> Result<String, TaskError> {
-    let row = job_row(app, t).await?;
+pub async fn run(app: &Arc<App>, job: &QueuedTask, t: &ContainerTask) -> Result<String, TaskError> {
+    let row = row_of(app, t).await?;
     let (blade, client) = blade_of(app, &row.blade).map_err(TaskError::Retry)?;
     let blade = blade.clone();
     if row.state == "running" {
@@ -532,12 +528,12 @@ pub async fn tell_owner_if_staff(
     }
 }
 
-pub async fn stop_job(
+pub async fn stop(
     app: &Arc<App>,
     job: &QueuedTask,
     t: &ContainerTask,
 ) -> Result<String, TaskError> {
-    let row = job_row(app, t).await?;
+    let row = row_of(app, t).await?;
     if row.state != "running" && row.state != "stopping" {
         return Ok(UserError::new("container.already_stopped")
             .arg("name", &row.name)
@@ -593,12 +589,12 @@ pub async fn stop_job(
     ))
 }
 
-pub async fn start_job(
+pub async fn start(
     app: &Arc<App>,
     job: &QueuedTask,
     t: &ContainerTask,
 ) -> Result<String, TaskError> {
-    let row = job_row(app, t).await?;
+    let row = row_of(app, t).await?;
     if row.state == "running" {
         return Ok(UserError::new("container.already_running")
             .arg("name", &row.name)
@@ -658,12 +654,12 @@ pub async fn start_job(
     Ok(started_text(app, &row, &blade, grant.as_ref()).await)
 }
 
-pub async fn rm_job(
+pub async fn remove(
     app: &Arc<App>,
     job: &QueuedTask,
     t: &ContainerTask,
 ) -> Result<String, TaskError> {
-    let row = job_row(app, t).await?;
+    let row = row_of(app, t).await?;
     let (_, client) = blade_of(app, &row.blade).map_err(TaskError::Retry)?;
     let before = row.state.clone();
     app.store
@@ -698,12 +694,12 @@ pub async fn rm_job(
     ))
 }
 
-pub async fn exec_job(
+pub async fn exec(
     app: &Arc<App>,
     job: &QueuedTask,
     t: &ContainerTask,
 ) -> Result<String, TaskError> {
-    let row = job_row(app, t).await?;
+    let row = row_of(app, t).await?;
     let cmd = t.cmd.clone();
     let Some(pid) = row.podman_id.clone().filter(|_| row.state == "running") else {
         return Err(TaskError::User(

@@ -1,5 +1,5 @@
-//! Workers for the durable queue. Each claims a job, runs it, delivers the
-//! answer and records the outcome. On shutdown a job still running after the
+//! Workers for the durable queue. Each claims a task, runs it, delivers the
+//! answer and records the outcome. On shutdown a task still running after the
 //! grace period is put back, to be resumed by the next start.
 
 use std::sync::Arc;
@@ -31,7 +31,7 @@ async fn worker(n: usize, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             break;
         }
-        let job = match app.store.claim().await {
+        let task = match app.store.claim().await {
             Ok(Some(j)) => j,
             Ok(None) => {
                 tokio::select! {
@@ -47,58 +47,59 @@ async fn worker(n: usize, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
                 continue;
             }
         };
-        let id = job.id;
+        let id = task.id;
         let mut sd = shutdown.clone();
         let finished = tokio::select! {
-            _ = process(&app, job) => true,
+            _ = process(&app, task) => true,
             _ = async { let _ = sd.wait_for(|v| *v).await; tokio::time::sleep(grace).await } => false,
         };
         if !finished {
             tracing::warn!(
-                job = id,
-                "shutdown: job did not finish within the grace period; re-queued"
+                task = id,
+                "shutdown: task did not finish within the grace period; re-queued"
             );
             if let Err(e) = app.store.release(id).await {
-                tracing::error!(job = id, error = %e, "could not re-queue; it will be recovered at the next start");
+                tracing::error!(task = id, error = %e, "could not re-queue; it will be recovered at the next start");
             }
         }
     }
 }
 
-async fn execute(app: &Arc<App>, job: &QueuedTask) -> Result<String, TaskError> {
-    let task = Task::decode(job).map_err(|e| TaskError::Retry(e.into()))?;
+async fn execute(app: &Arc<App>, row: &QueuedTask) -> Result<String, TaskError> {
+    let task = Task::decode(row).map_err(|e| TaskError::Retry(e.into()))?;
     match task {
         Task::Info {} => work::info::run(app).await,
-        Task::Sif { image, typed } => work::sif::run(app, job, &image, &typed).await,
+        Task::Sif { image, typed } => work::sif::run(app, row, &image, &typed).await,
         Task::SubmitJob { request, notes } => {
-            work::job_submit::submit_job(app, job, request, notes).await
+            work::job_submit::submit_job(app, row, request, notes).await
         }
         Task::GitlabEvent { event, body } => work::builds::event(app, &event, &body).await,
         Task::Build { build } => work::builds::run(app, build).await,
-        Task::Run(t) => work::containers::run_job(app, job, &t).await,
-        Task::Stop(t) => work::containers::stop_job(app, job, &t).await,
-        Task::Start(t) => work::containers::start_job(app, job, &t).await,
-        Task::Remove(t) => work::containers::rm_job(app, job, &t).await,
-        Task::Exec(t) => work::containers::exec_job(app, job, &t).await,
+        Task::Run(t) => work::containers::run(app, row, &t).await,
+        Task::Stop(t) => work::containers::stop(app, row, &t).await,
+        Task::Start(t) => work::containers::start(app, row, &t).await,
+        Task::Remove(t) => work::containers::remove(app, row, &t).await,
+        Task::Exec(t) => work::containers::exec(app, row, &t).await,
     }
 }
 
-pub async fn process(app: &Arc<App>, job: QueuedTask) {
+pub async fn process(app: &Arc<App>, task: QueuedTask) {
     use tracing::Instrument;
-    let span = tracing::info_span!("job", id = job.id, kind = %job.kind, request = %job.request_id);
-    process_in_span(app, job).instrument(span).await
+    let span =
+        tracing::info_span!("task", id = task.id, kind = %task.kind, request = %task.request_id);
+    process_in_span(app, task).instrument(span).await
 }
 
-async fn process_in_span(app: &Arc<App>, job: QueuedTask) {
-    // Each claim counts an attempt, and so does a restart that finds the job cut off:
+async fn process_in_span(app: &Arc<App>, task: QueuedTask) {
+    // Each claim counts an attempt, and so does a restart that finds the task cut off:
     // work that kills the service every time it runs stops after its attempts.
-    let result = if job.attempts > job.max_attempts {
+    let result = if task.attempts > task.max_attempts {
         Err(TaskError::Retry(anyhow::anyhow!(
             "interrupted by a restart on each of its {} attempts; not run again",
-            job.max_attempts
+            task.max_attempts
         )))
     } else {
-        execute(app, &job).await
+        execute(app, &task).await
     };
     let (text, outcome, audit_outcome, error) = match result {
         Ok(text) => (Some(text), Outcome::Done, "ok", None),
@@ -107,47 +108,47 @@ async fn process_in_span(app: &Arc<App>, job: QueuedTask) {
             let t = e.to_string();
             (Some(t.clone()), Outcome::Failed, "failed", Some(t))
         }
-        Err(TaskError::Retry(e)) if job.attempts < job.max_attempts => {
-            let delay = 2i64.pow(job.attempts.min(6));
-            tracing::warn!(error = %e, attempt = job.attempts, delay, "job failed; retrying");
-            if let Err(e) = app.store.retry_later(job.id, &e.to_string(), delay).await {
+        Err(TaskError::Retry(e)) if task.attempts < task.max_attempts => {
+            let delay = 2i64.pow(task.attempts.min(6));
+            tracing::warn!(error = %e, attempt = task.attempts, delay, "task failed; retrying");
+            if let Err(e) = app.store.retry_later(task.id, &e.to_string(), delay).await {
                 tracing::error!(error = %e, "could not schedule the retry");
             }
             return;
         }
         Err(TaskError::Retry(e)) => {
-            tracing::error!(error = %e, "job failed for the last time");
-            let target = job.reply.clone().unwrap_or_default();
+            tracing::error!(error = %e, "task failed for the last time");
+            let target = task.reply.clone().unwrap_or_default();
             let t = render(
                 Lang::En,
                 "command.gave_up",
                 &[
                     ("command", target.command.clone()),
                     ("sub", target.sub.clone()),
-                    ("request", job.request_id.clone()),
-                    ("attempts", job.attempts.min(job.max_attempts).to_string()),
+                    ("request", task.request_id.clone()),
+                    ("attempts", task.attempts.min(task.max_attempts).to_string()),
                     ("contact", app.cfg.mattermost.contact.clone()),
                 ],
             );
             (Some(t), Outcome::Failed, "failed", Some(e.to_string()))
         }
     };
-    if let (Some(text), Some(target)) = (text, &job.reply) {
-        let reply = Reply::new(&job.request_id, text, true);
+    if let (Some(text), Some(target)) = (text, &task.reply) {
+        let reply = Reply::new(&task.request_id, text, true);
         match app.notifier.reply(target, &reply).await {
             Ok(how) => tracing::info!(?how, "answer delivered"),
             Err(e) => tracing::error!(error = %e, "answer could not be delivered"),
         }
     }
-    if let Err(e) = app.store.finish(job.id, outcome, error.as_deref()).await {
-        tracing::error!(error = %e, "could not record the job's end");
+    if let Err(e) = app.store.finish(task.id, outcome, error.as_deref()).await {
+        tracing::error!(error = %e, "could not record the task's end");
     }
-    let action = job.kind.clone();
+    let action = task.kind.clone();
     let _ = app
         .store
         .audit(NewAudit {
-            request_id: Some(&job.request_id),
-            actor: &job.owner,
+            request_id: Some(&task.request_id),
+            actor: &task.owner,
             role: "",
             action: &action,
             resource: None,

@@ -30,7 +30,10 @@ async fn container_info_is_acknowledged_then_answered_from_real_podman() {
     );
     let rid = r[0].props["shisa"]["request"].as_str().unwrap().to_string();
     wait_done(&s.store(), &rid).await;
-    assert_eq!(s.store().job_state(&rid).unwrap(), Some(("done".into(), 1)));
+    assert_eq!(
+        s.store().task_state(&rid).unwrap(),
+        Some(("done".into(), 1))
+    );
     s.stop().await;
 }
 
@@ -114,7 +117,7 @@ async fn work_acknowledged_before_a_crash_is_finished_after_the_restart() {
     let claimed = store.claim().await.unwrap().unwrap();
     assert_eq!(claimed.request_id, "req-crash");
     assert_eq!(
-        store.job_state("req-crash").unwrap(),
+        store.task_state("req-crash").unwrap(),
         Some(("running".into(), 1))
     );
     drop(store);
@@ -128,7 +131,7 @@ async fn work_acknowledged_before_a_crash_is_finished_after_the_restart() {
     assert_eq!(reply["props"]["shisa"]["final"], true);
     wait_done(&s.store(), "req-crash").await;
     assert_eq!(
-        s.store().job_state("req-crash").unwrap(),
+        s.store().task_state("req-crash").unwrap(),
         Some(("done".into(), 2))
     );
     s.stop().await;
@@ -156,7 +159,7 @@ async fn enqueue_info(store: &shisa::store::Store, rid: &str, response_url: Opti
 async fn wait_done(store: &shisa::store::Store, rid: &str) {
     for _ in 0..200 {
         if store
-            .job_state(rid)
+            .task_state(rid)
             .unwrap()
             .is_some_and(|(s, _)| s == "done" || s == "failed")
         {
