@@ -73,6 +73,7 @@ pub static EN: &[(&str, &str)] = &[
     ("container.command_not_found", "Container `{name}` could not start: its command is not in the image. Check the command after `--` (or the image's own), then run it again. Nothing was left behind."),
     ("container.stopped", "Container `{name}` is stopped; its GPUs and CPUs are free again. `/container start {name}` runs it again."),
     ("container.already_stopped", "Container `{name}` is not running."),
+    ("container.gpu_time_used", "Container `{name}` has used up its GPU time, so it does not start again. `/container rm {name}` it and run a new one."),
     ("container.already_running", "Container `{name}` is already running."),
     ("container.removed", "Container `{name}` is removed; its ports, address and GPUs are free."),
     ("container.running_use_force", "Container `{name}` is running. Stop it first, or use `/container rm --force {name}`."),

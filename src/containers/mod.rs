@@ -79,6 +79,39 @@ pub fn fmt_cpus(milli: u32) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// The per-user totals of what runs, for a stopped container that starts again (it already
+/// counts as a container and for its ports).
+pub fn check_running_totals(
+    l: &Limits,
+    h: &Holdings,
+    cpus_milli: u32,
+    memory: u64,
+    gpus: u32,
+) -> Result<(), UserError> {
+    let holding = format!(
+        "{} CPUs, {} memory and {} GPUs running",
+        fmt_cpus(h.cpus_milli),
+        fmt_size(h.memory),
+        h.gpus
+    );
+    let total = |what: &str, max: String| {
+        UserError::new("limits.total")
+            .arg("what", what)
+            .arg("max", max)
+            .arg("holding", holding.clone())
+    };
+    if h.cpus_milli + cpus_milli > (l.total_cpus * 1000.0) as u32 {
+        return Err(total("CPUs", fmt_cpus((l.total_cpus * 1000.0) as u32)));
+    }
+    if h.memory + memory > l.total_memory.bytes {
+        return Err(total("memory", l.total_memory.to_string()));
+    }
+    if h.gpus + gpus > l.total_gpus {
+        return Err(total("GPUs", l.total_gpus.to_string()));
+    }
+    Ok(())
+}
+
 /// Per-request limits and per-user totals. A refusal lists what the user holds.
 pub fn check_limits(
     l: &Limits,
@@ -185,10 +218,10 @@ pub fn spec(
     let mut env: BTreeMap<String, String> = c.env.clone();
     env.insert("HOME".into(), home.clone());
     env.insert("USER".into(), owner.uid.clone());
-    if devices.is_empty() {
-        // Without this, an image built on CUDA bases asks the NVIDIA hook for every GPU.
-        env.insert("NVIDIA_VISIBLE_DEVICES".into(), "void".into());
-    }
+    // The granted GPUs come only as CDI devices. Without this, an image built on CUDA bases
+    // (`ENV NVIDIA_VISIBLE_DEVICES=all`) asks the NVIDIA hook for every GPU of the blade, with
+    // a grant or without; the spec's env is applied after the image's.
+    env.insert("NVIDIA_VISIBLE_DEVICES".into(), "void".into());
     let host_ip = if c.private { "127.0.0.1" } else { "" };
     let portmappings: Vec<_> = ports
         .iter()

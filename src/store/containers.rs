@@ -385,23 +385,41 @@ impl Store {
         self.call(move |c| {
             let t = now();
             c.execute(
-                "UPDATE containers SET state = 'running', started_at = ?1, expires_at = ?2, exit_code = NULL, oom = 0 WHERE id = ?3",
-                params![t, lifetime.map(|l| t + l), id],
+                // A GPU deadline belongs to the grant's first start: a restart keeps it.
+                "UPDATE containers SET state = 'running', started_at = ?1,
+                        expires_at = CASE WHEN ?2 IS NULL THEN NULL ELSE COALESCE(expires_at, ?1 + ?2) END,
+                        exit_code = NULL, oom = 0 WHERE id = ?3",
+                params![t, lifetime, id],
             )
         })
         .await?;
         Ok(())
     }
 
-    pub async fn clear_expiry(&self, id: i64) -> anyhow::Result<()> {
+    /// Move a stopped container to `pending` for a start, if its owner's running totals
+    /// still allow it (`check` sees the holdings without it), in one transaction, so two
+    /// starts cannot both pass the check. `Ok(Err(_))`: refused, nothing changed.
+    pub async fn claim_start<E: Send + 'static>(
+        &self,
+        id: i64,
+        owner: &str,
+        check: impl FnOnce(&Holdings) -> Result<(), E> + Send + 'static,
+    ) -> anyhow::Result<Result<(), E>> {
+        let owner = owner.to_string();
         self.call(move |c| {
-            c.execute(
-                "UPDATE containers SET expires_at = NULL WHERE id = ?1",
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let h = Self::holdings_tx(&tx, &owner)?;
+            if let Err(e) = check(&h) {
+                return Ok(Err(e));
+            }
+            tx.execute(
+                "UPDATE containers SET state = 'pending' WHERE id = ?1",
                 [id],
-            )
+            )?;
+            tx.commit()?;
+            Ok(Ok(()))
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     pub async fn mark_exited(
@@ -411,7 +429,10 @@ impl Store {
         oom: bool,
     ) -> anyhow::Result<()> {
         self.call(move |c| {
-            c.execute("UPDATE containers SET state = 'exited', exit_code = ?1, oom = ?2, expires_at = NULL WHERE id = ?3", params![exit_code, oom, id])
+            c.execute(
+                "UPDATE containers SET state = 'exited', exit_code = ?1, oom = ?2 WHERE id = ?3",
+                params![exit_code, oom, id],
+            )
         })
         .await?;
         Ok(())

@@ -602,26 +602,6 @@ pub async fn start(
     }
     let (blade, client) = blade_of(app, &row.blade).map_err(TaskError::Retry)?;
     let blade = blade.clone();
-    let grant = if row.gpus > 0 {
-        match app
-            .allocator
-            .grant(&blade, row.id, row.gpus)
-            .await
-            .map_err(TaskError::Retry)?
-        {
-            Some(g) => Some(g),
-            None => {
-                let total = blade.gpus.len() as u32 * blade.gpu_share;
-                return Err(TaskError::User(
-                    UserError::new("container.gpus_busy")
-                        .arg("blade", &blade.name)
-                        .arg("total", total.to_string()),
-                ));
-            }
-        }
-    } else {
-        None
-    };
     let Some(pid) = row.podman_id.clone() else {
         return Err(TaskError::User(
             UserError::new("container.busy")
@@ -629,10 +609,45 @@ pub async fn start(
                 .arg("state", "not created"),
         ));
     };
+    // Its GPU time is the grant's: spent is spent, a restart does not renew it.
+    if row.gpus > 0 && row.expires_at.is_some_and(|t| t <= crate::store::now()) {
+        return Err(TaskError::User(
+            UserError::new("container.gpu_time_used").arg("name", &row.name),
+        ));
+    }
+    // The owner's totals hold at every start, checked with the move to `pending`.
+    let owner = owner_of(app, &row).await?;
+    let limits = app.cfg.limits_for(owner.role);
+    let (cpus, memory, gpus) = (row.cpus_milli, row.memory, row.gpus);
     app.store
-        .set_container_state(row.id, "pending")
+        .claim_start(row.id, &row.owner, move |h| {
+            containers::check_running_totals(&limits, h, cpus, memory, gpus)
+        })
         .await
-        .map_err(TaskError::Retry)?;
+        .map_err(TaskError::Retry)?
+        .map_err(TaskError::User)?;
+    let grant = if row.gpus > 0 {
+        match app.allocator.grant(&blade, row.id, row.gpus).await {
+            Ok(Some(g)) => Some(g),
+            other => {
+                app.store
+                    .set_container_state(row.id, "exited")
+                    .await
+                    .map_err(TaskError::Retry)?;
+                let total = blade.gpus.len() as u32 * blade.gpu_share;
+                return Err(match other {
+                    Err(e) => TaskError::Retry(e),
+                    _ => TaskError::User(
+                        UserError::new("container.gpus_busy")
+                            .arg("blade", &blade.name)
+                            .arg("total", total.to_string()),
+                    ),
+                });
+            }
+        }
+    } else {
+        None
+    };
     if let Err(e) = client.start(&pid).await {
         app.allocator
             .release(row.id)
@@ -644,7 +659,6 @@ pub async fn start(
             .map_err(TaskError::Retry)?;
         return Err(retry_or_fail(app, job, e));
     }
-    let owner = owner_of(app, &row).await?;
     let lifetime = gpu_lifetime(app, &owner, &row);
     app.store
         .mark_running(row.id, lifetime)

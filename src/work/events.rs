@@ -162,8 +162,9 @@ pub async fn stop_expired(app: &Arc<App>) -> anyhow::Result<usize> {
         app.store
             .enqueue(task.owned(&r.owner, &request, Some(target), app.cfg.queue.max_attempts))
             .await?;
-        // So the sweep does not queue it twice before the stop runs.
-        app.store.clear_expiry(r.id).await?;
+        // So the sweep does not queue it twice before the stop runs; its deadline stays
+        // (a restart does not renew GPU time).
+        app.store.set_container_state(r.id, "stopping").await?;
     }
     if !rows.is_empty() {
         super::wake(app);

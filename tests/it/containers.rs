@@ -356,6 +356,9 @@ async fn gpu_containers_are_stopped_after_their_lifetime() {
         )
         .await
         .contains("GPU shisa.test/gpu=0"));
+    // Spent GPU time is spent: starting it again does not renew it.
+    let t = s.say("alice", "/container start life-1").await;
+    assert!(t.contains("used up its GPU time"), "{t}");
     s.say("alice", "/container rm life-1").await;
     s.say("bob", "/container rm --force life-2").await;
     s.stop().await;
@@ -511,5 +514,112 @@ async fn a_container_killed_for_memory_is_reported_by_dm() {
         "{ps}"
     );
     s.say("alice", "/container rm oom-1").await;
+    s.stop().await;
+}
+
+/// A CUDA base image sets `NVIDIA_VISIBLE_DEVICES=all`; a container gets exactly its grant.
+#[tokio::test]
+async fn an_images_nvidia_env_never_widens_the_gpus_granted() {
+    let s = stack(Opts {
+        gpus: vec!["0".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let ctx = tempfile::tempdir_in(crate::harness::run_root()).unwrap();
+    std::fs::write(
+        ctx.path().join("Containerfile"),
+        "FROM localhost/busybox:latest\nENV NVIDIA_VISIBLE_DEVICES=all\n",
+    )
+    .unwrap();
+    let out = crate::harness::podman_cli()
+        .args([
+            "build",
+            "-q",
+            "--network=none",
+            "-t",
+            "localhost/alice/cuda:1",
+        ])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, flag) in [("with-gpu", "--gpu"), ("no-gpu", "")] {
+        let t = s
+            .say(
+                "alice",
+                &format!("/container run --name {name} {flag} localhost/alice/cuda:1 -- sleep 600"),
+            )
+            .await;
+        assert!(t.contains("is running"), "{t}");
+        let env = s
+            .say("alice", &format!("/container exec {name} -- env"))
+            .await;
+        assert!(
+            env.contains("NVIDIA_VISIBLE_DEVICES=void")
+                && !env.contains("NVIDIA_VISIBLE_DEVICES=all"),
+            "{name}: {env}"
+        );
+    }
+    let dev = s.say("alice", "/container exec with-gpu -- ls /dev").await;
+    assert!(
+        dev.contains("shisa-test-gpu0") && !dev.contains("shisa-test-gpu1"),
+        "{dev}"
+    );
+    s.remove_all(&["alice"]).await;
+    s.stop().await;
+}
+
+/// Totals hold at every start, not only at run: run A, stop A, run B, start A is refused
+/// against `total_gpus = 1`; a restart keeps the GPU deadline of the first start.
+#[tokio::test]
+async fn totals_hold_at_every_start_and_a_restart_keeps_the_gpu_deadline() {
+    let extra =
+        "[limits.student]\ntotal_gpus = 1\nmax_gpus = 1\ngpu_lifetime = \"1h\"\n".to_string();
+    let s = stack(Opts {
+        gpus: vec!["0".into(), "1".into()],
+        extra,
+        ..Default::default()
+    })
+    .await;
+    let run =
+        |name: &str| format!("/container run --name {name} --gpu localhost/busybox -- sleep 600");
+    assert!(s.say("alice", &run("tg-a")).await.contains("is running"));
+    let deadline = |name: &'static str| {
+        let st = s.store();
+        async move {
+            st.container_by_name("alice", name)
+                .await
+                .unwrap()
+                .unwrap()
+                .expires_at
+        }
+    };
+    let first = deadline("tg-a").await;
+    assert!(first.is_some());
+    assert!(s
+        .say("alice", "/container stop tg-a")
+        .await
+        .contains("stopped"));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Restarted with its GPU free: the deadline is the first start's.
+    let t = s.say("alice", "/container start tg-a").await;
+    assert!(t.contains("is running"), "{t}");
+    assert_eq!(deadline("tg-a").await, first);
+    assert!(s
+        .say("alice", "/container stop tg-a")
+        .await
+        .contains("stopped"));
+    assert!(s.say("alice", &run("tg-b")).await.contains("is running"));
+    let t = s.say("alice", "/container start tg-a").await;
+    assert!(t.contains("over your limit of 1 GPUs"), "{t}");
+    assert!(s
+        .say("alice", "/container ps --all")
+        .await
+        .contains("`tg-a` | exited"));
+    s.remove_all(&["alice"]).await;
     s.stop().await;
 }
