@@ -14,6 +14,7 @@
 
 use serde::Serialize;
 
+use crate::config::Courses;
 use crate::identity::{Account, Role};
 use crate::registry::scope::{may_own, Scope};
 
@@ -83,22 +84,30 @@ impl Decision {
     }
 }
 
-/// The one entry point: may `caller` do `action` to `res`? `role_groups` are the groups
-/// that confer roles (admins', instructors'), which are never course groups.
+/// Does `caller` teach the course of group `g`? Only a configured course, only its named
+/// instructors, only with the instructor role.
+fn teaches(caller: &Account, g: &str, courses: &Courses) -> bool {
+    caller.role == Role::Instructor
+        && courses
+            .get(g)
+            .is_some_and(|c| c.instructors.contains(&caller.uid))
+}
+
+/// The one entry point: may `caller` do `action` to `res`? `courses` are the configured
+/// courses, the only groups through which an instructor sees other people's things.
 pub fn authorize(
     caller: &Account,
     action: Action,
     res: &Resource<'_>,
-    role_groups: &[String],
+    courses: &Courses,
 ) -> Decision {
     let admin = caller.role == Role::Admin;
     match res {
-        Resource::Owned(r) => owned(caller, action, r, role_groups),
+        Resource::Owned(r) => owned(caller, action, r, courses),
         Resource::Group(g) => {
-            let teaches = caller.role == Role::Instructor
-                && caller.in_group(g)
-                && !role_groups.iter().any(|r| r == g);
-            if admin || (teaches && matches!(action, Action::List | Action::View)) {
+            if admin
+                || (teaches(caller, g, courses) && matches!(action, Action::List | Action::View))
+            {
                 Decision::Staff
             } else {
                 Decision::Forbidden
@@ -115,12 +124,7 @@ pub fn authorize(
     }
 }
 
-fn owned(
-    caller: &Account,
-    action: Action,
-    res: &ResourceRef<'_>,
-    role_groups: &[String],
-) -> Decision {
+fn owned(caller: &Account, action: Action, res: &ResourceRef<'_>, courses: &Courses) -> Decision {
     if caller.uid == res.owner && !res.owner.is_empty() {
         // Registry repositories are deleted by admins only (garbage collection is theirs).
         if res.kind == "repository" && action == Action::Delete && caller.role != Role::Admin {
@@ -135,11 +139,7 @@ fn owned(
         .shared_with
         .iter()
         .any(|s| s == "all" || *s == caller.uid || caller.in_group(s));
-    let teaches = caller.role == Role::Instructor
-        && res
-            .owner_groups
-            .iter()
-            .any(|g| caller.in_group(g) && !role_groups.iter().any(|r| r == g));
+    let teaches = res.owner_groups.iter().any(|g| teaches(caller, g, courses));
     match action {
         Action::View if shared => Decision::Shared,
         Action::View if teaches => Decision::Staff,
@@ -158,11 +158,11 @@ pub fn registry_grant(
     scope: &Scope,
     shared_with: &[String],
     over_quota: bool,
-    role_groups: &[String],
+    courses: &Courses,
 ) -> Vec<String> {
     match scope {
         Scope::Catalog => {
-            if authorize(caller, Action::View, &Resource::Catalog, role_groups).allowed() {
+            if authorize(caller, Action::View, &Resource::Catalog, courses).allowed() {
                 vec!["*".into()]
             } else {
                 vec![]
@@ -197,7 +197,7 @@ pub fn registry_grant(
                         "push" => Action::Modify,
                         _ => Action::Delete,
                     };
-                    match authorize(caller, action, &r, role_groups) {
+                    match authorize(caller, action, &r, courses) {
                         Decision::Owner => !(action == Action::Modify && over_quota),
                         d => d.allowed(),
                     }
@@ -211,6 +211,18 @@ pub fn registry_grant(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ai-course` taught by `sensei` and `ins` (the only course).
+    fn courses() -> Courses {
+        let mut c = Courses::new();
+        c.insert(
+            "ai-course".into(),
+            crate::config::Course {
+                instructors: vec!["sensei".into(), "ins".into()],
+            },
+        );
+        c
+    }
 
     fn acc(uid: &str, role: Role, groups: &[&str]) -> Account {
         Account {
@@ -232,7 +244,7 @@ mod tests {
         let carol = acc("carol", Role::Student, &["ai-course"]);
         let sensei = acc("sensei", Role::Instructor, &["ai-course", "instructors"]);
         let admin = acc("admin", Role::Admin, &["shisa-admins"]);
-        let role_groups = vec!["instructors".to_string(), "shisa-admins".to_string()];
+        let role_groups = courses();
         let og = alice.groups.clone();
         let private = ResourceRef {
             kind: "container",
@@ -270,8 +282,9 @@ mod tests {
                 res.shared_with
             );
         }
-        // "students" is everyone's group, not a course: an instructor in it sees nothing through it.
-        let t2 = acc("t2", Role::Instructor, &["students"]);
+        // "students" is everyone's group, not a course: an instructor in it sees nothing
+        // through it, even one who teaches another course (a TA who is also a student).
+        let t2 = acc("sensei", Role::Instructor, &["students", "ai-course"]);
         let bobs = bob.groups.clone();
         let r = ResourceRef {
             kind: "container",
@@ -281,7 +294,27 @@ mod tests {
             owner_groups: &bobs,
         };
         assert_eq!(
-            authorize(&t2, View, &Resource::Owned(r), &["students".to_string()]),
+            authorize(&t2, View, &Resource::Owned(r.clone()), &courses()),
+            NotFound
+        );
+        assert_eq!(
+            authorize(&t2, List, &Resource::Group("students"), &courses()),
+            Forbidden
+        );
+        // A member of a course group who is not named its instructor sees nothing through it.
+        let other = acc("other", Role::Instructor, &["ai-course"]);
+        assert_eq!(
+            authorize(&other, List, &Resource::Group("ai-course"), &courses()),
+            Forbidden
+        );
+        let alices = alice.groups.clone();
+        let ra = ResourceRef {
+            owner: "alice",
+            owner_groups: &alices,
+            ..r
+        };
+        assert_eq!(
+            authorize(&other, View, &Resource::Owned(ra), &courses()),
             NotFound
         );
     }
@@ -291,7 +324,7 @@ mod tests {
     fn role_by_relation_by_action() {
         use Action::*;
         use Decision::*;
-        let role_groups = vec!["instructors".to_string(), "shisa-admins".to_string()];
+        let role_groups = courses();
         let student = acc("stu", Role::Student, &["ai-course", "students"]);
         let instructor = acc("ins", Role::Instructor, &["ai-course", "instructors"]);
         let admin = acc("adm", Role::Admin, &["shisa-admins"]);
@@ -427,7 +460,7 @@ mod tests {
         let repo = |n: &str, a: &str| parse(&format!("repository:{n}:{a}")).unwrap().remove(0);
         let g = |who: &Account, s: &Scope, shared: &[&str], over: bool| {
             let shared: Vec<String> = shared.iter().map(|x| x.to_string()).collect();
-            registry_grant(who, s, &shared, over, &[])
+            registry_grant(who, s, &shared, over, &Courses::new())
         };
         let alice = acc("alice", Role::Student, &["ai"]);
         assert_eq!(

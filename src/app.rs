@@ -19,8 +19,6 @@ pub struct App {
     pub notifier: Notifier,
     pub metrics: Metrics,
     pub blades: Vec<(crate::config::Blade, Arc<dyn Podman>)>,
-    /// The names of groups that confer roles; they are not course groups.
-    pub role_groups: Vec<String>,
     /// Who gets the GPUs.
     pub allocator: Arc<dyn crate::gpus::Allocator>,
     /// The department registry, when configured.
@@ -98,13 +96,6 @@ impl App {
                 (b.clone(), c)
             })
             .collect();
-        let role_groups = cfg
-            .roles
-            .admin_groups
-            .iter()
-            .chain(cfg.roles.instructor_groups.iter())
-            .cloned()
-            .collect();
         let registry = match &cfg.registry {
             Some(r) => {
                 let mut reg = crate::registry::Registry::new(r)?;
@@ -164,7 +155,6 @@ impl App {
             notifier,
             metrics: Metrics::default(),
             blades,
-            role_groups,
             wake: tokio::sync::Notify::new(),
             health: Default::default(),
             registry,

@@ -48,6 +48,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub roles: Roles,
     #[serde(default)]
+    pub courses: Courses,
+    #[serde(default)]
     pub blades: Vec<Blade>,
     #[serde(default)]
     pub templates: BTreeMap<String, Template>,
@@ -81,6 +83,7 @@ pub struct Config {
     pub mattermost: Mattermost,
     pub directory: Directory,
     pub roles: Roles,
+    pub courses: Courses,
     pub blades: Vec<Blade>,
     pub templates: BTreeMap<String, Template>,
     pub queue: Queue,
@@ -194,6 +197,24 @@ impl Config {
             Linking::Username => warnings.push(
                 "mattermost.linking = \"username\" trusts Mattermost user names: use it for demos and tests only, \"mattermost-ldap\" in production".into(),
             ),
+        }
+        for (g, c) in &raw.courses {
+            if !crate::values::valid_group(g) {
+                return Err((
+                    format!("courses.{g}"),
+                    "a course is named by its directory group".into(),
+                ));
+            }
+            if let Some(bad) = c
+                .instructors
+                .iter()
+                .find(|i| !crate::values::valid_account(i))
+            {
+                return Err((
+                    format!("courses.{g}.instructors"),
+                    format!("`{bad}` is not an account name"),
+                ));
+            }
         }
         let directory = directory::checked(&raw.directory, base, &mut warnings)?;
         let blades = blades::checked(raw.blades, base, &raw.storage.data_dir)?;
@@ -341,6 +362,7 @@ impl Config {
             },
             directory,
             roles: raw.roles,
+            courses: raw.courses.clone(),
             blades,
             templates: raw.templates,
             queue: raw.queue,

@@ -46,3 +46,16 @@ impl Role {
         }
     }
 }
+
+/// `[courses.GROUP]`: a course is a directory group whose members its instructors may see
+/// (`ps --group`, their containers' and jobs' details). No other group counts as a course.
+#[derive(Debug, serde::Deserialize, Clone, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Course {
+    /// The accounts that teach it (they must also have the instructor role).
+    #[serde(default)]
+    pub instructors: Vec<String>,
+}
+
+/// Courses by their group's name.
+pub type Courses = std::collections::BTreeMap<String, Course>;

@@ -51,7 +51,7 @@ pub async fn drain(
         caller,
         Action::Administer,
         &Resource::Fleet,
-        &app.role_groups,
+        &app.cfg.courses,
     )
     .allowed()
     {

@@ -190,7 +190,7 @@ fn may_change(app: &App, caller: &Account, p: &ProjectRow, action: Action) -> bo
         shared_with: &[],
         owner_groups: &[],
     };
-    authorize(caller, action, &Resource::Owned(r), &app.role_groups).allowed()
+    authorize(caller, action, &Resource::Owned(r), &app.cfg.courses).allowed()
 }
 
 async fn status(app: &App, caller: &Account) -> anyhow::Result<String> {

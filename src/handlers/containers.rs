@@ -167,7 +167,7 @@ async fn find(
             shared_with: &[],
             owner_groups: &owner_groups,
         }),
-        &app.role_groups,
+        &app.cfg.courses,
     );
     if !d.allowed() {
         return Ok(Err(not_found()));

@@ -165,7 +165,7 @@ pub async fn handle(
                     shared_with: &shared,
                     owner_groups: &[],
                 }),
-                &app.role_groups,
+                &app.cfg.courses,
             );
             if !d.allowed() {
                 return Ok(rejected(

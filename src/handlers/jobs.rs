@@ -96,7 +96,7 @@ pub async fn handle(
                     shared_with: &[],
                     owner_groups: &owner_groups,
                 }),
-                &app.role_groups,
+                &app.cfg.courses,
             );
             d.allowed().then_some(j)
         }

@@ -41,7 +41,7 @@ pub async fn listed_owners(
     command: &str,
 ) -> anyhow::Result<Result<Vec<String>, UserError>> {
     if let Some(g) = listing.group.as_deref() {
-        if !authorize(caller, Action::List, &Resource::Group(g), &app.role_groups).allowed() {
+        if !authorize(caller, Action::List, &Resource::Group(g), &app.cfg.courses).allowed() {
             return Ok(Err(UserError::new("command.forbidden")
                 .arg("command", command)
                 .arg("sub", "ps --group")
@@ -61,7 +61,7 @@ pub async fn listed_owners(
 pub fn owner_named(app: &App, caller: &Account, user: Option<&str>) -> Result<String, UserError> {
     match user {
         Some(u)
-            if authorize(caller, Action::List, &Resource::User(u), &app.role_groups).allowed() =>
+            if authorize(caller, Action::List, &Resource::User(u), &app.cfg.courses).allowed() =>
         {
             Ok(u.to_string())
         }

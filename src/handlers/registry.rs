@@ -170,7 +170,7 @@ pub async fn issue(app: &Arc<App>, req: TokenRequest) -> Result<Issued, TokenErr
             scope::Scope::Catalog => Vec::new(),
         };
         let mut granted =
-            crate::access::registry_grant(&account, s, &shared_with, over_quota, &app.role_groups);
+            crate::access::registry_grant(&account, s, &shared_with, over_quota, &app.cfg.courses);
         if let Some((repo, may_push)) = &only_repo {
             // An ephemeral credential: its one repository; pull, and push only for a
             // build's own result.

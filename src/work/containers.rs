@@ -39,7 +39,7 @@ pub async fn may_use_image(
         shared_with: &shared,
         owner_groups: &[],
     };
-    Ok(authorize(caller, Action::Use, &Resource::Owned(r), &app.role_groups).allowed())
+    Ok(authorize(caller, Action::Use, &Resource::Owned(r), &app.cfg.courses).allowed())
 }
 
 /// `REGISTRY/alice/app:1` → `alice/app`, for images in the department registry.

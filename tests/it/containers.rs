@@ -623,3 +623,38 @@ async fn totals_hold_at_every_start_and_a_restart_keeps_the_gpu_deadline() {
     s.remove_all(&["alice"]).await;
     s.stop().await;
 }
+
+/// Only configured courses give instructors a view: a TA who is also in `students` sees
+/// nobody through `students`, and sees a course's members only where named its instructor.
+#[tokio::test]
+async fn instructors_see_only_their_configured_courses() {
+    let users = crate::harness::run_root().join("users-ta.toml");
+    let text = std::fs::read_to_string(crate::harness::repo().join("deploy/demo-users.toml"))
+        .unwrap()
+        .replace(
+            "members = [\"alice\", \"bob\", \"carol\"]",
+            "members = [\"alice\", \"bob\", \"carol\", \"sensei\"]",
+        );
+    std::fs::write(&users, text).unwrap();
+    let s = stack(Opts {
+        users_file: Some(users),
+        ..Default::default()
+    })
+    .await;
+    for (u, n) in [("alice", "ca"), ("bob", "cb")] {
+        let t = s
+            .say(
+                u,
+                &format!("/container run --name {n} localhost/busybox -- sleep 600"),
+            )
+            .await;
+        assert!(t.contains("is running"), "{t}");
+    }
+    let t = s.say("sensei", "/container ps --group students").await;
+    assert!(t.contains("instructors of that group"), "{t}");
+    assert!(!t.contains("`cb`") && !t.contains("`ca`"), "{t}");
+    let t = s.say("sensei", "/container ps --group ai-course").await;
+    assert!(t.contains("`ca`") && !t.contains("`cb`"), "{t}");
+    s.remove_all(&["alice", "bob"]).await;
+    s.stop().await;
+}

@@ -386,6 +386,8 @@ pub fn config_text(o: &Opts, data_dir: &Path) -> String {
             ))
         }
     }
+    // The demo's one course: sensei sees its members' things, through it only.
+    s.push_str("[courses.ai-course]\ninstructors = [\"sensei\"]\n");
     if let Some(b) = &o.blades {
         s.push_str(b);
         s.push('\n');
