@@ -153,7 +153,25 @@ fn tail(bytes: &[u8], lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Podman 4.3's build (buildah before 1.31) can SIGKILL a RUN step itself: the runtime
+/// gets PR_SET_PDEATHSIG from a Go thread that the runtime then frees (podman#17918,
+/// buildah#4790). The step fails with this text though nobody asked; such a build is run
+/// once more. (A step killed for memory says the same, and fails again the same way.)
+const SPURIOUS_KILL: &str = "while running runtime: signal: killed";
+
 pub async fn build(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
+    let first = build_once(s).await?;
+    if first.ok || !first.log_tail.contains(SPURIOUS_KILL) {
+        return Ok(first);
+    }
+    tracing::warn!(
+        build = s.id,
+        "a RUN step was killed by the blade's Podman, not by shisa; building once more"
+    );
+    build_once(s).await
+}
+
+async fn build_once(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
     let mut c = podman(s.socket);
     c.arg("build")
         .arg("--force-rm")
