@@ -344,6 +344,40 @@ pub async fn push(
     Ok(())
 }
 
+/// The tags a build of `git_ref` at `sha` writes: its primary tag, and whether it also
+/// writes `latest`. Only the project's default branch writes `latest` (and its primary tag is
+/// the short sha); any other ref is tagged `REF-SHORTSHA` (or `REF` when it was built by
+/// name), so a teammate's branch never replaces the owner's `latest`.
+pub fn tags_for(git_ref: &str, sha: &str, default_branch: Option<&str>) -> (String, bool) {
+    let name = git_ref
+        .strip_prefix("refs/heads/")
+        .or_else(|| git_ref.strip_prefix("refs/tags/"))
+        .unwrap_or(git_ref);
+    let short: String = sha.chars().take(8).collect();
+    if default_branch == Some(name) {
+        return (short, true);
+    }
+    // The registry's tag grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let clean = clean.trim_start_matches(['.', '-']).to_string();
+    let by_sha = sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit());
+    let tag = match (clean.is_empty(), by_sha) {
+        (true, _) => short,
+        (false, true) => format!("{}-{short}", clean.chars().take(100).collect::<String>()),
+        (false, false) => clean.chars().take(128).collect(),
+    };
+    (tag, false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::slug;
@@ -385,5 +419,33 @@ mod tests {
             proptest::prop_assert!(s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
             proptest::prop_assert!(!s.starts_with('-') && !s.ends_with('-'));
         }
+    }
+
+    #[test]
+    fn only_the_default_branch_writes_latest() {
+        use super::tags_for;
+        let sha = "a1a1a1a1b2b2b2b2c3c3c3c3d4d4d4d4e5e5e5e5";
+        assert_eq!(
+            tags_for("refs/heads/main", sha, Some("main")),
+            ("a1a1a1a1".to_string(), true)
+        );
+        assert_eq!(
+            tags_for("refs/heads/feature/x", sha, Some("main")),
+            ("feature-x-a1a1a1a1".to_string(), false)
+        );
+        assert_eq!(
+            tags_for("main", "main", Some("main")),
+            ("main".to_string(), true)
+        );
+        assert_eq!(
+            tags_for("v2.0", "v2.0", Some("main")),
+            ("v2.0".to_string(), false)
+        );
+        assert_eq!(
+            tags_for("refs/heads/main", sha, None),
+            ("main-a1a1a1a1".to_string(), false),
+            "no known default branch: no latest"
+        );
+        assert_eq!(tags_for("-/-", sha, Some("main")).0, "a1a1a1a1");
     }
 }

@@ -358,7 +358,8 @@ pub async fn on_pipeline(app: &Arc<App>, p: &hooks::Pipeline) -> Result<(), Task
     let as_owner = api.for_user(&project.gitlab_user);
     for b in builds {
         let result = if state == "success" {
-            match record_pushed(app, &b).await {
+            let short: String = b.sha.chars().take(8).collect();
+            match record_pushed(app, &b, &short, true).await {
                 Ok(Some(found)) => Ok(found),
                 Ok(None) => Err(format!(
                     "the pipeline succeeded but pushed no `{}/{}:{}` to the registry",
@@ -439,16 +440,25 @@ pub async fn build_one(
         }
     }
     let limits = app.cfg.limits_for(account.role);
-    let short: String = b.sha.chars().take(8).collect();
-    let tag_sha = image_name(app, &b.owner, &b.path, &short);
+    let default_branch = as_owner
+        .project(&b.project_id.to_string())
+        .await
+        .ok()
+        .and_then(|p| p.default_branch);
+    let (primary, latest) = crate::builds::tags_for(&b.git_ref, &b.sha, default_branch.as_deref());
+    let tag_sha = image_name(app, &b.owner, &b.path, &primary);
     let tag_latest = image_name(app, &b.owner, &b.path, "latest");
+    let mut tags = vec![tag_sha.clone()];
+    if latest {
+        tags.push(tag_latest.clone());
+    }
     let built = crate::builds::build(&crate::builds::BuildSpec {
         id: b.id,
         instance: &app.instance,
         socket: &blade.podman_socket,
         context: &top,
         file: &file,
-        tags: vec![tag_sha.clone(), tag_latest.clone()],
+        tags: tags.clone(),
         uid_base: g.build_uid_base,
         uid_count: g.build_uid_count,
         memory_bytes: limits.max_memory.bytes,
@@ -468,14 +478,14 @@ pub async fn build_one(
         .ok_or("the blade is gone")?;
     if let Some(reg) = app.registry.as_ref() {
         let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
-        for t in [&tag_sha, &tag_latest] {
+        for t in &tags {
             let cred = reg.push_credential(&b.owner, &repo);
             crate::builds::push(&blade.podman_socket, t, &b.owner, &cred, !reg.cfg.insecure)
                 .await
                 .map_err(|e| e.to_string())?;
         }
         // The digest is the registry's; the image is recorded now, not only when its notification comes.
-        if let Ok(Some(found)) = record_pushed(app, b).await {
+        if let Ok(Some(found)) = record_pushed(app, b, &primary, latest).await {
             return Ok(found);
         }
     }
@@ -488,21 +498,27 @@ pub async fn build_one(
     Ok((tag_sha, id, local.size))
 }
 
-/// A build's image as the registry has it (`OWNER/SLUG:SHORTSHA`): recorded with its
-/// `latest` tag; (image, digest, size), or None if it is not there.
+/// A build's image as the registry has it (`OWNER/SLUG:PRIMARY`): recorded, with `latest`
+/// when the build writes it; (image, digest, size), or None if it is not there.
 pub async fn record_pushed(
     app: &App,
     b: &BuildRow,
+    primary: &str,
+    latest: bool,
 ) -> anyhow::Result<Option<(String, String, u64)>> {
     let Some(reg) = app.registry.as_ref() else {
         return Ok(None);
     };
     let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
-    let short: String = b.sha.chars().take(8).collect();
-    let Some((digest, size)) = reg.client().manifest(&repo, &short).await? else {
+    let Some((digest, size)) = reg.client().manifest(&repo, primary).await? else {
         return Ok(None);
     };
-    for tag in [short.as_str(), "latest"] {
+    let tags: &[&str] = if latest {
+        &[primary, "latest"]
+    } else {
+        &[primary]
+    };
+    for tag in tags {
         app.store
             .upsert_image(crate::store::images::ImageRow {
                 repository: repo.clone(),
@@ -515,7 +531,7 @@ pub async fn record_pushed(
             .await?;
     }
     Ok(Some((
-        format!("{}/{repo}:{short}", reg.cfg.host),
+        format!("{}/{repo}:{primary}", reg.cfg.host),
         digest,
         size,
     )))

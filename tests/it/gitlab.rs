@@ -1752,3 +1752,110 @@ async fn build_run_on_another_users_project_is_refused_and_audited() {
             && e.detail.as_deref() == Some("build.not_enabled_here")));
     s.stop().await;
 }
+
+/// Only the default branch writes the owner's `latest`: a push to another branch builds
+/// `BRANCH-SHORTSHA` and leaves `latest` where it was.
+#[tokio::test]
+async fn a_branch_push_never_replaces_latest() {
+    crate::harness::test_images();
+    let sha_main = "1a1a1a1a2b2b2b2b3c3c3c3c4d4d4d4d5e5e5e5e";
+    let sha_branch = "9f9f9f9f8e8e8e8e7d7d7d7d6c6c6c6c5b5b5b5b";
+    let mut p = FakeProject {
+        id: 7,
+        path: "alice/MyModel".into(),
+        members: HashMap::from([("alice".to_string(), 40), ("bob".to_string(), 30)]),
+        archives: HashMap::new(),
+    };
+    // Different images, so `latest` tells whose it is.
+    for (sha, cmd) in [(sha_main, "true"), (sha_branch, "sh")] {
+        p.archives.insert(
+            sha.into(),
+            tar_gz(
+                &format!("mymodel-{sha}"),
+                &[(
+                    "Containerfile",
+                    &format!("FROM localhost/busybox:latest\nCMD [\"{cmd}\"]\n"),
+                )],
+            ),
+        );
+    }
+    let fake = FakeGitlab::start(FakeState {
+        users: vec![(101, "alice".into()), (102, "bob".into())],
+        projects: vec![p],
+        ..Default::default()
+    })
+    .await;
+    let port = free_port();
+    let reg = registry(port);
+    let s = Stack::start(Opts {
+        podman: true,
+        listen_port: Some(port),
+        extra: format!("{}\n{}", reg.toml, gitlab_toml(&fake.url, 60)),
+        ..Default::default()
+    })
+    .await;
+    assert!(s
+        .say("alice", "/container build enable alice/MyModel")
+        .await
+        .contains("Builds are on"));
+    let tok = |k: &str| {
+        vec![
+            ("X-Gitlab-Token", HOOK_TOKEN.to_string()),
+            ("Idempotency-Key", k.to_string()),
+        ]
+    };
+    deliver(
+        &s,
+        "Push Hook",
+        push_body(7, "alice/MyModel", 101, sha_main, "Containerfile"),
+        &tok("m1"),
+    )
+    .await;
+    let rows = wait_builds(&s, 1).await;
+    assert_eq!(rows[0].2, "succeeded", "{rows:?}");
+    // A teammate pushes a branch.
+    let mut body: serde_json::Value = serde_json::from_slice(&push_body(
+        7,
+        "alice/MyModel",
+        102,
+        sha_branch,
+        "Containerfile",
+    ))
+    .unwrap();
+    body["ref"] = serde_json::json!("refs/heads/feature/x");
+    deliver(
+        &s,
+        "Push Hook",
+        serde_json::to_vec(&body).unwrap(),
+        &tok("b1"),
+    )
+    .await;
+    let rows = wait_builds(&s, 2).await;
+    let branch = rows.iter().find(|r| r.1 == sha_branch).unwrap();
+    assert_eq!(branch.2, "succeeded", "{rows:?}");
+    assert!(
+        branch.5.ends_with("alice/alice-mymodel:feature-x-9f9f9f9f"),
+        "{branch:?}"
+    );
+    let tags: HashMap<String, String> = s
+        .store()
+        .all_images()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.tag, i.digest))
+        .collect();
+    assert!(tags.contains_key("feature-x-9f9f9f9f"), "{tags:?}");
+    assert!(tags.contains_key("latest"), "{tags:?}");
+    assert_eq!(
+        tags.get("latest"),
+        tags.get("1a1a1a1a"),
+        "latest is still main's: {tags:?}"
+    );
+    assert_ne!(
+        tags.get("latest"),
+        tags.get("feature-x-9f9f9f9f"),
+        "{tags:?}"
+    );
+    s.stop().await;
+}
