@@ -180,6 +180,18 @@ pub async fn exchange(
         }
         Err(e) => return Err(CiRefusal::Unavailable(e.to_string())),
     };
+    // The template pushes the owner's `latest`: only the project's default branch may.
+    let default_branch = match api.project(&project.project_id.to_string()).await {
+        Ok(p) => p.default_branch,
+        Err(e) => return Err(CiRefusal::Unavailable(crate::gitlab::client::explain(&e))),
+    };
+    if default_branch.as_deref() != Some(job.pipeline.git_ref.as_str()) {
+        return Err(CiRefusal::Forbidden(format!(
+            "only the project's default branch ({}) builds its image with shisa's CI template; this job runs on `{}`",
+            default_branch.as_deref().unwrap_or("none set"),
+            job.pipeline.git_ref
+        )));
+    }
     let repository = format!("{}/{}", project.owner, crate::builds::slug(&project.path));
     let password = reg.push_credential_for(&project.owner, &repository, CI_TOKEN_SECONDS);
     let detail = format!("started by {} in job {}", job.user.username, job.id);

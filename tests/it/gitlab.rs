@@ -42,6 +42,8 @@ pub struct FakeState {
     pub sudo_log: Vec<(String, String)>,
     /// CI_JOB_TOKEN → (job id, project id, username, status, sha).
     pub job_tokens: HashMap<String, (u64, u64, String, String, String)>,
+    /// CI_JOB_TOKEN → the job's ref, when not `main`.
+    pub job_refs: HashMap<String, String>,
     /// Runners: id → (project, token, tags).
     pub runners: HashMap<u64, (u64, String, String)>,
     /// Pending CI jobs by project.
@@ -259,17 +261,22 @@ async fn status(
 /// `GET /job` with `JOB-TOKEN`: the job the token belongs to (GitLab's Jobs API).
 async fn current_job(State(s): S, h: HeaderMap) -> Response {
     let st = s.lock().unwrap();
-    let Some((id, project, user, status, sha)) = h
+    let token = h
         .get("job-token")
         .and_then(|v| v.to_str().ok())
-        .and_then(|t| st.job_tokens.get(t))
-        .cloned()
-    else {
+        .unwrap_or_default()
+        .to_string();
+    let Some((id, project, user, status, sha)) = st.job_tokens.get(&token).cloned() else {
         return gl_error(StatusCode::UNAUTHORIZED, "401 Unauthorized");
     };
+    let git_ref = st
+        .job_refs
+        .get(&token)
+        .cloned()
+        .unwrap_or_else(|| "main".into());
     Json(serde_json::json!({
-        "id": id, "status": status, "stage": "build", "name": "shisa-container-image", "ref": "main",
-        "pipeline": {"id": 1, "project_id": project, "ref": "main", "sha": sha, "status": "running"},
+        "id": id, "status": status, "stage": "build", "name": "shisa-container-image", "ref": git_ref,
+        "pipeline": {"id": 1, "project_id": project, "ref": git_ref, "sha": sha, "status": "running"},
         "user": {"id": 1, "username": user}
     }))
     .into_response()
@@ -1145,6 +1152,17 @@ async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token
             "c1c1c1c1".to_string(),
         ),
     );
+    // A teammate's feature branch of alice's project: its pipeline may not push `latest`.
+    job_tokens.insert(
+        "job-token-branch".to_string(),
+        (
+            558,
+            7,
+            "bob".to_string(),
+            "running".to_string(),
+            "e3e3e3e3".to_string(),
+        ),
+    );
     job_tokens.insert(
         "job-token-other".to_string(),
         (
@@ -1172,6 +1190,7 @@ async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token
             },
         ],
         job_tokens,
+        job_refs: HashMap::from([("job-token-branch".to_string(), "feature".to_string())]),
         ..Default::default()
     })
     .await;
@@ -1200,6 +1219,13 @@ async fn the_ci_template_pushes_with_a_short_lived_credential_from_its_job_token
     assert_eq!(post(Some("forged")).await.unwrap().status(), 401);
     assert_eq!(post(Some("job-token-done")).await.unwrap().status(), 401);
     assert_eq!(post(Some("job-token-other")).await.unwrap().status(), 403);
+    let r = post(Some("job-token-branch")).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let why = r.text().await.unwrap();
+    assert!(
+        why.contains("default branch") && why.contains("`feature`"),
+        "{why}"
+    );
     // An id_tokens JWT (aud shisa) signed by a key GitLab publishes works too; one with
     // another audience, expired, from another issuer or signed by another key does not.
     let keys = tempfile::tempdir().unwrap();
