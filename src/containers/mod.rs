@@ -211,9 +211,9 @@ pub fn spec(
     cfg: &Containers,
     ports: &[PortLease],
     devices: &[String],
-    blade: &Blade,
-    ip: Option<&str>,
+    place: &Where<'_>,
 ) -> serde_json::Value {
+    let (blade, ip, instance) = (place.blade, place.ip, place.instance);
     let home = owner.home.display().to_string();
     let mut env: BTreeMap<String, String> = c.env.clone();
     env.insert("HOME".into(), home.clone());
@@ -272,8 +272,14 @@ pub fn spec(
     if !c.command.is_empty() {
         spec["command"] = serde_json::json!(c.command);
     }
-    if let (Some(ip), Some(pool)) = (ip, &blade.ip_pool) {
-        spec["Networks"] = serde_json::json!({ pool.network.clone(): {"static_ips": [ip]} });
+    match (ip, &blade.ip_pool) {
+        (Some(ip), Some(pool)) => {
+            spec["Networks"] = serde_json::json!({ pool.network.clone(): {"static_ips": [ip]} });
+        }
+        // Its owner's own network: other owners' containers cannot reach it directly.
+        _ => {
+            spec["Networks"] = serde_json::json!({ owner_network(instance, &owner.uid): {} });
+        }
     }
     spec
 }
@@ -297,6 +303,20 @@ pub fn port_lines(ports: &[PortLease], blade: &Blade, private: bool) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Where a container goes: its blade, its pool address (`--ip`), this installation's id
+/// (which names the owner's network there).
+pub struct Where<'a> {
+    pub blade: &'a Blade,
+    pub ip: Option<&'a str>,
+    pub instance: &'a str,
+}
+
+/// The network of one owner's containers on a blade (per installation, so two sharing a
+/// blade never mix their users).
+pub fn owner_network(instance: &str, uid: &str) -> String {
+    format!("shisa-{instance}-{uid}")
 }
 
 /// An image reference as students typed it: without `localhost/`.

@@ -74,6 +74,16 @@ pub trait Podman: Send + Sync {
     ) -> Result<(), PodmanError>;
     /// `GET /libpod/info`: version and counts.
     async fn info(&self) -> Result<BladeInfo, PodmanError>;
+    /// Create an owner's own network unless it exists: a bridge shisa names, a subnet Podman
+    /// picks from its pools, `isolate` (containers on other bridges cannot reach it).
+    async fn ensure_isolated_network(
+        &self,
+        name: &str,
+        bridge: &str,
+        labels: &serde_json::Value,
+    ) -> Result<(), PodmanError>;
+    /// Remove a network; one still in use stays (an error the caller may ignore).
+    async fn remove_network(&self, name: &str) -> Result<(), PodmanError>;
 }
 
 /// The `died` events of a blade's containers, as they come.
@@ -495,6 +505,38 @@ impl Podman for PodmanClient {
             .await?;
         if r.status().as_u16() == 409 {
             return Ok(()); // created meanwhile
+        }
+        self.check(r).await.map(|_| ())
+    }
+
+    async fn ensure_isolated_network(
+        &self,
+        name: &str,
+        bridge: &str,
+        labels: &serde_json::Value,
+    ) -> Result<(), PodmanError> {
+        let r = self
+            .send(self.http.get(Self::url("/networks", name, "/exists")))
+            .await?;
+        if r.status().as_u16() == 204 {
+            return Ok(());
+        }
+        let body = serde_json::json!({"name": name, "driver": "bridge", "network_interface": bridge, "options": {"isolate": "true"}, "labels": labels});
+        let r = self
+            .send(self.http.post(format!("{API}/networks/create")).json(&body))
+            .await?;
+        if r.status().as_u16() == 409 {
+            return Ok(()); // created meanwhile
+        }
+        self.check(r).await.map(|_| ())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), PodmanError> {
+        let r = self
+            .send(self.http.delete(Self::url("/networks", name, "")))
+            .await?;
+        if r.status().as_u16() == 404 {
+            return Ok(());
         }
         self.check(r).await.map(|_| ())
     }

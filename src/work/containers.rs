@@ -141,7 +141,28 @@ pub async fn discard(app: &Arc<App>, row: &ContainerRow) {
     }
     let _ = app.allocator.release(row.id).await;
     let _ = app.store.delete_container(row.id).await;
+    release_owner_network(app, row).await;
     promote_waiting(app, &row.blade).await;
+}
+
+/// An owner's network on a blade goes with their last container there (one still in use,
+/// say by a run starting now, stays: Podman refuses to remove it).
+pub async fn release_owner_network(app: &App, row: &ContainerRow) {
+    let Ok((_, client)) = blade_of(app, &row.blade) else {
+        return;
+    };
+    let left = app
+        .store
+        .containers_of(vec![row.owner.clone()], true)
+        .await
+        .map(|rows| rows.iter().any(|r| r.blade == row.blade))
+        .unwrap_or(true);
+    if !left {
+        let net = containers::owner_network(&app.instance, &row.owner);
+        if let Err(e) = client.remove_network(&net).await {
+            tracing::debug!(error = %e, network = %net, "owner network kept");
+        }
+    }
 }
 
 pub fn port_in_message(msg: &str) -> Option<u16> {
@@ -264,6 +285,19 @@ pub async fn run(app: &Arc<App>, job: &QueuedTask, t: &ContainerTask) -> Result<
         }
     }
     let ip = app.store.ip_of(row.id).await.map_err(TaskError::Retry)?;
+    if ip.is_none() {
+        let labels = serde_json::json!({
+            "shisa.managed": "true",
+            containers::INSTANCE_LABEL: app.instance,
+            "shisa.owner": row.owner,
+        });
+        let net = containers::owner_network(&app.instance, &row.owner);
+        // Named by network and blade: two blades may share a host (the tests' do).
+        let bridge = crate::podman::pool_bridge(&net, &blade.name);
+        if let Err(e) = client.ensure_isolated_network(&net, &bridge, &labels).await {
+            return Err(retry_or_fail(app, job, e));
+        }
+    }
     if let (Some(_), Some(pool)) = (&ip, &blade.ip_pool) {
         if let Err(e) = client
             .ensure_network(
@@ -316,8 +350,11 @@ pub async fn run(app: &Arc<App>, job: &QueuedTask, t: &ContainerTask) -> Result<
             &app.cfg.containers,
             &ports,
             &devices,
-            &blade,
-            ip.as_deref(),
+            &containers::Where {
+                blade: &blade,
+                ip: ip.as_deref(),
+                instance: &app.instance,
+            },
         );
         spec["labels"][containers::INSTANCE_LABEL] = serde_json::json!(app.instance);
         let created = client.create(&spec).await;
@@ -699,6 +736,7 @@ pub async fn remove(
         .delete_container(row.id)
         .await
         .map_err(TaskError::Retry)?;
+    release_owner_network(app, &row).await;
     promote_waiting(app, &row.blade).await;
     tell_owner_if_staff(app, t, &row, "rm").await;
     Ok(render(

@@ -658,3 +658,67 @@ async fn instructors_see_only_their_configured_courses() {
     s.remove_all(&["alice", "bob"]).await;
     s.stop().await;
 }
+
+/// Each owner's containers sit on their own isolated network: bob's container cannot open
+/// alice's `--private` port by its address, alice's other container can, and the published
+/// port still answers from the host.
+#[tokio::test]
+async fn owners_containers_cannot_reach_each_other_but_their_own_can() {
+    let s = stack(Opts::default()).await;
+    let srv = s
+        .say(
+            "alice",
+            "/container run --name a-srv --private --port 8080 localhost/busybox -- httpd -f -p 8080",
+        )
+        .await;
+    assert!(srv.contains("is running"), "{srv}");
+    for (u, n) in [("alice", "a-cli"), ("bob", "b-cli")] {
+        let t = s
+            .say(
+                u,
+                &format!("/container run --name {n} localhost/busybox -- sleep 600"),
+            )
+            .await;
+        assert!(t.contains("is running"), "{t}");
+    }
+    let pid = s
+        .store()
+        .container_by_name("alice", "a-srv")
+        .await
+        .unwrap()
+        .unwrap()
+        .podman_id
+        .unwrap();
+    let out = crate::harness::podman_cli()
+        .args([
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &pid,
+        ])
+        .output()
+        .unwrap();
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!ip.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The shell computes the verdict, so the echoed command line never contains it.
+    let probe = format!(
+        "/container exec {{}} -- sh -c \"echo x | nc -w 2 {ip} 8080 >/dev/null && echo R$((1+1)) || echo B$((2+2))\""
+    );
+    let mine = s.say("alice", &probe.replace("{}", "a-cli")).await;
+    assert!(
+        mine.contains("R2") && !mine.contains("B4"),
+        "alice to alice: {mine}"
+    );
+    let theirs = s.say("bob", &probe.replace("{}", "b-cli")).await;
+    assert!(
+        theirs.contains("B4") && !theirs.contains("R2"),
+        "bob to alice: {theirs}"
+    );
+    let port = host_port(&srv, 8080);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "the published port answers on the host"
+    );
+    s.remove_all(&["alice", "bob"]).await;
+    s.stop().await;
+}

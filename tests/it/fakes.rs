@@ -86,6 +86,17 @@ impl Podman for RefusingPodman {
     async fn ensure_network(&self, _: &str, _: &str, _: &str) -> Result<(), PodmanError> {
         Ok(())
     }
+    async fn ensure_isolated_network(
+        &self,
+        _: &str,
+        _: &str,
+        _: &serde_json::Value,
+    ) -> Result<(), PodmanError> {
+        Ok(())
+    }
+    async fn remove_network(&self, _: &str) -> Result<(), PodmanError> {
+        Ok(())
+    }
     async fn info(&self) -> Result<BladeInfo, PodmanError> {
         Ok(BladeInfo {
             version: "4.3.1".into(),

@@ -177,7 +177,8 @@ fn private_podman_conf(dir: &Path) {
     std::fs::write(
         dir.join("containers.conf"),
         format!(
-            "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\ntmp_dir = \"{tmp}\"\nevents_logger = \"file\"\nevents_logfile_path = \"{events}\"\n[network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = \"{net_dir}\"\ndefault_network = \"{net}\"\ndefault_subnet = \"{subnet}.0/24\"\n",
+            "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\ntmp_dir = \"{tmp}\"\nevents_logger = \"file\"\nevents_logfile_path = \"{events}\"\n[network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = \"{net_dir}\"\ndefault_network = \"{net}\"\ndefault_subnet = \"{subnet}.0/24\"\ndefault_subnet_pools = [{{\"base\" = \"10.{pool}.0.0/16\", \"size\" = 24}}]\n",
+            pool = 100 + n as u16,
             tmp = dir.join("tmp").display(),
             events = dir.join("events.log").display(),
             net_dir = net_dir.display(),
