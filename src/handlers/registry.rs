@@ -290,9 +290,24 @@ pub async fn notifications(app: &Arc<App>, body: &[u8]) -> Result<usize, String>
                     continue; // a replay
                 }
                 // Sizes come from the manifest: the event carries only the manifest's own size.
-                let (digest, size) = match reg.client().manifest(repo, tag).await {
-                    Ok(Some(x)) => x,
-                    _ => (target["digest"].as_str().unwrap_or_default().to_string(), 0),
+                // By the event's digest: the registry may send the event before the tag
+                // resolves (then a look-up by tag finds nothing and the size was lost).
+                let event_digest = target["digest"].as_str().unwrap_or_default().to_string();
+                let by_digest = if event_digest.is_empty() {
+                    None
+                } else {
+                    reg.client()
+                        .manifest(repo, &event_digest)
+                        .await
+                        .ok()
+                        .flatten()
+                };
+                let (digest, size) = match by_digest {
+                    Some(x) => x,
+                    None => match reg.client().manifest(repo, tag).await {
+                        Ok(Some(x)) => x,
+                        _ => (event_digest, 0),
+                    },
                 };
                 app.store
                     .upsert_image(ImageRow {

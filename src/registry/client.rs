@@ -21,8 +21,12 @@ pub struct Client {
 }
 
 pub fn http() -> reqwest::Client {
+    // No idle connections kept: the client lives as long as the service, and a pooled
+    // connection the registry has meanwhile closed fails the next request (a push
+    // notification then recorded its image with no size, and quotas counted nothing).
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
         .build()
         .expect("client")
 }

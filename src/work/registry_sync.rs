@@ -13,6 +13,9 @@ pub async fn sync(app: &Arc<App>) -> anyhow::Result<(usize, usize)> {
         return Ok((0, 0));
     };
     let c = reg.client();
+    // A tag recorded (by its push notification) after the catalog walk began is not missing
+    // from the registry, only from this walk: it stays. Deleting it under-counted quotas.
+    let started = crate::store::now();
     let mut seen = std::collections::HashSet::new();
     let mut changed = 0;
     for repo in c.catalog().await? {
@@ -46,7 +49,7 @@ pub async fn sync(app: &Arc<App>) -> anyhow::Result<(usize, usize)> {
     }
     let mut removed = 0;
     for i in app.store.all_images().await? {
-        if !seen.contains(&(i.repository.clone(), i.tag.clone())) {
+        if !seen.contains(&(i.repository.clone(), i.tag.clone())) && i.pushed_at < started {
             app.store.delete_image_tag(&i.repository, &i.tag).await?;
             removed += 1;
         }

@@ -264,7 +264,12 @@ async fn quotas_and_reserved_names() {
     assert!(ok(&e.push("alice", "alice/big:1")));
     wait_for_image(s, "alice/big", "1", true).await;
     let p = e.push("alice", "alice/more:1");
-    assert!(!ok(&p), "over quota: push refused");
+    assert!(
+        !ok(&p),
+        "over quota: push refused; usage {:?}: {}",
+        s.store().registry_usage("alice").await,
+        String::from_utf8_lossy(&p.stderr)
+    );
     let t = s.say("alice", "/container images").await;
     assert!(
         t.contains("Registry use: ") && t.contains(" of 100K."),
