@@ -79,8 +79,25 @@ pub fn fmt_cpus(milli: u32) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// The per-user totals of what runs, for a stopped container that starts again (it already
-/// counts as a container and for its ports).
+/// A refusal over a per-user total, listing what the user holds.
+fn over_total(h: &Holdings, what: &str, max: String) -> UserError {
+    let holding = format!(
+        "{} containers, {} CPUs, {} memory, {} GPUs and {} ports",
+        h.containers,
+        fmt_cpus(h.cpus_milli),
+        fmt_size(h.memory),
+        h.gpus,
+        h.ports
+    );
+    UserError::new("limits.total")
+        .arg("what", what)
+        .arg("max", max)
+        .arg("holding", holding)
+}
+
+/// The per-user totals of what runs: at `run` (with the container and port counts in
+/// `check_limits`) and when a stopped container starts again (it already counts as a
+/// container and for its ports).
 pub fn check_running_totals(
     l: &Limits,
     h: &Holdings,
@@ -88,26 +105,15 @@ pub fn check_running_totals(
     memory: u64,
     gpus: u32,
 ) -> Result<(), UserError> {
-    let holding = format!(
-        "{} CPUs, {} memory and {} GPUs running",
-        fmt_cpus(h.cpus_milli),
-        fmt_size(h.memory),
-        h.gpus
-    );
-    let total = |what: &str, max: String| {
-        UserError::new("limits.total")
-            .arg("what", what)
-            .arg("max", max)
-            .arg("holding", holding.clone())
-    };
-    if h.cpus_milli + cpus_milli > (l.total_cpus * 1000.0) as u32 {
-        return Err(total("CPUs", fmt_cpus((l.total_cpus * 1000.0) as u32)));
+    let total_cpus = (l.total_cpus * 1000.0) as u32;
+    if h.cpus_milli + cpus_milli > total_cpus {
+        return Err(over_total(h, "CPUs", fmt_cpus(total_cpus)));
     }
     if h.memory + memory > l.total_memory.bytes {
-        return Err(total("memory", l.total_memory.to_string()));
+        return Err(over_total(h, "memory", l.total_memory.to_string()));
     }
     if h.gpus + gpus > l.total_gpus {
-        return Err(total("GPUs", l.total_gpus.to_string()));
+        return Err(over_total(h, "GPUs", l.total_gpus.to_string()));
     }
     Ok(())
 }
@@ -144,34 +150,12 @@ pub fn check_limits(
             l.max_ports.to_string(),
         ));
     }
-    let holding = format!(
-        "{} containers, {} CPUs, {} memory, {} GPUs and {} ports",
-        h.containers,
-        fmt_cpus(h.cpus_milli),
-        fmt_size(h.memory),
-        h.gpus,
-        h.ports
-    );
-    let total = |what: &str, max: String| {
-        UserError::new("limits.total")
-            .arg("what", what)
-            .arg("max", max)
-            .arg("holding", holding.clone())
-    };
     if h.containers + 1 > l.total_containers {
-        return Err(total("containers", l.total_containers.to_string()));
+        return Err(over_total(h, "containers", l.total_containers.to_string()));
     }
-    if h.cpus_milli + cpus_milli > (l.total_cpus * 1000.0) as u32 {
-        return Err(total("CPUs", fmt_cpus((l.total_cpus * 1000.0) as u32)));
-    }
-    if h.memory + memory > l.total_memory.bytes {
-        return Err(total("memory", l.total_memory.to_string()));
-    }
-    if h.gpus + gpus > l.total_gpus {
-        return Err(total("GPUs", l.total_gpus.to_string()));
-    }
+    check_running_totals(l, h, cpus_milli, memory, gpus)?;
     if h.ports + ports > l.total_ports {
-        return Err(total("published ports", l.total_ports.to_string()));
+        return Err(over_total(h, "published ports", l.total_ports.to_string()));
     }
     Ok(())
 }
