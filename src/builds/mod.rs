@@ -1,11 +1,9 @@
-//! Building an image from a source tree on a blade: `podman build` through
-//! the blade's API socket (Podman's remote client, argument list only, never
-//! a shell), root inside the build mapped to an unprivileged host range,
-//! under the owner's CPU and memory limits and a time limit, with the blade's
-//! layer cache; then a push to the department registry with a short-lived
-//! credential for that one repository.
+//! Building an image from a source tree: `podman build` (argument list only, never a
+//! shell) against the owner's own build store, root inside the build mapped to an
+//! unprivileged host range, under the owner's CPU and memory limits and a time limit; then
+//! a push to the department registry with a short-lived credential for that one repository.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -107,6 +105,247 @@ pub fn base_images(containerfile: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// One owner's Podman storage for builds, on the build host. A build runs against it with
+/// `--pull=never`, so whatever a Containerfile names (short names matched by suffix, image
+/// id prefixes, `RUN --mount=…,from=`, lines an `# escape=` directive re-joins) can only
+/// reach an image shisa put there after checking that the owner may use it: the blade's
+/// own storage, which holds every user's images, is never a build's. Its `TMPDIR` is its
+/// own too, so buildah's `--mount=type=cache` directories are not shared between owners.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub dir: PathBuf,
+    pub conf: Option<PathBuf>,
+}
+
+impl Store {
+    /// `DIR/OWNER`; an owner name that could leave `dir` is refused.
+    pub fn of(dir: &Path, owner: &str, conf: Option<&Path>) -> Result<Store, String> {
+        let ok = !owner.is_empty()
+            && !owner.starts_with('.')
+            && owner
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(format!("`{owner}` cannot name a build store"));
+        }
+        let dir = dir.join(owner);
+        let store = Store {
+            dir,
+            conf: conf.map(Path::to_path_buf),
+        };
+        for d in [
+            store.dir.join("storage"),
+            store.dir.join("tmp"),
+            store.runroot(),
+        ] {
+            std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+        }
+        Ok(store)
+    }
+
+    /// Podman refuses a runroot longer than 50 characters, and it belongs on a tmpfs (it
+    /// holds state that ends with a reboot): `/run/shisa-build/` and a hash of the store.
+    pub fn runroot(&self) -> PathBuf {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(self.dir.as_os_str().as_encoded_bytes());
+        PathBuf::from("/run/shisa-build").join(hex::encode(&h[..8]))
+    }
+
+    fn podman(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("podman");
+        c.arg("--root")
+            .arg(self.dir.join("storage"))
+            .arg("--runroot")
+            .arg(self.runroot())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", self.dir.join("tmp"))
+            .env("TMPDIR", self.dir.join("tmp"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(conf) = &self.conf {
+            c.env("CONTAINERS_CONF", conf);
+        }
+        c
+    }
+
+    /// Every image held, as (id, names).
+    pub async fn images(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            #[serde(rename = "Id")]
+            id: String,
+            #[serde(rename = "Names", default)]
+            names: Option<Vec<String>>,
+        }
+        let out = self
+            .podman()
+            .args(["images", "--all", "--format", "json"])
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "listing the build store: {}",
+            tail(&out.stderr, 5)
+        );
+        let rows: Vec<Row> = serde_json::from_slice(&out.stdout)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.id, r.names.unwrap_or_default()))
+            .collect())
+    }
+
+    /// The id of the image named `name`, if held.
+    pub async fn image_id(&self, name: &str) -> Option<String> {
+        let out = self
+            .podman()
+            .args(["image", "inspect", "--format", "{{.Id}}", name])
+            .output()
+            .await
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Remove every image (and with them the layer cache).
+    pub async fn clear(&self) -> anyhow::Result<()> {
+        let out = self
+            .podman()
+            .args(["rmi", "--all", "--force"])
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "clearing the build store: {}",
+            tail(&out.stderr, 5)
+        );
+        Ok(())
+    }
+
+    /// Copy `image` from the blade at `socket` (an image the blade holds, such as an
+    /// administrator's base image) into this store.
+    pub async fn load_from(&self, socket: &Path, image: &str) -> anyhow::Result<()> {
+        let file = self
+            .dir
+            .join("tmp")
+            .join(format!("load-{}.tar", uuid::Uuid::new_v4().simple()));
+        let _gone = Remove(file.clone());
+        let out = podman(socket)
+            .arg("save")
+            .arg("--output")
+            .arg(&file)
+            .arg(image)
+            .output()
+            .await?;
+        anyhow::ensure!(out.status.success(), "{}", tail(&out.stderr, 3));
+        let out = self
+            .podman()
+            .arg("load")
+            .arg("--input")
+            .arg(&file)
+            .output()
+            .await?;
+        anyhow::ensure!(out.status.success(), "{}", tail(&out.stderr, 3));
+        Ok(())
+    }
+
+    /// The reverse: put a built image on the blade (when there is no registry to pull from).
+    pub async fn copy_to(&self, socket: &Path, image: &str) -> anyhow::Result<()> {
+        let file = self
+            .dir
+            .join("tmp")
+            .join(format!("save-{}.tar", uuid::Uuid::new_v4().simple()));
+        let _gone = Remove(file.clone());
+        let out = self
+            .podman()
+            .arg("save")
+            .arg("--output")
+            .arg(&file)
+            .arg(image)
+            .output()
+            .await?;
+        anyhow::ensure!(out.status.success(), "{}", tail(&out.stderr, 3));
+        let out = podman(socket)
+            .arg("load")
+            .arg("--input")
+            .arg(&file)
+            .output()
+            .await?;
+        anyhow::ensure!(out.status.success(), "{}", tail(&out.stderr, 3));
+        Ok(())
+    }
+
+    /// Pull `image` from the department registry with a credential for its repository.
+    pub async fn pull(
+        &self,
+        image: &str,
+        user: &str,
+        password: &str,
+        tls_verify: bool,
+    ) -> anyhow::Result<()> {
+        self.with_credential("pull", image, user, password, tls_verify)
+            .await
+    }
+
+    /// Push `image` with a credential for its repository.
+    pub async fn push(
+        &self,
+        image: &str,
+        user: &str,
+        password: &str,
+        tls_verify: bool,
+    ) -> anyhow::Result<()> {
+        self.with_credential("push", image, user, password, tls_verify)
+            .await
+    }
+
+    async fn with_credential(
+        &self,
+        verb: &str,
+        image: &str,
+        user: &str,
+        password: &str,
+        tls_verify: bool,
+    ) -> anyhow::Result<()> {
+        use base64::Engine;
+        // The credential goes in a private auth file, not on the command line (where `ps` shows it).
+        let dir = tempfile::tempdir()?;
+        let registry = image.split('/').next().unwrap_or_default();
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let authfile = dir.path().join("auth.json");
+        std::fs::write(
+            &authfile,
+            serde_json::json!({"auths": {registry: {"auth": auth}}}).to_string(),
+        )?;
+        let out = self
+            .podman()
+            .arg(verb)
+            .arg("--quiet")
+            .arg(format!("--tls-verify={tls_verify}"))
+            .arg("--authfile")
+            .arg(&authfile)
+            .arg(image)
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{verb} failed: {}",
+            tail(&out.stderr, 5)
+        );
+        Ok(())
+    }
+}
+
+/// Removes a file when dropped.
+struct Remove(PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BuildSpec<'a> {
     /// With `instance`, names the build's cgroup (`cgroup_name`), so a build that
@@ -115,8 +354,8 @@ pub struct BuildSpec<'a> {
     /// installations (or test stacks) share; a build id alone is only a counter.
     pub id: i64,
     pub instance: &'a str,
-    /// The blade's Podman API socket.
-    pub socket: &'a Path,
+    /// The owner's build store (never the blade's storage).
+    pub store: &'a Store,
     pub context: &'a Path,
     pub file: &'a Path,
     pub tags: Vec<String>,
@@ -172,7 +411,7 @@ pub async fn build(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
 }
 
 async fn build_once(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
-    let mut c = podman(s.socket);
+    let mut c = s.store.podman();
     c.arg("build")
         .arg("--force-rm")
         .arg("--layers")
@@ -193,32 +432,40 @@ async fn build_once(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
     }
     c.arg(s.context);
     let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    match tokio::time::timeout(s.timeout, child.wait_with_output()).await {
-        Ok(out) => {
-            let out = out?;
-            let mut all = out.stdout.clone();
-            all.extend_from_slice(&out.stderr);
-            Ok(Built {
-                ok: out.status.success(),
-                log_tail: tail(&all, 25),
-            })
-        }
+    // The build's Podman keeps running past the limit: it must see its step die and remove
+    // the working container itself (killing it first would leave that behind).
+    let mut run = tokio::spawn(child.wait_with_output());
+    let out = match tokio::time::timeout(s.timeout, &mut run).await {
+        Ok(out) => out,
         Err(_) => {
             // The RUN step is PID 1 of its namespace, so only SIGKILL ends it; then the
-            // build fails on the blade and --force-rm removes its working container.
+            // build fails and --force-rm removes its working container.
             let name = cgroup_name(s.instance, s.id);
             tokio::task::spawn_blocking(move || stop_cgroup(&name))
                 .await
                 .ok();
-            Ok(Built {
+            if tokio::time::timeout(Duration::from_secs(30), &mut run)
+                .await
+                .is_err()
+            {
+                run.abort();
+            }
+            return Ok(Built {
                 ok: false,
                 log_tail: format!(
                     "the build ran longer than its limit of {} s and was stopped",
                     s.timeout.as_secs()
                 ),
-            })
+            });
         }
-    }
+    };
+    let out = out??;
+    let mut all = out.stdout.clone();
+    all.extend_from_slice(&out.stderr);
+    Ok(Built {
+        ok: out.status.success(),
+        log_tail: tail(&all, 25),
+    })
 }
 
 pub fn cgroup_name(instance: &str, id: i64) -> String {
@@ -308,40 +555,6 @@ pub fn stop_cgroup(name: &str) {
             let _ = std::fs::remove_dir(x);
         }
     }
-}
-
-/// Push `image` with a credential for its repository.
-pub async fn push(
-    socket: &Path,
-    image: &str,
-    user: &str,
-    password: &str,
-    tls_verify: bool,
-) -> anyhow::Result<()> {
-    use base64::Engine;
-    // The credential goes in a private auth file, not on the command line (where `ps` shows it).
-    let dir = tempfile::tempdir()?;
-    let registry = image.split('/').next().unwrap_or_default();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let authfile = dir.path().join("auth.json");
-    std::fs::write(
-        &authfile,
-        serde_json::json!({"auths": {registry: {"auth": auth}}}).to_string(),
-    )?;
-    let out = podman(socket)
-        .arg("push")
-        .arg(format!("--tls-verify={tls_verify}"))
-        .arg("--authfile")
-        .arg(&authfile)
-        .arg(image)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "push failed: {}",
-        tail(&out.stderr, 5)
-    );
-    Ok(())
 }
 
 /// The tags a build of `git_ref` at `sha` writes: its primary tag, and whether it also

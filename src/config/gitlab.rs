@@ -33,6 +33,13 @@ pub struct GitlabRaw {
     pub build_uid_base: u32,
     #[serde(default = "default_build_uid_count")]
     pub build_uid_count: u32,
+    /// Where each owner's build storage lives (default DATA_DIR/build-stores): a build sees
+    /// only the images in its owner's, never the blade's.
+    #[serde(default)]
+    pub build_store: Option<PathBuf>,
+    /// The containers.conf a build's Podman reads (default: the host's).
+    #[serde(default)]
+    pub build_containers_conf: Option<PathBuf>,
     /// How a GitLab user becomes a department account: `extern_uid` (GitLab signs in
     /// with LDAP; its identity's extern_uid names the account) or `username` (demo only).
     #[serde(default = "default_gitlab_link")]
@@ -109,6 +116,8 @@ pub struct Gitlab {
     pub build_timeout_seconds: u64,
     pub build_uid_base: u32,
     pub build_uid_count: u32,
+    pub build_store: PathBuf,
+    pub build_containers_conf: Option<PathBuf>,
     pub link_by: String,
     pub timeout_seconds: u64,
     pub convert_sif: bool,
@@ -171,6 +180,22 @@ pub(super) fn checked(
                         .into(),
                 ));
             }
+            // A runner's root is runner_uid_base..+65536 on the host: never host root, and
+            // never the builds' range, or a CI job and a build would share host ids.
+            let runner = (g.runner_uid_base as u64, g.runner_uid_base as u64 + 65_536);
+            let build = (
+                g.build_uid_base as u64,
+                g.build_uid_base as u64 + g.build_uid_count as u64,
+            );
+            if g.runner_uid_base == 0 || (runner.0 < build.1 && build.0 < runner.1) {
+                return Err((
+                    "gitlab.runner_uid_base".into(),
+                    format!(
+                        "runners need 65536 host ids that do not start at 0 and do not overlap the builds' {}..{}",
+                        build.0, build.1
+                    ),
+                ));
+            }
             if let Some(u) = &g.hook_url {
                 check_url("gitlab.hook_url", u)?;
             }
@@ -188,6 +213,12 @@ pub(super) fn checked(
                 build_timeout_seconds: g.build_timeout_seconds.clamp(5, 86_400),
                 build_uid_base: g.build_uid_base,
                 build_uid_count: g.build_uid_count,
+                build_store: g
+                    .build_store
+                    .as_ref()
+                    .map(|p| base.join(p))
+                    .unwrap_or_else(|| base.join(data_dir).join("build-stores")),
+                build_containers_conf: g.build_containers_conf.as_ref().map(|p| base.join(p)),
                 link_by: g.link_by.clone(),
                 timeout_seconds: g.timeout_seconds.clamp(1, 120),
                 convert_sif: g.convert_sif,

@@ -423,10 +423,40 @@ pub async fn build_one(
         .ok()
         .flatten()
         .ok_or("the owner's account is gone")?;
-    // The blade may hold other users' images: every base must be one the owner may use.
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let registry_host = app.registry.as_ref().map(|r| r.cfg.host.as_str());
+    let store =
+        crate::builds::Store::of(&g.build_store, &b.owner, g.build_containers_conf.as_deref())?;
+    // One build of an owner's at a time: the store may be cleared before a build.
+    let lock = owner_lock(&b.owner);
+    let _held = lock.lock().await;
+    // What the store holds must still be the owner's to use (a base shared earlier may have
+    // been unshared since): otherwise it starts afresh.
+    let held = store.images().await.map_err(|e| e.to_string())?;
+    let mut stale = false;
+    'check: for (_, names) in &held {
+        for n in names {
+            let usable =
+                match images::resolve_with(n, &b.owner, &app.cfg.images.allow, registry_host) {
+                    Ok(img) => super::containers::may_use_image(app, &account, &img)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                    Err(_) => false,
+                };
+            if !usable {
+                stale = true;
+                break 'check;
+            }
+        }
+    }
+    if stale {
+        tracing::info!(owner = %b.owner, "the build store held an image its owner may no longer use: cleared");
+        store.clear().await.map_err(|e| e.to_string())?;
+    }
+    // The bases this Containerfile names, each checked and then put in the store. This
+    // reading of the file is only for a clear answer: the store is what keeps a build from
+    // anything else, however buildah reads the file.
     for base in crate::builds::base_images(&text)? {
         let img = images::resolve_with(&base, &b.owner, &app.cfg.images.allow, registry_host)
             .map_err(|e| format!("cannot build from `{base}`: {e}"))?;
@@ -438,6 +468,9 @@ pub async fn build_one(
                 "cannot build from `{base}`: it is not yours and not shared with you"
             ));
         }
+        bring_base(app, &store, blade, &b.owner, &img.reference)
+            .await
+            .map_err(|e| format!("cannot build from `{base}`: {e}"))?;
     }
     let limits = app.cfg.limits_for(account.role);
     let default_branch = as_owner
@@ -455,7 +488,7 @@ pub async fn build_one(
     let built = crate::builds::build(&crate::builds::BuildSpec {
         id: b.id,
         instance: &app.instance,
-        socket: &blade.podman_socket,
+        store: &store,
         context: &top,
         file: &file,
         tags: tags.clone(),
@@ -480,7 +513,8 @@ pub async fn build_one(
         let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
         for t in &tags {
             let cred = reg.push_credential(&b.owner, &repo);
-            crate::builds::push(&blade.podman_socket, t, &b.owner, &cred, !reg.cfg.insecure)
+            store
+                .push(t, &b.owner, &cred, !reg.cfg.insecure)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -489,13 +523,73 @@ pub async fn build_one(
             return Ok(found);
         }
     }
-    // No registry (or it cannot say yet): the image as the blade has it.
+    // No registry (or it cannot say yet): the image goes to the blade, as the blade has it.
+    for t in &tags {
+        store
+            .copy_to(&blade.podman_socket, t)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let local = client
         .image_inspect(&tag_sha)
         .await
         .map_err(|e| e.to_string())?;
     let id = format!("sha256:{}", local.id.trim_start_matches("sha256:"));
     Ok((tag_sha, id, local.size))
+}
+
+/// The lock that keeps an owner's builds one at a time (their store may be cleared).
+fn owner_lock(owner: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    LOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(owner.to_string())
+        .or_default()
+        .clone()
+}
+
+/// Put a checked base image in the owner's build store: from the department registry with
+/// the owner's own credential (the registry decides again), or copied from the blade (an
+/// administrator's image), unless the store already holds the same image.
+async fn bring_base(
+    app: &App,
+    store: &crate::builds::Store,
+    blade: &crate::config::Blade,
+    owner: &str,
+    reference: &str,
+) -> anyhow::Result<()> {
+    if let (Some(reg), Some(repo)) = (
+        app.registry.as_ref(),
+        super::containers::registry_repository(app, reference),
+    ) {
+        let cred = reg.pull_credential(owner, &repo);
+        return store
+            .pull(reference, owner, &cred, !reg.cfg.insecure)
+            .await
+            .map_err(|_| anyhow::anyhow!("the registry has no such image for you"));
+    }
+    let client = app
+        .blades
+        .iter()
+        .find(|(bl, _)| bl.name == blade.name)
+        .map(|x| &x.1)
+        .ok_or_else(|| anyhow::anyhow!("the blade is gone"))?;
+    let on_blade = client
+        .image_inspect(reference)
+        .await
+        .map_err(|_| anyhow::anyhow!("no such image on the build blade"))?;
+    let want = on_blade.id.trim_start_matches("sha256:").to_string();
+    if store
+        .image_id(reference)
+        .await
+        .is_some_and(|id| id.trim_start_matches("sha256:") == want)
+    {
+        return Ok(());
+    }
+    store.load_from(&blade.podman_socket, reference).await
 }
 
 /// A build's image as the registry has it (`OWNER/SLUG:PRIMARY`): recorded, with `latest`

@@ -119,6 +119,16 @@ fn errors_name_the_key_and_the_reason() {
         ),
         ("[server\n".to_string(), "(syntax)", "TOML parse error"),
         (
+            format!("{b}[gitlab]\nurl = \"https://gitlab.example.edu\"\napi_token = \"t\"\nwebhook_tokens = [\"w\"]\nrunner_uid_base = 230000\n"),
+            "gitlab.runner_uid_base",
+            "do not overlap the builds' 200000..265536",
+        ),
+        (
+            format!("{b}[gitlab]\nurl = \"https://gitlab.example.edu\"\napi_token = \"t\"\nwebhook_tokens = [\"w\"]\nrunner_uid_base = 0\n"),
+            "gitlab.runner_uid_base",
+            "do not start at 0",
+        ),
+        (
             format!("{b}[registry]\nurl = \"http://127.0.0.1:5000\"\nhost = \"127.0.0.1:5000\"\nrealm = \"http://shisa.example.edu/registry/token\"\nkey_file = \"k.pem\"\ncert_file = \"c.pem\"\nnotification_token = \"x\"\n"),
             "registry.realm",
             "plain HTTP",

@@ -501,9 +501,28 @@ pub fn whsec() -> (String, Vec<u8>) {
 
 fn gitlab_toml(url: &str, timeout: u64) -> String {
     format!(
-        "[gitlab]\nurl = {url:?}\napi_token = {ADMIN:?}\nwebhook_tokens = [\"old-secret\", {HOOK_TOKEN:?}]\nsigning_keys = [{:?}]\nlink_by = \"extern_uid\"\nbuild_timeout_seconds = {timeout}\n",
-        whsec().0
+        "[gitlab]\nurl = {url:?}\napi_token = {ADMIN:?}\nwebhook_tokens = [\"old-secret\", {HOOK_TOKEN:?}]\nsigning_keys = [{:?}]\nlink_by = \"extern_uid\"\nbuild_timeout_seconds = {timeout}\nbuild_containers_conf = {:?}\n",
+        whsec().0,
+        crate::harness::podman().parent().unwrap().join("containers.conf")
     )
+}
+
+/// The `podman` command line on an owner's build store in a stack.
+fn build_store_cli(s: &Stack, owner: &str) -> std::process::Command {
+    let d = s.data_dir.join("build-stores").join(owner);
+    let mut c = std::process::Command::new("podman");
+    c.env(
+        "CONTAINERS_CONF",
+        crate::harness::podman()
+            .parent()
+            .unwrap()
+            .join("containers.conf"),
+    )
+    .arg("--root")
+    .arg(d.join("storage"))
+    .arg("--runroot")
+    .arg(shisa::builds::Store { dir: d, conf: None }.runroot());
+    c
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -713,6 +732,37 @@ async fn the_fake_gitlab_refuses_a_sudo_user_without_access() {
     assert!(bad.project("alice/mymodel").await.is_err());
 }
 
+/// bob's private image on the shared blade (`localhost/bob/bob-thesis:latest`): its id.
+fn bob_private_image() -> String {
+    crate::harness::test_images();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Containerfile"),
+        "FROM localhost/busybox:latest\nRUN echo bob-private > /secret\n",
+    )
+    .unwrap();
+    let out = podman_cli()
+        .args([
+            "build",
+            "-q",
+            "--network=none",
+            "-t",
+            "localhost/bob/bob-thesis:latest",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("sha256:")
+        .to_string()
+}
+
 fn push_body(project: u64, path: &str, user: u64, sha: &str, file: &str) -> Vec<u8> {
     serde_json::json!({
         "object_kind": "push", "event_name": "push",
@@ -793,6 +843,20 @@ async fn a_push_builds_an_image_into_the_registry() {
             &[("Containerfile", "FROM localhost/busybox:latest AS ok\nFROM localhost/bob/tools:1\nCOPY --from=ok /bin/sh /x\n")],
         ),
     );
+    // bob's private image is on the blade too; none of these may reach it.
+    let bob_private = bob_private_image();
+    let sneaky = [
+        ("a0000000", "FROM bob-thesis:latest\nRUN cat /secret\n".to_string()),
+        ("a0000001", format!("FROM {}\nRUN cat /secret\n", &bob_private[..12])),
+        ("a0000002", "FROM localhost/busybox:latest\nRUN --mount=type=bind,from=localhost/bob/bob-thesis:latest,target=/m cat /m/secret\n".to_string()),
+        ("a0000003", "# escape=`\nFROM localhost/busybox:latest AS ok\nCOPY `\n  --from=localhost/bob/bob-thesis:latest /secret /secret\nRUN cat /secret\n".to_string()),
+    ];
+    for (sha, cf) in &sneaky {
+        alice_p.archives.insert(
+            format!("{sha}{}", "0".repeat(32)),
+            tar_gz(&format!("mymodel-{sha}"), &[("Containerfile", cf)]),
+        );
+    }
     alice_p.archives.insert(
         sha_slow.into(),
         tar_gz(
@@ -902,7 +966,7 @@ async fn a_push_builds_an_image_into_the_registry() {
     let image = format!("127.0.0.1:{}/alice/alice-mymodel:a1a1a1a1", reg.port);
     assert_eq!(a.5, image);
     // Root inside the build, not on the host: the RUN saw uid 0, mapped to the unprivileged range.
-    let out = podman_cli()
+    let out = build_store_cli(&s, "alice")
         .args([
             "run",
             "--rm",
@@ -1000,6 +1064,43 @@ async fn a_push_builds_an_image_into_the_registry() {
         "{steal:?}"
     );
     s.dm_containing("alice", "not shared with you").await;
+    // Short names, id prefixes, `RUN --mount=…,from=` and an `# escape=` directive: the
+    // build sees only alice's store, so each fails without reading bob's image.
+    for (i, (sha, _)) in sneaky.iter().enumerate() {
+        deliver(
+            &s,
+            "Push Hook",
+            push_body(
+                7,
+                "alice/MyModel",
+                101,
+                &format!("{sha}{}", "0".repeat(32)),
+                "Containerfile",
+            ),
+            &tok(&format!("sneak{i}")),
+        )
+        .await;
+        let rows = wait_builds(&s, 5 + i).await;
+        let r = rows.iter().find(|r| r.1.starts_with(sha)).unwrap();
+        assert_eq!(r.2, "failed", "{sha}: {r:?}");
+        assert!(!r.5.contains("bob-private"), "{sha}: {r:?}");
+        assert!(
+            r.5.contains("no such image")
+                || r.5.contains("image not known")
+                || r.5.contains("no stage or image found")
+                || r.5.contains("not found"),
+            "{sha}: {r:?}"
+        );
+    }
+    let held = build_store_cli(&s, "alice")
+        .args(["images", "--all", "--format", "{{.ID}} {{.Repository}}"])
+        .output()
+        .unwrap();
+    let held = String::from_utf8_lossy(&held.stdout).to_string();
+    assert!(
+        !held.contains("bob") && !held.contains(&bob_private[..12]),
+        "alice's build store: {held}"
+    );
     assert!(fake
         .state
         .lock()
@@ -1048,7 +1149,7 @@ async fn a_push_builds_an_image_into_the_registry() {
     );
     assert_eq!(
         build_rows(&s).len(),
-        4,
+        8,
         "no build for the stranger or the project that is not enabled"
     );
     // A build that runs too long is stopped on the blade, not just abandoned.
@@ -1059,7 +1160,7 @@ async fn a_push_builds_an_image_into_the_registry() {
         &tok("p7"),
     )
     .await;
-    let rows = wait_builds(&s, 5).await;
+    let rows = wait_builds(&s, 9).await;
     let slow = rows.iter().find(|r| r.1 == sha_slow).unwrap();
     assert_eq!(slow.2, "failed");
     assert!(slow.5.contains("longer than its limit"), "{slow:?}");
@@ -1080,7 +1181,7 @@ async fn a_push_builds_an_image_into_the_registry() {
                     .is_ok_and(|c| c.contains(&cgroup))
             })
             .collect();
-        let ext = podman_cli()
+        let ext = build_store_cli(&s, "alice")
             .args([
                 "ps",
                 "-a",
@@ -1099,7 +1200,7 @@ async fn a_push_builds_an_image_into_the_registry() {
     }
     assert!(
         clean,
-        "no build process or working container is left on the blade"
+        "no build process or working container is left behind"
     );
     // With convert_sif on, each image also becomes a SIF for Slurm, and alice is told where.
     let sif = s.data_dir.join("sif/alice/alice-mymodel_a1a1a1a1.sif");
