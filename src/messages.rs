@@ -144,6 +144,8 @@ pub static EN: &[(&str, &str)] = &[
     ("job.bad_path", "`{path}` must be a path inside your home directory, like `jobs/train.sh` (no leading `/`, no `..`)."),
     ("job.no_image", "Say which image the job runs in: `--image myimg:1`, or a template with `--template NAME` (see `/job templates`)."),
     ("job.over_limit", "You asked for {asked} {what}, more than your limit of {limit}. Ask for less, or ask your instructor."),
+    ("job.partition", "You may not submit to partition `{partition}`. Yours: {partitions}. Leave out `--partition` for the default, or ask your instructor."),
+    ("job.too_many", "You already have {held} jobs queued or running, your limit. Wait for one to end, or cancel one with `/job cancel ID` (`/job ps` lists them)."),
     ("job.gpu_type", "There are no `{type}` GPUs here. Types: {types}."),
     ("job.no_command", "Give the job something to run: `--script PATH` (in your home) or `-- COMMAND ...` at the end."),
     ("job.bad_text", "The job cannot contain that: {reason}. Put complex commands in a script and use `--script`."),

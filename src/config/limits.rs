@@ -87,6 +87,13 @@ pub struct Limits {
     pub registry_bytes: Size,
     /// A GPU container is stopped after this long (`1d`, `12h`).
     pub gpu_lifetime: Seconds,
+    /// Slurm partitions besides `[slurm] partition` (the default) that `/job submit
+    /// --partition` may name; `"*"`: any. shisa checks this itself, since it submits as root.
+    pub job_partitions: Vec<String>,
+    /// The longest `--time` a job may ask for.
+    pub max_job_time: Seconds,
+    /// Jobs one user may have queued or running at once (submissions not yet sent count too).
+    pub max_jobs: u32,
 }
 
 impl Default for Limits {
@@ -105,6 +112,9 @@ impl Default for Limits {
             total_ports: 10,
             registry_bytes: units::size("20G"),
             gpu_lifetime: units::seconds("1d"),
+            job_partitions: Vec::new(),
+            max_job_time: units::seconds("1d"),
+            max_jobs: 10,
         }
     }
 }

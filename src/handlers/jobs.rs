@@ -224,17 +224,22 @@ async fn submit(
         let e = UserError::new("job.slurm_down");
         return Ok(reply(request_id, e.to_string(), "unavailable"));
     }
-    work::enqueue(
-        app,
-        Task::SubmitJob {
-            request: req.clone(),
-            notes,
-        },
+    let max = app.cfg.limits_for(caller.role).max_jobs;
+    let task = Task::SubmitJob {
+        request: req.clone(),
+        notes,
+    }
+    .owned(
         &caller.uid,
         request_id,
         Some(target),
-    )
-    .await?;
+        app.cfg.queue.max_attempts,
+    );
+    if let Err(held) = app.store.enqueue_job_capped(task, max).await? {
+        let e = UserError::new("job.too_many").arg("held", held.to_string());
+        return Ok(reply(request_id, e.to_string(), "rejected"));
+    }
+    work::wake(app);
     let ack = crate::messages::Message::new("command.accepted")
         .arg("command", "/job")
         .arg("sub", "submit")

@@ -74,6 +74,32 @@ impl Store {
         self.call(move |c| enqueue_tx(c, &j)).await
     }
 
+    /// Queue a job submission only while its owner has fewer than `max` Slurm jobs open and
+    /// submissions waiting, counted in the same transaction (a burst cannot pass the cap):
+    /// `Ok(id)`, or `Err(held)`.
+    pub async fn enqueue_job_capped(
+        &self,
+        j: OwnedTask,
+        max: u32,
+    ) -> anyhow::Result<Result<i64, u32>> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let held: u32 = tx.query_row(
+                "SELECT (SELECT COUNT(*) FROM jobs WHERE owner = ?1 AND done = 0)
+                      + (SELECT COUNT(*) FROM queue WHERE owner = ?1 AND kind = ?2 AND state IN ('queued', 'running'))",
+                params![j.owner, j.kind],
+                |r| r.get(0),
+            )?;
+            if held >= max {
+                return Ok(Err(held));
+            }
+            let id = enqueue_tx(&tx, &j)?;
+            tx.commit()?;
+            Ok(Ok(id))
+        })
+        .await
+    }
+
     /// Claim the oldest ready task, if any.
     pub async fn claim(&self) -> anyhow::Result<Option<QueuedTask>> {
         self.call(|c| {

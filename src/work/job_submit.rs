@@ -173,6 +173,30 @@ pub fn request(
             seconds = t;
         }
     }
+    if seconds > limits.max_job_time.secs {
+        return Err(UserError::new("job.over_limit")
+            .arg("what", "of time")
+            .arg("asked", short_duration(seconds))
+            .arg("limit", limits.max_job_time.to_string()));
+    }
+    // The partition: the default, or one the caller's role may use. Slurm would check as
+    // root (shisa submits with --uid), so shisa checks first.
+    if let Some(p) = inv.partition.as_deref() {
+        let allowed = sl.partition.as_deref() == Some(p)
+            || limits.job_partitions.iter().any(|x| x == p || x == "*");
+        if !allowed {
+            let mut yours: Vec<String> = sl.partition.iter().cloned().collect();
+            yours.extend(limits.job_partitions.iter().cloned());
+            return Err(UserError::new("job.partition").arg("partition", p).arg(
+                "partitions",
+                if yours.is_empty() {
+                    "(the default only: leave out --partition)".to_string()
+                } else {
+                    yours.join(", ")
+                },
+            ));
+        }
+    }
     // GPUs.
     let mut gpus = match &inv.resources.gpus {
         Some(g) => Some((g.kind.clone(), g.count)),
@@ -245,6 +269,15 @@ pub fn request(
         notes,
         image,
     ))
+}
+
+/// `259200` → `3d`, `5400` → `90m`: a time the way users write it.
+fn short_duration(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s => format!("{}m", s.div_ceil(60)),
+    }
 }
 
 pub fn launcher(app: &App, r: &Request) -> Vec<String> {

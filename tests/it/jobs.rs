@@ -104,18 +104,12 @@ async fn jobs_from_chat_run_as_their_owner_with_their_gpu() {
     );
     assert!(t.contains("nothing was submitted"), "{t}");
     assert!(s.store().open_jobs().await.unwrap().is_empty());
-    // The controller's own refusal comes back in its words.
+    // The controller's own refusal comes back in its words (more memory than the node has).
     let r = s
-        .chat(
-            "alice",
-            "/job submit --image tools:1 --partition nosuch -- true",
-        )
+        .chat("alice", "/job submit --image tools:1 --memory 12G -- true")
         .await;
     let last = &r.last().unwrap().text;
-    assert!(
-        last.contains("Slurm refused") && last.contains("nosuch"),
-        "{r:?}"
-    );
+    assert!(last.contains("Slurm refused"), "{r:?}");
     assert!(s.store().open_jobs().await.unwrap().is_empty());
     // A GPU job from chat.
     let r = s
@@ -291,6 +285,105 @@ async fn gpu_containers_get_the_gpu_slurm_chose_and_jobs_wait_for_it() {
         .await
         .contains("is cancelled"));
     s.dm_containing("carol", &format!("Job {carol_job} (`holder`) ended"))
+        .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_submissions_are_bounded_per_role() {
+    test_images();
+    let _turn = slurm_turn().await;
+    let sl = slurm();
+    let launcher = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sif-exec.sh");
+    let s = Stack::start(Opts {
+        podman: true,
+        extra: format!(
+            "[slurm]\nconf = {:?}\nlauncher = [{:?}]\npoll_seconds = 1\n[limits.student]\njob_partitions = [\"gone\"]\nmax_job_time = \"2h\"\nmax_jobs = 2\n[limits.admin]\njob_partitions = [\"*\"]\n",
+            sl.conf.display().to_string(),
+            launcher.display().to_string()
+        ),
+        ..Default::default()
+    })
+    .await;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&s.data_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    // A partition Slurm has but students may not use: refused by shisa, nothing queued.
+    let t = s
+        .say(
+            "alice",
+            "/job submit --image tools:1 --partition staff -- true",
+        )
+        .await;
+    assert!(
+        t.contains("may not submit to partition `staff`") && t.contains("gone"),
+        "{t}"
+    );
+    assert_eq!(s.store().queue_depth().await.unwrap(), (0, 0));
+    // An admin may name any partition.
+    let t = s
+        .say(
+            "admin",
+            "/job submit --image localhost/busybox:latest --partition staff --dry-run -- true",
+        )
+        .await;
+    assert!(t.contains("--partition=staff"), "{t}");
+    // Longer than the role allows.
+    let t = s
+        .say("alice", "/job submit --image tools:1 --time 3h -- true")
+        .await;
+    assert!(t.contains("3h of time") && t.contains("limit of 2h"), "{t}");
+    // At most two open jobs: the third is refused, until one ends.
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let r = s
+            .chat(
+                "alice",
+                &format!("/job submit --image tools:1 --name held{i} --time 5m -- sleep 300"),
+            )
+            .await;
+        let last = &r.last().unwrap().text;
+        assert!(last.contains("is submitted"), "{r:?}");
+        ids.push(job_id(last));
+    }
+    let t = s.say("alice", "/job submit --image tools:1 -- true").await;
+    assert!(t.contains("already have 2 jobs"), "{t}");
+    // Another student is not held by alice's cap.
+    let t = s
+        .say(
+            "bob",
+            "/job submit --image localhost/busybox:latest --dry-run -- true",
+        )
+        .await;
+    assert!(t.contains("nothing was submitted"), "{t}");
+    for id in &ids {
+        assert!(s
+            .say("alice", &format!("/job cancel {id}"))
+            .await
+            .contains("is cancelled"));
+    }
+    let mut freed = false;
+    for _ in 0..100 {
+        if s.store()
+            .jobs_of("alice", false)
+            .await
+            .unwrap()
+            .iter()
+            .all(|j| j.done)
+        {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(freed, "the cancelled jobs ended");
+    let r = s
+        .chat("alice", "/job submit --image tools:1 --name after -- true")
+        .await;
+    let last = &r.last().unwrap().text;
+    assert!(last.contains("is submitted"), "{r:?}");
+    s.dm_containing("alice", &format!("Job {} (`after`) ended", job_id(last)))
         .await;
     s.stop().await;
 }
