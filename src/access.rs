@@ -234,6 +234,7 @@ mod tests {
             display_name: String::new(),
             groups: groups.iter().map(|s| s.to_string()).collect(),
             role,
+            dn: None,
         }
     }
 

@@ -127,6 +127,7 @@ pub static EN: &[(&str, &str)] = &[
     // sif
     ("sif.ready", "`{image}` as a Singularity image ({size}, {how}):\n- on the cluster: `{path}`\n- download ({minutes} minutes): {url}"),
     ("build.no_gitlab", "Builds from GitLab are not set up on this server. Ask {contact}."),
+    ("build.no_gitlab_account", "shisa finds no GitLab account linked to yours (GitLab links it when you sign in to GitLab with your department account). Sign in to GitLab once, then try again."),
     ("build.not_enabled", "You pushed a Containerfile to `{project}`, but shisa does not build that project yet. A maintainer can switch it on with `/container build enable {project}`; then every push that changes the Containerfile builds an image under your name."),
     ("build.project_missing", "`/container build {action}` needs the GitLab project, like `/container build {action} alice/mymodel`."),
     ("build.project_unreachable", "I cannot use the GitLab project `{project}` for you: {reason}. Check the path (`group/project`) and that you are a member."),

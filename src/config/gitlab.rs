@@ -44,6 +44,13 @@ pub struct GitlabRaw {
     /// with LDAP; its identity's extern_uid names the account) or `username` (demo only).
     #[serde(default = "default_gitlab_link")]
     pub link_by: String,
+    /// With `extern_uid`: the name of GitLab's LDAP provider (`gitlab.yml`'s `ldap.servers`).
+    #[serde(default = "default_ldap_provider")]
+    pub ldap_provider: String,
+    /// With `extern_uid` and an account the directory gives no DN for (the static users
+    /// file): its DN is `uid=UID,` and this.
+    #[serde(default)]
+    pub ldap_people_base: Option<String>,
     #[serde(default = "default_gitlab_timeout")]
     pub timeout_seconds: u64,
     /// Convert every successful build to a SIF for Slurm (as `/container sif` would).
@@ -100,6 +107,10 @@ pub(super) fn default_gitlab_link() -> String {
     "extern_uid".into()
 }
 
+pub(super) fn default_ldap_provider() -> String {
+    "ldapmain".into()
+}
+
 pub(super) fn default_gitlab_timeout() -> u64 {
     10
 }
@@ -119,6 +130,8 @@ pub struct Gitlab {
     pub build_store: PathBuf,
     pub build_containers_conf: Option<PathBuf>,
     pub link_by: String,
+    pub ldap_provider: String,
+    pub ldap_people_base: Option<String>,
     pub timeout_seconds: u64,
     pub convert_sif: bool,
     pub runner_image: String,
@@ -220,6 +233,8 @@ pub(super) fn checked(
                     .unwrap_or_else(|| base.join(data_dir).join("build-stores")),
                 build_containers_conf: g.build_containers_conf.as_ref().map(|p| base.join(p)),
                 link_by: g.link_by.clone(),
+                ldap_provider: g.ldap_provider.clone(),
+                ldap_people_base: g.ldap_people_base.clone(),
                 timeout_seconds: g.timeout_seconds.clamp(1, 120),
                 convert_sif: g.convert_sif,
                 runner_image: g.runner_image.clone(),

@@ -261,6 +261,12 @@ pub trait Gitlab: Send + Sync {
     async fn current_job(&self, job_token: &str) -> anyhow::Result<Option<CiJob>>;
     async fn project(&self, path_or_id: &str) -> Result<ProjectInfo, ApiError<ClientError>>;
     async fn user(&self, id: u64) -> Result<UserInfo, ApiError<ClientError>>;
+    /// The users with this identity (`GET /users?extern_uid=&provider=`, admin only).
+    async fn users_by_identity(
+        &self,
+        provider: &str,
+        extern_uid: &str,
+    ) -> Result<Vec<UserInfo>, ApiError<ClientError>>;
     async fn archive(&self, project: u64, sha: &str) -> Result<Vec<u8>, ApiError<ClientError>>;
     async fn create_hook(
         &self,
@@ -375,6 +381,29 @@ impl Gitlab for GitlabApi {
             .build()
             .expect("user is set");
         ep.query_async(self).await
+    }
+
+    async fn users_by_identity(
+        &self,
+        provider: &str,
+        extern_uid: &str,
+    ) -> Result<Vec<UserInfo>, ApiError<ClientError>> {
+        let ep = gitlab::api::users::Users::builder()
+            .external_provider(
+                gitlab::api::users::ExternalProvider::builder()
+                    .uid(extern_uid)
+                    .name(provider)
+                    .build()
+                    .expect("uid and name are set"),
+            )
+            .build()
+            .expect("the provider is set");
+        // As the admin token itself: this lookup decides whom later calls act as.
+        let admin = GitlabApi {
+            sudo: None,
+            ..self.clone()
+        };
+        ep.query_async(&admin).await
     }
 
     async fn archive(&self, project: u64, sha: &str) -> Result<Vec<u8>, ApiError<ClientError>> {

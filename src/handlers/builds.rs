@@ -36,8 +36,17 @@ pub async fn handle(
             UserError::new("build.project_missing").arg("action", action)
         ));
     };
-    // As the caller: GitLab answers 404 for a project they cannot see.
-    let as_user = api.for_user(&caller.uid);
+    // As the caller's own GitLab user: GitLab answers 404 for a project they cannot see.
+    let gitlab_user = match gitlab_user_of(app, api, caller).await {
+        Ok(Some(u)) => u,
+        Ok(None) => return Ok(Err(UserError::new("build.no_gitlab_account"))),
+        Err(e) => {
+            return Ok(Err(UserError::new("build.project_unreachable")
+                .arg("project", path)
+                .arg("reason", e.to_string())))
+        }
+    };
+    let as_user = api.for_user(&gitlab_user);
     let info = match as_user.project(path).await {
         Ok(i) => i,
         Err(e) => {
@@ -97,7 +106,7 @@ pub async fn handle(
                     path: info.path_with_namespace.clone(),
                     owner: caller.uid.clone(),
                     hook_id: Some(hook_id),
-                    gitlab_user: caller.uid.clone(),
+                    gitlab_user: gitlab_user.clone(),
                     mode: mode.into(),
                     runner_id,
                     runner_token,

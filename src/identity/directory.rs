@@ -65,6 +65,7 @@ impl Directory for StaticDirectory {
                 display_name: u.name.clone(),
                 role: Role::from_groups(&groups, &self.roles),
                 groups,
+                dn: None,
             }
         }))
     }

@@ -149,6 +149,7 @@ impl Directory for LdapDirectory {
             display_name: get(&a.display_name).unwrap_or_default(),
             role: Role::from_groups(&groups, roles),
             groups,
+            dn: Some(e.dn.clone()),
         }))
     }
 

@@ -24,6 +24,9 @@ pub struct Account {
     pub display_name: String,
     pub groups: Vec<String>,
     pub role: Role,
+    /// The account's entry in the directory (LDAP), the DN GitLab's LDAP sign-in records
+    /// as the user's `extern_uid`; none for the static users file.
+    pub dn: Option<String>,
 }
 
 impl Account {

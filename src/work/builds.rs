@@ -51,6 +51,45 @@ pub async fn account_of_gitlab_user(
     }
 }
 
+/// The GitLab user who is `account`: the reverse of `account_of_gitlab_user`, by the same
+/// linking, and what every call made for the account acts as (`Sudo:` with the GitLab user
+/// id, never the department uid taken for a GitLab user name). None: no GitLab user is linked.
+pub async fn gitlab_user_of(
+    app: &App,
+    api: &dyn Gitlab,
+    account: &Account,
+) -> anyhow::Result<Option<String>> {
+    let Some(g) = app.cfg.gitlab.as_ref() else {
+        return Ok(None);
+    };
+    if g.link_by == "username" {
+        return Ok(Some(account.uid.clone()));
+    }
+    let dn = match (&account.dn, &g.ldap_people_base) {
+        (Some(dn), _) => dn.clone(),
+        (None, Some(base)) => format!("uid={},{base}", account.uid),
+        (None, None) => return Ok(None),
+    };
+    let found = api
+        .users_by_identity(&g.ldap_provider, &normalize_dn(&dn))
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", client::explain(&e)))?;
+    // The identity must name this account by the rule webhooks use.
+    Ok(found
+        .into_iter()
+        .find(|u| u.ldap_uid().as_deref() == Some(account.uid.as_str()))
+        .map(|u| u.id.to_string()))
+}
+
+/// A DN as GitLab stores an LDAP identity's: lowercase, no spaces around `,` and `=`.
+pub fn normalize_dn(dn: &str) -> String {
+    dn.split(',')
+        .map(|rdn| rdn.split('=').map(str::trim).collect::<Vec<_>>().join("="))
+        .collect::<Vec<_>>()
+        .join(",")
+        .to_lowercase()
+}
+
 /// A stored GitLab delivery, taken from the queue.
 pub async fn event(
     app: &Arc<App>,
@@ -658,4 +697,15 @@ pub fn unpack(archive: &[u8], dir: &std::path::Path) -> Result<std::path::PathBu
         .map(|d| d.path());
     let top = tops.next().ok_or("the archive is empty")?;
     Ok(top)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dns_as_gitlab_stores_them() {
+        assert_eq!(
+            super::normalize_dn("UID=Carol, OU=People,dc=Example , dc=edu"),
+            "uid=carol,ou=people,dc=example,dc=edu"
+        );
+    }
 }

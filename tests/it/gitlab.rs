@@ -33,7 +33,11 @@ pub struct FakeProject {
 
 #[derive(Default)]
 pub struct FakeState {
+    /// (id, GitLab user name).
     pub users: Vec<(u64, String)>,
+    /// The department uid a GitLab user's LDAP identity names (`uid=…,ou=people,…`), when
+    /// not their user name; `None`: the user has no LDAP identity.
+    pub identities: HashMap<u64, Option<String>>,
     pub projects: Vec<FakeProject>,
     pub hooks: Vec<(u64, u64, String)>,
     /// (project, sha, state, name, description)
@@ -76,10 +80,14 @@ fn acting(st: &FakeState, h: &HeaderMap, path: &str) -> Result<Option<String>, R
         None => Ok(None),
         Some(u) => {
             let _ = path;
-            if st.users.iter().any(|(id, n)| n == u || id.to_string() == u) {
-                Ok(Some(u.to_string()))
-            } else {
-                Err((StatusCode::FORBIDDEN, "403 Forbidden - User not found"))
+            // GitLab takes a user name or an id; either way the call acts as that user.
+            match st
+                .users
+                .iter()
+                .find(|(id, n)| n == u || id.to_string() == u)
+            {
+                Some((_, n)) => Ok(Some(n.clone())),
+                None => Err((StatusCode::FORBIDDEN, "403 Forbidden - User not found")),
             }
         }
     }
@@ -123,19 +131,59 @@ async fn get_project(State(s): S, Path(id): Path<String>, h: HeaderMap) -> Respo
     }
 }
 
+/// A user as the admin API shows them: the LDAP identity GitLab recorded at sign-in.
+fn user_json(st: &FakeState, id: u64, name: &str) -> serde_json::Value {
+    let identities = match st.identities.get(&id) {
+        Some(None) => serde_json::json!([]),
+        Some(Some(uid)) => {
+            serde_json::json!([{"provider": "ldapmain", "extern_uid": format!("uid={uid},ou=people,dc=example,dc=edu")}])
+        }
+        None => {
+            serde_json::json!([{"provider": "ldapmain", "extern_uid": format!("uid={name},ou=people,dc=example,dc=edu")}])
+        }
+    };
+    serde_json::json!({"id": id, "username": name, "identities": identities})
+}
+
 async fn get_user(State(s): S, Path(id): Path<String>, h: HeaderMap) -> Response {
     let st = s.lock().unwrap();
     if let Err((c, m)) = acting(&st, &h, "user") {
         return gl_error(c, m);
     }
     match st.users.iter().find(|(i, _)| i.to_string() == id) {
-        Some((i, n)) => Json(serde_json::json!({
-            "id": i, "username": n,
-            "identities": [{"provider": "ldapmain", "extern_uid": format!("uid={n},ou=people,dc=example,dc=edu")}]
-        }))
-        .into_response(),
+        Some((i, n)) => Json(user_json(&st, *i, n)).into_response(),
         None => gl_error(StatusCode::NOT_FOUND, "404 User Not Found"),
     }
+}
+
+/// `GET /users?extern_uid=&provider=`: admins only (as GitLab: others get no identity filter).
+async fn list_users(
+    State(s): S,
+    Query(q): Query<HashMap<String, String>>,
+    h: HeaderMap,
+) -> Response {
+    let st = s.lock().unwrap();
+    match acting(&st, &h, "users") {
+        Ok(None) => {}
+        Ok(Some(_)) => return gl_error(StatusCode::FORBIDDEN, "403 Forbidden"),
+        Err((c, m)) => return gl_error(c, m),
+    }
+    let (Some(uid), Some(provider)) = (q.get("extern_uid"), q.get("provider")) else {
+        return gl_error(StatusCode::BAD_REQUEST, "400 extern_uid and provider");
+    };
+    let found: Vec<serde_json::Value> = st
+        .users
+        .iter()
+        .map(|(i, n)| user_json(&st, *i, n))
+        .filter(|u| {
+            u["identities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["provider"] == provider.as_str() && x["extern_uid"] == uid.as_str())
+        })
+        .collect();
+    Json(found).into_response()
 }
 
 async fn create_hook(State(s): S, Path(id): Path<String>, h: HeaderMap, body: String) -> Response {
@@ -450,6 +498,7 @@ impl FakeGitlab {
         let app = Router::new()
             .route("/api/v4/projects/{id}", get(get_project))
             .route("/api/v4/users/{id}", get(get_user))
+            .route("/api/v4/users", get(list_users))
             .route("/api/v4/job", get(current_job))
             .route("/api/v4/user/runners", post(create_runner))
             .route("/api/v4/runners/{id}", delete(delete_runner))
@@ -501,7 +550,7 @@ pub fn whsec() -> (String, Vec<u8>) {
 
 fn gitlab_toml(url: &str, timeout: u64) -> String {
     format!(
-        "[gitlab]\nurl = {url:?}\napi_token = {ADMIN:?}\nwebhook_tokens = [\"old-secret\", {HOOK_TOKEN:?}]\nsigning_keys = [{:?}]\nlink_by = \"extern_uid\"\nbuild_timeout_seconds = {timeout}\nbuild_containers_conf = {:?}\n",
+        "[gitlab]\nurl = {url:?}\napi_token = {ADMIN:?}\nwebhook_tokens = [\"old-secret\", {HOOK_TOKEN:?}]\nsigning_keys = [{:?}]\nlink_by = \"extern_uid\"\nldap_people_base = \"ou=people,dc=example,dc=edu\"\nbuild_timeout_seconds = {timeout}\nbuild_containers_conf = {:?}\n",
         whsec().0,
         crate::harness::podman().parent().unwrap().join("containers.conf")
     )
@@ -1983,6 +2032,63 @@ async fn a_branch_push_never_replaces_latest() {
         tags.get("latest"),
         tags.get("feature-x-9f9f9f9f"),
         "{tags:?}"
+    );
+    s.stop().await;
+}
+
+/// shisa acts as the GitLab user whose LDAP identity is the department account, never as a
+/// GitLab user who merely has the account's name.
+#[tokio::test]
+async fn gitlab_calls_act_as_the_linked_gitlab_user_not_a_same_named_one() {
+    let fake = FakeGitlab::start(FakeState {
+        // carol signs in to GitLab as `csato`; another person's GitLab user is named `carol`.
+        users: vec![(105, "csato".into()), (106, "carol".into())],
+        identities: HashMap::from([(105, Some("carol".to_string())), (106, None)]),
+        projects: vec![
+            FakeProject {
+                id: 11,
+                path: "csato/thesis".into(),
+                members: HashMap::from([("csato".to_string(), 40)]),
+                archives: HashMap::new(),
+            },
+            FakeProject {
+                id: 12,
+                path: "carol/lab".into(),
+                members: HashMap::from([("carol".to_string(), 40)]),
+                archives: HashMap::new(),
+            },
+        ],
+        ..Default::default()
+    })
+    .await;
+    let port = free_port();
+    let reg = registry(port);
+    let s = Stack::start(Opts {
+        listen_port: Some(port),
+        extra: format!("{}\n{}", reg.toml, gitlab_toml(&fake.url, 15)),
+        ..Default::default()
+    })
+    .await;
+    let t = s.say("carol", "/container build enable csato/thesis").await;
+    assert!(t.contains("Builds are on for `csato/thesis`"), "{t}");
+    let t = s.say("carol", "/container build enable carol/lab").await;
+    assert!(t.contains("cannot use the GitLab project"), "{t}");
+    // bob has no GitLab user at all.
+    let t = s.say("bob", "/container build enable csato/thesis").await;
+    assert!(t.contains("no GitLab account linked"), "{t}");
+    {
+        let st = fake.state.lock().unwrap();
+        assert!(
+            st.sudo_log.iter().all(|(u, _)| u == "csato"),
+            "every call for carol acted as csato: {:?}",
+            st.sudo_log
+        );
+        assert_eq!(st.hooks.len(), 1);
+    }
+    let row = s.store().gitlab_project(11).await.unwrap().unwrap();
+    assert_eq!(
+        (row.owner.as_str(), row.gitlab_user.as_str()),
+        ("carol", "105")
     );
     s.stop().await;
 }
