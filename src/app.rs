@@ -33,6 +33,8 @@ pub struct App {
     pub wake: tokio::sync::Notify,
     /// This installation's id (`Store::instance_id`), on labels and cgroup names.
     pub instance: String,
+    /// Seals values kept at rest in the database (containers' `--env` values).
+    pub state_key: [u8; 32],
 }
 
 /// Makes a blade's Podman client.
@@ -52,6 +54,24 @@ pub struct Services {
     pub scheduler: Option<Arc<dyn crate::slurm::Scheduler>>,
 }
 
+/// The data directory is shisa's alone (0700), except for passing through (0711, no
+/// listing) when users' homes or the SIF store lie inside it, as in the demo setup: their jobs
+/// must reach those paths, and every file of shisa's inside is 0600 or in a 0700 folder anyway.
+fn private_data_dir(cfg: &Config) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let d = &cfg.data_dir;
+    let inside = |p: &std::path::Path| p.starts_with(d);
+    let sif_inside = cfg.sif.store_dir.as_deref().is_some_and(inside)
+        || cfg.sif.cluster_path.as_deref().is_some_and(inside);
+    let mode = if inside(&cfg.home_base) || sif_inside {
+        0o711
+    } else {
+        0o700
+    };
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| anyhow::anyhow!("cannot make {} private: {e}", d.display()))
+}
+
 impl App {
     pub fn new(cfg: Config) -> anyhow::Result<Arc<App>> {
         Self::assemble(cfg, Services::default())
@@ -65,7 +85,9 @@ impl App {
                 cfg.data_dir.display()
             )
         })?;
+        private_data_dir(&cfg)?;
         let store = Store::open(&cfg.db_path())?;
+        let state_key = crate::sealing::key(&cfg.state_key_path())?;
         let instance = store.instance_id()?;
         let directory = match services.directory {
             Some(d) => d,
@@ -161,6 +183,7 @@ impl App {
             gitlab,
             scheduler,
             instance,
+            state_key,
             cfg,
         }))
     }

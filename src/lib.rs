@@ -26,6 +26,7 @@ pub mod messages;
 pub mod metrics;
 pub mod podman;
 pub mod registry;
+pub mod sealing;
 pub mod sif;
 pub mod slurm;
 pub mod store;

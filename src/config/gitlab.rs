@@ -212,6 +212,13 @@ pub(super) fn checked(
             if let Some(u) = &g.hook_url {
                 check_url("gitlab.hook_url", u)?;
             }
+            let runner_key_file = g
+                .runner_key_file
+                .as_ref()
+                .map(|p| base.join(p))
+                .unwrap_or_else(|| base.join(data_dir).join("runner-token.key"));
+            secret::check_private(&runner_key_file)
+                .map_err(|e| ("gitlab.runner_key_file".to_string(), e))?;
             Some(Gitlab {
                 url: g.url.trim_end_matches('/').to_string(),
                 api_token: g
@@ -239,11 +246,7 @@ pub(super) fn checked(
                 convert_sif: g.convert_sif,
                 runner_image: g.runner_image.clone(),
                 runner_uid_base: g.runner_uid_base,
-                runner_key_file: g
-                    .runner_key_file
-                    .as_ref()
-                    .map(|p| base.join(p))
-                    .unwrap_or_else(|| base.join(data_dir).join("runner-token.key")),
+                runner_key_file,
                 runner_reconcile_seconds: g.runner_reconcile_seconds.clamp(1, 3600),
             })
         }

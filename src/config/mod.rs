@@ -422,6 +422,11 @@ impl Config {
         self.data_dir.join("shisa.db")
     }
 
+    /// The key that seals values at rest in the database.
+    pub fn state_key_path(&self) -> PathBuf {
+        self.data_dir.join("state.key")
+    }
+
     /// Where shisa tells `shisa chat` (and Mattermost) to reach it.
     pub fn public_url(&self) -> String {
         match &self.server.public_url {

@@ -97,6 +97,8 @@ pub(super) fn checked(
                 .notification_token
                 .resolve(base)
                 .map_err(|e| ("registry.notification_token".to_string(), e))?;
+            secret::check_private(&base.join(&r.key_file))
+                .map_err(|e| ("registry.key_file".to_string(), e))?;
             Some(Registry {
                 url: r.url.trim_end_matches('/').to_string(),
                 host: r.host.clone(),

@@ -36,6 +36,7 @@ impl SecretSource {
                 .map_err(|_| format!("environment variable `{env}` is not set"))?,
             SecretSource::File { file } => {
                 let p = base.join(file);
+                check_private(&p)?;
                 std::fs::read_to_string(&p)
                     .map_err(|e| format!("cannot read secret file `{}`: {e}", p.display()))?
                     .trim_end_matches(['\n', '\r'])
@@ -46,6 +47,21 @@ impl SecretSource {
             return Err("the secret is empty".into());
         }
         Ok(Secret(v))
+    }
+}
+
+/// A secret or key file must be its owner's alone, as ssh insists of a private key: one
+/// that group or others can read is refused (a missing file is the caller's to report).
+pub fn check_private(p: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(p) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Err(format!(
+            "`{}` can be read by group or others (mode {:o}); make it its owner's alone: chmod 600 {}",
+            p.display(),
+            m.permissions().mode() & 0o777,
+            p.display()
+        )),
+        _ => Ok(()),
     }
 }
 

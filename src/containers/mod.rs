@@ -257,8 +257,12 @@ pub fn spec(
         spec["command"] = serde_json::json!(c.command);
     }
     match (ip, &blade.ip_pool) {
+        // The pool's address, and its owner's network for the owner's other containers.
         (Some(ip), Some(pool)) => {
-            spec["Networks"] = serde_json::json!({ pool.network.clone(): {"static_ips": [ip]} });
+            spec["Networks"] = serde_json::json!({
+                pool.network.clone(): {"static_ips": [ip]},
+                owner_network(instance, &owner.uid): {},
+            });
         }
         // Its owner's own network: other owners' containers cannot reach it directly.
         _ => {

@@ -293,7 +293,11 @@ async fn run(
                 UserError::new("container.env_reserved").arg("name", name),
             ));
         }
-        env.insert(name.clone(), value.clone());
+        // Sealed at rest: opened only to create the container.
+        env.insert(
+            name.clone(),
+            crate::sealing::seal_text(&app.state_key, value)?,
+        );
     }
     let command = run
         .command

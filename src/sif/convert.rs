@@ -243,7 +243,10 @@ fn confined(
     Ok(c)
 }
 
-fn mksquashfs_args(
+/// The fallback writer's command line: the same tree as the native writer's, device nodes
+/// and sockets left out and setuid/setgid bits dropped (mksquashfs actions, squashfs-tools
+/// 4.3 and later).
+pub fn mksquashfs_args(
     root: &str,
     sqfs: &Path,
     comp: &str,
@@ -258,6 +261,10 @@ fn mksquashfs_args(
         "-no-progress".into(),
         "-comp".into(),
         comp.into(),
+        "-action".into(),
+        "exclude@type(c) || type(b) || type(s)".into(),
+        "-action".into(),
+        "chmod(ug-s)@perm(/u+s) || perm(/g+s)".into(),
     ];
     let procs = std::thread::available_parallelism()
         .map(|n| n.get())

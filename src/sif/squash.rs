@@ -17,7 +17,8 @@
 //! separate inodes (their data is stored once, deduplicated), extended
 //! attributes are dropped. Device nodes and sockets in an image are left out:
 //! Apptainer mounts images `nodev`, so they could never work, and leaving them
-//! out keeps a crafted image from carrying a device into a job.
+//! out keeps a crafted image from carrying a device into a job. Setuid and setgid
+//! bits are dropped for the same reason (mounted `nosuid`, and never trusted).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufWriter, Read, Write};
@@ -68,7 +69,8 @@ pub struct Counts {
 
 fn header(m: &std::fs::Metadata) -> NodeHeader {
     NodeHeader::new(
-        (m.mode() & 0o7777) as u16,
+        // No setuid or setgid bit in a SIF: its files are an image's, untrusted.
+        (m.mode() & 0o1777) as u16,
         m.uid(),
         m.gid(),
         m.mtime().clamp(0, u32::MAX as i64) as u32,

@@ -34,6 +34,25 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        // The database holds the SIF link key and live response URLs: shisa's alone. SQLite
+        // gives its -wal and -shm files the database file's mode, so it is made 0600 first.
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)?;
+            let mut names = vec![path.to_path_buf()];
+            for suffix in ["-wal", "-shm"] {
+                let mut p = path.as_os_str().to_owned();
+                p.push(suffix);
+                names.push(p.into());
+            }
+            for p in names.iter().filter(|p| p.exists()) {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
         let mut conn = Connection::open(path)?;
         Self::prepare(&mut conn)?;
         Ok(Store {

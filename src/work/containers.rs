@@ -285,7 +285,9 @@ pub async fn run(app: &Arc<App>, job: &QueuedTask, t: &ContainerTask) -> Result<
         }
     }
     let ip = app.store.ip_of(row.id).await.map_err(TaskError::Retry)?;
-    if ip.is_none() {
+    // Every container is on its owner's network (a pool container too, for its owner's
+    // other containers to reach it).
+    {
         let labels = serde_json::json!({
             "shisa.managed": "true",
             containers::INSTANCE_LABEL: app.instance,
@@ -342,10 +344,15 @@ pub async fn run(app: &Arc<App>, job: &QueuedTask, t: &ContainerTask) -> Result<
             .map_err(|e| retry_or_fail(app, job, e))?;
     }
     let mut started = None;
+    // The environment's values are sealed in the database; open only for the spec.
+    let mut opened = row.clone();
+    for v in opened.env.values_mut() {
+        *v = crate::sealing::open_text(&app.state_key, v).map_err(TaskError::Retry)?;
+    }
     for _ in 0..5 {
         let ports = app.store.ports_of(row.id).await.map_err(TaskError::Retry)?;
         let mut spec = containers::spec(
-            &row,
+            &opened,
             &owner,
             &app.cfg.containers,
             &ports,
@@ -430,12 +437,47 @@ pub async fn run(app: &Arc<App>, job: &QueuedTask, t: &ContainerTask) -> Result<
                 .arg("contact", &app.cfg.mattermost.contact),
         ));
     }
+    if ip.is_some() {
+        isolate_pool_ports(&blade);
+    }
     let lifetime = gpu_lifetime(app, &owner, &row);
     app.store
         .mark_running(row.id, lifetime)
         .await
         .map_err(TaskError::Retry)?;
     Ok(started_text(app, &row, &blade, grant.as_ref()).await)
+}
+
+/// On a pool's bridge every container's port is isolated: pool containers talk to the
+/// host's side of the bridge (their gateway, the way in from outside) and never directly to
+/// each other, whoever owns them; an owner's own containers meet on the owner's network.
+/// Runs after each start on the pool (a start makes a new port) and in reconciliation.
+/// Only a blade on this machine can be reached through its /sys; for others, a warning.
+pub fn isolate_pool_ports(blade: &Blade) {
+    let Some(pool) = &blade.ip_pool else {
+        return;
+    };
+    let bridge = crate::podman::pool_bridge(&pool.network, &pool.subnet);
+    let brif = std::path::Path::new("/sys/class/net")
+        .join(&bridge)
+        .join("brif");
+    let Ok(ports) = std::fs::read_dir(&brif) else {
+        if blade.ssh.is_some() {
+            tracing::warn!(blade = %blade.name, "pool ports on a remote blade cannot be isolated from here");
+        }
+        return;
+    };
+    for p in ports.flatten() {
+        let f = std::path::Path::new("/sys/class/net")
+            .join(p.file_name())
+            .join("brport/isolated");
+        if std::fs::read_to_string(&f).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        if let Err(e) = std::fs::write(&f, "1") {
+            tracing::warn!(error = %e, port = ?p.file_name(), bridge = %bridge, "cannot isolate a pool port");
+        }
+    }
 }
 
 pub async fn started_text(
@@ -696,6 +738,7 @@ pub async fn start(
             .map_err(TaskError::Retry)?;
         return Err(retry_or_fail(app, job, e));
     }
+    isolate_pool_ports(&blade);
     let lifetime = gpu_lifetime(app, &owner, &row);
     app.store
         .mark_running(row.id, lifetime)

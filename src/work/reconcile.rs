@@ -44,6 +44,10 @@ pub async fn blade(app: &Arc<App>, blade: &str) -> anyhow::Result<Report> {
                 .map(move |n| (n.trim_start_matches('/').to_string(), l))
         })
         .collect();
+    // A pool container restarted outside shisa has a new, open port on the pool's bridge.
+    if let Some(b) = app.cfg.blades.iter().find(|b| b.name == blade) {
+        super::containers::isolate_pool_ports(b);
+    }
     let rows = app.store.containers_on(blade).await?;
     let mut rep = Report::default();
     let mut known = std::collections::HashSet::new();

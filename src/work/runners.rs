@@ -8,9 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use std::time::Duration;
 
 use crate::app::App;
 use crate::gitlab::client::{self, Gitlab};
@@ -29,56 +27,50 @@ fn key(app: &App) -> anyhow::Result<[u8; 32]> {
         .gitlab
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no gitlab"))?;
-    let path = &g.runner_key_file;
-    if let Ok(b) = std::fs::read(path) {
-        anyhow::ensure!(b.len() == 32, "{} is not a 32-byte key", path.display());
-        let mut k = [0u8; 32];
-        k.copy_from_slice(&b);
-        return Ok(k);
-    }
-    let mut k = [0u8; 32];
-    getrandom(&mut k)?;
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(&k)?;
-    Ok(k)
+    crate::sealing::key(&g.runner_key_file)
 }
 
-fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
+pub use crate::sealing::{open, seal};
+
+/// A FIFO only the runner's root (`owner` on the host) may open.
+fn make_fifo(path: &std::path::Path, owner: u32) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(path, Some(owner), Some(owner))?;
+    }
     Ok(())
 }
 
-/// Seal a runner token: nonce ‖ ciphertext.
-pub fn seal(key: &[u8; 32], token: &str) -> anyhow::Result<Vec<u8>> {
-    let mut nonce = [0u8; 12];
-    getrandom(&mut nonce)?;
-    let c = ChaCha20Poly1305::new(&Key::from(*key));
-    let mut out = nonce.to_vec();
-    out.extend(
-        c.encrypt(&Nonce::from(nonce), token.as_bytes())
-            .map_err(|_| anyhow::anyhow!("sealing failed"))?,
-    );
-    Ok(out)
-}
-
-pub fn open(key: &[u8; 32], sealed: &[u8]) -> anyhow::Result<String> {
-    anyhow::ensure!(sealed.len() > 12, "sealed token too short");
-    let c = ChaCha20Poly1305::new(&Key::from(*key));
-    let nonce: [u8; 12] = sealed[..12].try_into()?;
-    let plain = c
-        .decrypt(&Nonce::from(nonce), &sealed[12..])
-        .map_err(|_| anyhow::anyhow!("the runner token does not open with this key"))?;
-    Ok(String::from_utf8(plain)?)
+/// Write `bytes` to the FIFO once its reader has opened it, then close it (the reader gets
+/// end of file). Any later reader finds no writer: nothing more is ever written.
+pub fn hand_over(path: &std::path::Path, bytes: &[u8], within: Duration) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let until = std::time::Instant::now() + within;
+    loop {
+        // Non-blocking: ENXIO while nobody has it open for reading.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(mut f) => {
+                f.write_all(bytes)?;
+                return Ok(());
+            }
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENXIO) && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Create the project's runner (as the maintainer enabling it) and seal its token.
@@ -262,19 +254,18 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), T
         .join("runners")
         .join(p.project_id.to_string());
     std::fs::create_dir_all(&dir).map_err(|e| TaskError::Retry(e.into()))?;
-    let conf = dir.join("config.toml");
-    std::fs::write(&conf, config_toml(&g.url, &name, &token))
-        .map_err(|e| TaskError::Retry(e.into()))?;
-    {
-        // Readable only by the runner's root, which is runner_uid_base on the host.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o400))
-            .map_err(|e| TaskError::Retry(e.into()))?;
-        if unsafe { libc::geteuid() } == 0 {
-            std::os::unix::fs::chown(&conf, Some(g.runner_uid_base), Some(g.runner_uid_base))
-                .map_err(|e| TaskError::Retry(e.into()))?;
+    // The config (with the runner token) is handed over through a FIFO, read once: the
+    // runner's `run-single --runner` loads its config file once, at start (gitlab-runner's
+    // commands/single.go HandleArgs), before it asks GitLab for a job; the CI job then runs as
+    // the same user inside, and a file would still be there for it to read.
+    // Handovers that never happened (a runner that did not start) leave their FIFO behind.
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with("config") {
+            let _ = std::fs::remove_file(e.path());
         }
     }
+    let conf = dir.join(format!("config-{}.toml", uuid::Uuid::new_v4().simple()));
+    make_fifo(&conf, g.runner_uid_base).map_err(TaskError::Retry)?;
     let memory = limits.max_memory.bytes;
     let spec = serde_json::json!({
         "name": format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -303,6 +294,13 @@ pub async fn start(app: &Arc<App>, p: &ProjectRow, for_job: u64) -> Result<(), T
         .start(&id)
         .await
         .map_err(|e| TaskError::Retry(e.into()))?;
+    let text = config_toml(&g.url, &name, &token);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = hand_over(&conf, text.as_bytes(), Duration::from_secs(60)) {
+            tracing::warn!(error = %e, "the runner did not read its config");
+        }
+        let _ = std::fs::remove_file(&conf);
+    });
     tracing::info!(project = p.project_id, blade = %blade.name, job = for_job, "runner started for a pending job");
     Ok(())
 }

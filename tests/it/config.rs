@@ -154,6 +154,18 @@ fn secrets_from_env_and_file() {
         "tokens = [\"test-container-token\", \"test-job-token\"]",
         "tokens = [{ env = \"SHISA_TEST_TOKEN_ENV\" }, { file = \"tok\" }]",
     );
+    // A secret file others can read is refused, as ssh refuses such a key.
+    let e = Config::from_str(&text, &dir.path().join("c.toml")).unwrap_err();
+    assert_eq!(e.key, "mattermost.tokens[1]");
+    assert!(e.reason.contains("chmod 600"), "{}", e.reason);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("tok"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
     let cfg = Config::from_str(&text, &dir.path().join("c.toml")).unwrap();
     assert!(cfg.mattermost.tokens[0].matches("from-env"));
     assert!(

@@ -722,3 +722,61 @@ async fn owners_containers_cannot_reach_each_other_but_their_own_can() {
     s.remove_all(&["alice", "bob"]).await;
     s.stop().await;
 }
+
+/// shisa's state on disk is its own: the data directory passes through only (the demo homes
+/// are inside it), the database and its keys are 0600, `--env` values are sealed in the
+/// database, and a key file others can read stops shisa from starting.
+#[tokio::test]
+async fn state_on_disk_is_shisas_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = stack(Opts::default()).await;
+    let t = s
+        .say(
+            "alice",
+            "/container run --name envy --env API_TOKEN=hunter2-secret localhost/busybox -- sleep 600",
+        )
+        .await;
+    assert!(t.contains("is running"), "{t}");
+    let t = s.say("alice", "/container exec envy -- env").await;
+    assert!(
+        t.contains("API_TOKEN=hunter2-secret"),
+        "the container has it: {t}"
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(&s.data_dir),
+        0o711,
+        "no listing, passing through to the homes"
+    );
+    let db = s.data_dir.join("shisa.db");
+    for p in [
+        db.clone(),
+        s.data_dir.join("shisa.db-wal"),
+        s.data_dir.join("state.key"),
+    ] {
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes.extend(std::fs::read(s.data_dir.join("shisa.db-wal")).unwrap_or_default());
+    assert!(
+        !bytes.windows(14).any(|w| w == b"hunter2-secret"),
+        "the value is not in the database in clear text"
+    );
+    assert!(s
+        .say("alice", "/container rm --force envy")
+        .await
+        .contains("removed"));
+    let cfg_path = s.data_dir.with_extension("toml");
+    let data_dir = s.data_dir.clone();
+    s.stop().await;
+    std::fs::set_permissions(
+        data_dir.join("state.key"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let cfg = shisa::config::Config::load(&cfg_path).unwrap();
+    let e = shisa::app::App::new(cfg).err().expect("refused to start");
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+}

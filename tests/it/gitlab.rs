@@ -1664,7 +1664,9 @@ async fn a_pending_job_starts_exactly_one_runner_of_the_project() {
     let ctx = tempfile::tempdir_in(crate::harness::run_root()).unwrap();
     std::fs::write(
         ctx.path().join("gitlab-runner"),
-        "#!/bin/sh\necho \"args: $*\"\necho \"uid: $(id -u)\"\ncat /proc/self/uid_map\ncat /etc/gitlab-runner/config.toml\nsleep 60\n",
+        // As `run-single --runner`: the config is read once at start, then the job runs as the
+        // same user and tries to read it again.
+        "#!/bin/sh\necho \"args: $*\"\necho \"uid: $(id -u)\"\ncat /proc/self/uid_map\ncat /etc/gitlab-runner/config.toml\necho \"job read: $(timeout 2 cat /etc/gitlab-runner/config.toml 2>/dev/null | grep -c glrt) token lines\"\nsleep 60\n",
     )
     .unwrap();
     std::fs::write(
@@ -1812,10 +1814,10 @@ async fn a_pending_job_starts_exactly_one_runner_of_the_project() {
         "the owner's 4 CPUs"
     );
     let mut logs = String::new();
-    for _ in 0..50 {
+    for _ in 0..100 {
         let o = podman_cli().args(["logs", &id]).output().unwrap();
         logs = String::from_utf8_lossy(&o.stdout).to_string();
-        if logs.contains("token") {
+        if logs.contains("job read:") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1828,6 +1830,8 @@ async fn a_pending_job_starts_exactly_one_runner_of_the_project() {
         logs.contains(&format!("token = \"{token}\"")) && logs.contains("executor = \"shell\""),
         "{logs}"
     );
+    // The runner read its config once; the CI job it runs cannot read it again.
+    assert!(logs.contains("job read: 0 token lines"), "{logs}");
     // The runner takes job 1 and exits; job 2 is still pending: reconciliation starts the next
     // runner (and still only one).
     fake.state.lock().unwrap().pending.insert(7, vec![2]);

@@ -28,7 +28,12 @@ async fn static_and_ldap_directories_agree_on_every_demo_user() {
     let ld = directory(Dir::Ldap);
     for u in &demo_users().users {
         let a = st.lookup(&u.uid).await.unwrap().expect("static user");
-        let b = ld.lookup(&u.uid).await.unwrap().expect("LDAP user");
+        let mut b = ld.lookup(&u.uid).await.unwrap().expect("LDAP user");
+        // Only the directory has entries with DNs.
+        assert_eq!(
+            b.dn.take().as_deref(),
+            Some(format!("uid={},ou=people,dc=example,dc=edu", u.uid).as_str())
+        );
         assert_eq!(a, b, "{}", u.uid);
         assert_eq!(a.home, shared_data_dir().join("home").join(&u.uid));
     }

@@ -521,7 +521,7 @@ async fn sif_from_chat_with_a_signed_download_link() {
 }
 
 #[test]
-fn native_writer_keeps_links_as_text_and_leaves_devices_out() {
+fn both_writers_keep_links_as_text_and_leave_devices_and_setuid_out() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir_in(run_root()).unwrap();
     let root = dir.path().join("root");
@@ -553,17 +553,42 @@ fn native_writer_keeps_links_as_text_and_leaves_devices_out() {
     let out = dir.path().join("fs.sqfs");
     let n = shisa::sif::squash::write(&root, &out, "gzip", &skel).unwrap();
     assert_eq!(n.skipped, 1, "the device node");
-    let l = Command::new("unsquashfs")
-        .arg("-lln")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let l = listing(&String::from_utf8_lossy(&l.stdout), "squashfs-root/");
-    assert_eq!(l["escape"].2.as_deref(), Some("/etc/shadow"));
-    assert_eq!(l["etc/up"].2.as_deref(), Some("../../../../etc/shadow"));
-    assert_eq!(l["etc/motd"].0, "-rws--x--x", "setuid bit and mode kept");
-    assert!(l["pipe"].0.starts_with('p'));
-    assert!(!l.contains_key("null"), "device nodes are left out");
+    // The fallback writer, on the same tree.
+    let work = dir.path().join("mk-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mk_out = dir.path().join("fs-mk.sqfs");
+    let args =
+        shisa::sif::convert::mksquashfs_args(root.to_str().unwrap(), &mk_out, "gzip", &skel, &work)
+            .unwrap();
+    let st = Command::new("mksquashfs").args(&args).output().unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    for (writer, file) in [("native", &out), ("mksquashfs", &mk_out)] {
+        let l = Command::new("unsquashfs")
+            .arg("-lln")
+            .arg(file)
+            .output()
+            .unwrap();
+        let l = listing(&String::from_utf8_lossy(&l.stdout), "squashfs-root/");
+        assert_eq!(l["escape"].2.as_deref(), Some("/etc/shadow"), "{writer}");
+        assert_eq!(
+            l["etc/up"].2.as_deref(),
+            Some("../../../../etc/shadow"),
+            "{writer}"
+        );
+        assert_eq!(
+            l["etc/motd"].0, "-rwx--x--x",
+            "{writer}: mode kept, setuid bit dropped"
+        );
+        assert!(l["pipe"].0.starts_with('p'), "{writer}");
+        assert!(
+            !l.contains_key("null"),
+            "{writer}: device nodes are left out"
+        );
+    }
     // Extracting never writes outside the target.
     let x = dir.path().join("x");
     assert!(Command::new("unsquashfs")
