@@ -226,6 +226,7 @@ pub async fn handle(
                     for w in with.iter() {
                         app.store.unshare(&repo, Some(w)).await?;
                     }
+                    crate::work::sif::revoke_sif_readers(app, &repo).await?;
                     let left = app.store.shared_with_of(&repo).await?;
                     let left = if left.is_empty() {
                         "nobody".to_string()

@@ -1,7 +1,8 @@
 //! Who may read a converted SIF: the file is `0640` (group root) and each
 //! reader gets a named-user POSIX ACL entry. A content file is shared by
-//! everyone whose image has that digest, so readers are only ever added here
-//! (taking one away could break a running job of theirs).
+//! everyone whose image has that digest; the store records why each reader may
+//! read it (the repository it came through), so unsharing rewrites the ACL from
+//! the claims left (a running job keeps the file it has open).
 //!
 //! Written as the `system.posix_acl_access` extended attribute directly: the
 //! format is fixed by the kernel (include/uapi/linux/posix_acl_xattr.h), and
@@ -88,7 +89,13 @@ pub fn readers(p: &Path) -> std::io::Result<BTreeSet<u32>> {
 pub fn grant_read(p: &Path, uids: impl IntoIterator<Item = u32>) -> std::io::Result<()> {
     let mut all = readers(p)?;
     all.extend(uids);
-    let value = encode(&all);
+    set_readers(p, &all)
+}
+
+/// Make `uids` exactly the named readers of `p` (a reader left out loses access to the file;
+/// a process that has it open keeps reading).
+pub fn set_readers(p: &Path, uids: &BTreeSet<u32>) -> std::io::Result<()> {
+    let value = encode(uids);
     let c = c_path(p)?;
     // SAFETY: valid NUL-terminated strings and a buffer of the length given.
     let r = unsafe {

@@ -147,6 +147,86 @@ impl Store {
         Ok(())
     }
 
+    /// Record why `readers` (name, uid) may read a SIF content file: through `repo`.
+    pub async fn add_sif_readers(
+        &self,
+        file: &str,
+        repo: &str,
+        readers: Vec<(String, u32)>,
+    ) -> anyhow::Result<()> {
+        let (f, r) = (file.to_string(), repo.to_string());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for (name, uid) in readers {
+                tx.execute(
+                    "INSERT OR IGNORE INTO sif_readers(file, reader, uid, repo) VALUES (?1, ?2, ?3, ?4)",
+                    params![f, name, uid, r],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Who holds claims to SIF files through `repo`.
+    pub async fn sif_claimants(&self, repo: &str) -> anyhow::Result<Vec<String>> {
+        let r = repo.to_string();
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT DISTINCT reader FROM sif_readers WHERE repo = ?1 ORDER BY reader",
+            )?;
+            let v = st
+                .query_map([&r], |x| x.get(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(v)
+        })
+        .await
+    }
+
+    /// Drop the claims that came through `repo` for `grantee` (None: everyone but `owner`):
+    /// each file they touched, with the uids still entitled to read it.
+    pub async fn drop_sif_claims(
+        &self,
+        repo: &str,
+        grantee: Option<&str>,
+        owner: &str,
+    ) -> anyhow::Result<Vec<(String, Vec<u32>)>> {
+        let (r, g, o) = (
+            repo.to_string(),
+            grantee.map(str::to_string),
+            owner.to_string(),
+        );
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let files: Vec<String> = {
+                let mut st = tx.prepare(
+                    "SELECT DISTINCT file FROM sif_readers WHERE repo = ?1 AND reader != ?3 AND (?2 IS NULL OR reader = ?2)",
+                )?;
+                let v = st
+                    .query_map(params![r, g, o], |x| x.get(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                v
+            };
+            tx.execute(
+                "DELETE FROM sif_readers WHERE repo = ?1 AND reader != ?3 AND (?2 IS NULL OR reader = ?2)",
+                params![r, g, o],
+            )?;
+            let mut out = Vec::new();
+            for f in files {
+                let mut st =
+                    tx.prepare("SELECT DISTINCT uid FROM sif_readers WHERE file = ?1 ORDER BY uid")?;
+                let uids = st
+                    .query_map([&f], |x| x.get::<_, u32>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                drop(st);
+                out.push((f, uids));
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
     pub async fn unshare(&self, repository: &str, grantee: Option<&str>) -> anyhow::Result<usize> {
         let (r, g) = (repository.to_string(), grantee.map(str::to_string));
         self.call(move |c| {

@@ -282,6 +282,21 @@ CREATE TABLE gpu_holders (
         // Typed tasks: the shape of each queued payload. Every row before this one has
         // version 1's shape (`work::tasks`), so no payload is rewritten.
         M::up("ALTER TABLE queue ADD COLUMN version INTEGER NOT NULL DEFAULT 1;"),
+        // Why each reader of a SIF content file may read it: the image's repository it came
+        // through ('' for images outside the registry). Unsharing drops the claims, and the
+        // file's ACL is rewritten from those left.
+        M::up(
+            r#"
+CREATE TABLE sif_readers (
+    file    TEXT NOT NULL,
+    reader  TEXT NOT NULL,
+    uid     INTEGER NOT NULL,
+    repo    TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (file, reader, repo)
+);
+CREATE INDEX sif_readers_by_repo ON sif_readers(repo, reader);
+"#,
+        ),
     ])
 }
 

@@ -12,6 +12,47 @@ use crate::work::containers::registry_repository;
 
 use super::TaskError;
 
+/// An image was unshared: every reader who got its SIF files through it and may no longer
+/// use it (by the one authorisation rule: shares with users, groups or all) loses them,
+/// unless another claim (their own image with the same content, another share) keeps them.
+pub async fn revoke_sif_readers(app: &App, repo: &str) -> anyhow::Result<()> {
+    let Some(reg) = app.registry.as_ref() else {
+        return Ok(());
+    };
+    let owner = repo.split('/').next().unwrap_or_default();
+    for reader in app.store.sif_claimants(repo).await? {
+        if reader == owner {
+            continue;
+        }
+        let entitled = match app.directory.lookup(&reader).await? {
+            Some(acc) => match images::resolve_with(
+                &format!("{}/{repo}:latest", reg.cfg.host),
+                &reader,
+                &app.cfg.images.allow,
+                Some(reg.cfg.host.as_str()),
+            ) {
+                Ok(img) => super::containers::may_use_image(app, &acc, &img).await?,
+                Err(_) => false,
+            },
+            None => false,
+        };
+        if entitled {
+            continue;
+        }
+        for (file, uids) in app
+            .store
+            .drop_sif_claims(repo, Some(&reader), owner)
+            .await?
+        {
+            let uids: std::collections::BTreeSet<u32> = uids.into_iter().collect();
+            if let Err(e) = crate::sif::acl::set_readers(std::path::Path::new(&file), &uids) {
+                tracing::warn!(error = %e, file = %file, "cannot rewrite a SIF's readers");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `alice/app:1` → `app_1.sif`: the owner's friendly name for an image.
 pub fn friendly_name(reference: &str) -> String {
     let last = reference.rsplit('/').next().unwrap_or(reference);
@@ -144,14 +185,21 @@ pub async fn ensure(
     }
     let mut uids = Vec::new();
     let mut me = None;
+    let mut claims = Vec::new();
     for r in readers {
         if let Ok(Some(a)) = app.directory.lookup(&r).await {
             uids.push(a.uid_number);
+            claims.push((r.clone(), a.uid_number));
             if r == job.owner {
                 me = Some(a);
             }
         }
     }
+    let repo = registry_repository(app, &reference).unwrap_or_default();
+    app.store
+        .add_sif_readers(&c.path.display().to_string(), &repo, claims)
+        .await
+        .map_err(TaskError::Retry)?;
     crate::sif::acl::grant_read(&c.path, uids).map_err(|e| TaskError::Retry(e.into()))?;
     // The owner's name for it: a link to the content file, replaced atomically, in a
     // directory only they can list.

@@ -158,8 +158,22 @@ async fn namespaces_sharing_tokens_notifications_sync_and_rmi() {
         .await;
     assert!(t.contains("is running"), "{t}");
     s.say("alice", "/container rm --force from-reg").await;
+    // Her SIF of it: readable by her and bob, until he unshares it.
+    let r = s.chat("alice", "/container sif bob/app:1").await;
+    let t = &r.last().unwrap().text;
+    assert!(t.contains("as a Singularity image"), "{r:?}");
+    let content = std::fs::canonicalize(s.data_dir.join("sif/alice/app_1.sif")).unwrap();
+    assert_eq!(
+        shisa::sif::acl::readers(&content).unwrap(),
+        std::collections::BTreeSet::from([20001, 20002])
+    );
     // Unshared again: run re-checks, even though the blade holds the image now.
     s.say("bob", "/container unshare app").await;
+    assert_eq!(
+        shisa::sif::acl::readers(&content).unwrap(),
+        std::collections::BTreeSet::from([20002]),
+        "alice no longer reads the SIF she made of bob's image"
+    );
     let t = s.say("alice", "/container run bob/app:1").await;
     assert!(t.contains("There is no image `bob/app:1`"), "{t}");
     // Personal tokens: shown once, work for login, stop working when revoked.
