@@ -341,7 +341,15 @@ pub async fn verify(
         return Ok(None);
     }
     let p = app.cfg.sif.store_dir.clone().unwrap_or_default().join(file);
-    Ok(p.is_file().then_some(p))
+    if !p.is_file() {
+        return Ok(None);
+    }
+    // Still a reader of it: a link given before the image was unshared stops working then.
+    let Some(acc) = app.directory.lookup(user).await? else {
+        return Ok(None);
+    };
+    let readers = crate::sif::acl::readers(&p).unwrap_or_default();
+    Ok(readers.contains(&acc.uid_number).then_some(p))
 }
 
 /// A conversion that failed on our side: the reference, not the detail.

@@ -163,6 +163,12 @@ async fn namespaces_sharing_tokens_notifications_sync_and_rmi() {
     let t = &r.last().unwrap().text;
     assert!(t.contains("as a Singularity image"), "{r:?}");
     let content = std::fs::canonicalize(s.data_dir.join("sif/alice/app_1.sif")).unwrap();
+    let link = t
+        .split_whitespace()
+        .find(|w| w.contains("/sif/") && w.contains("sig="))
+        .unwrap_or_else(|| panic!("no download link in {t}"))
+        .to_string();
+    assert_eq!(reqwest::get(&link).await.unwrap().status(), 200);
     assert_eq!(
         shisa::sif::acl::readers(&content).unwrap(),
         std::collections::BTreeSet::from([20001, 20002])
@@ -173,6 +179,11 @@ async fn namespaces_sharing_tokens_notifications_sync_and_rmi() {
         shisa::sif::acl::readers(&content).unwrap(),
         std::collections::BTreeSet::from([20002]),
         "alice no longer reads the SIF she made of bob's image"
+    );
+    assert_ne!(
+        reqwest::get(&link).await.unwrap().status(),
+        200,
+        "nor downloads it with the link she was given before"
     );
     let t = s.say("alice", "/container run bob/app:1").await;
     assert!(t.contains("There is no image `bob/app:1`"), "{t}");
