@@ -548,7 +548,7 @@ pub fn whsec() -> (String, Vec<u8>) {
     )
 }
 
-fn gitlab_toml(url: &str, timeout: u64) -> String {
+pub(crate) fn gitlab_toml(url: &str, timeout: u64) -> String {
     format!(
         "[gitlab]\nurl = {url:?}\napi_token = {ADMIN:?}\nwebhook_tokens = [\"old-secret\", {HOOK_TOKEN:?}]\nsigning_keys = [{:?}]\nlink_by = \"extern_uid\"\nldap_people_base = \"ou=people,dc=example,dc=edu\"\nbuild_timeout_seconds = {timeout}\nbuild_containers_conf = {:?}\n",
         whsec().0,
@@ -782,7 +782,7 @@ async fn the_fake_gitlab_refuses_a_sudo_user_without_access() {
 }
 
 /// bob's private image on the shared blade (`localhost/bob/bob-thesis:latest`): its id.
-fn bob_private_image() -> String {
+pub(crate) fn bob_private_image() -> String {
     crate::harness::test_images();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -316,3 +316,217 @@ async fn quotas_and_reserved_names() {
     assert!(ok(&e.pull("alice", "alice/big:1")));
     e.s.stop().await;
 }
+
+/// The cross-user matrix: alice owns a running container, a registry image, its SIF and a
+/// project with shisa builds; bob tries every command on each of them (and the new paths:
+/// builds, CI tokens, course listings, SIF links after an unshare). Each is refused in the
+/// words that say "not found or not yours", is audited as refused, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cross_user_matrix_every_command_on_another_users_things() {
+    use crate::gitlab::{FakeGitlab, FakeProject, FakeState};
+    use std::collections::HashMap;
+    let sha = "a1a1a1a1b2b2b2b2c3c3c3c3d4d4d4d4e5e5e5e5";
+    let fake = FakeGitlab::start(FakeState {
+        users: vec![(101, "alice".into()), (102, "bob".into())],
+        projects: vec![
+            FakeProject {
+                id: 7,
+                path: "alice/MyModel".into(),
+                members: HashMap::from([("alice".to_string(), 40), ("bob".to_string(), 30)]),
+                archives: HashMap::new(),
+            },
+            FakeProject {
+                id: 8,
+                path: "bob/tool".into(),
+                members: HashMap::from([("bob".to_string(), 40)]),
+                archives: HashMap::new(),
+            },
+        ],
+        // bob's CI jobs: one in alice's project on a branch, one in his own (not enabled).
+        job_tokens: HashMap::from([
+            (
+                "bob-in-alices".to_string(),
+                (
+                    901,
+                    7,
+                    "bob".to_string(),
+                    "running".to_string(),
+                    sha.to_string(),
+                ),
+            ),
+            (
+                "bob-in-his".to_string(),
+                (
+                    902,
+                    8,
+                    "bob".to_string(),
+                    "running".to_string(),
+                    sha.to_string(),
+                ),
+            ),
+        ]),
+        job_refs: HashMap::from([("bob-in-alices".to_string(), "feature".to_string())]),
+        ..Default::default()
+    })
+    .await;
+    let e = env(&crate::gitlab::gitlab_toml(&fake.url, 15), None).await;
+    let s = &e.s;
+    // alice's things.
+    let t = s
+        .say(
+            "alice",
+            "/container run --name own --port 8080 localhost/busybox -- httpd -f -p 8080",
+        )
+        .await;
+    assert!(t.contains("is running"), "{t}");
+    assert!(ok(&e.login("alice", "alice-demo")));
+    assert!(ok(&e.push("alice", "alice/app:1")));
+    wait_for_image(s, "alice/app", "1", true).await;
+    let r = s.chat("alice", "/container sif app:1").await;
+    let sif_reply = r.last().unwrap().text.clone();
+    let link = sif_reply
+        .split_whitespace()
+        .find(|w| w.contains("/sif/") && w.contains("sig="))
+        .unwrap_or_else(|| panic!("{sif_reply}"))
+        .to_string();
+    assert!(s
+        .say("alice", "/container build enable alice/MyModel")
+        .await
+        .contains("Builds are on"));
+    let rows = || async {
+        s.store()
+            .containers_of(vec!["alice".to_string()], true)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.name, c.state, c.podman_id))
+            .collect::<Vec<_>>()
+    };
+    let before = (
+        rows().await,
+        s.say("alice", "/container images").await,
+        s.say("alice", "/container build status").await,
+    );
+    // bob, on each of them.
+    let nothing = |name: &str| format!("You have no container called `{name}`");
+    let cases: Vec<(&str, String)> = vec![
+        ("/container stop own", nothing("own")),
+        ("/container start own", nothing("own")),
+        ("/container logs own", nothing("own")),
+        ("/container inspect own", nothing("own")),
+        ("/container exec own -- id", nothing("own")),
+        ("/container rm --force own", nothing("own")),
+        ("/container ps --user alice", "for admins".into()),
+        (
+            "/container ps --group ai-course",
+            "instructors of that group".into(),
+        ),
+        (
+            "/container run alice/app:1",
+            "There is no image `alice/app:1`".into(),
+        ),
+        (
+            "/container sif alice/app:1",
+            "There is no image `alice/app:1`".into(),
+        ),
+        (
+            "/container rmi alice/app:1",
+            "There is no image `alice/app:1`".into(),
+        ),
+        (
+            "/container unshare alice/app",
+            "There is no image `alice/app`".into(),
+        ),
+        (
+            "/container share alice/app --with bob",
+            "There is no image `alice/app`".into(),
+        ),
+        (
+            "/container build run alice/MyModel",
+            "has no shisa builds to change (or they are not yours)".into(),
+        ),
+        (
+            "/container build disable alice/MyModel",
+            "has no shisa builds to change (or they are not yours)".into(),
+        ),
+        ("/container build enable alice/MyModel", "Maintainer".into()),
+    ];
+    for (cmd, want) in &cases {
+        let t = s.say("bob", cmd).await;
+        assert!(t.contains(want.as_str()), "bob: {cmd}: {t}");
+    }
+    // Course listings: an instructor sees only the courses they are named for.
+    let t = s.say("sensei", "/container ps --group students").await;
+    assert!(t.contains("instructors of that group"), "{t}");
+    // The registry: bob's token gets no pull of alice's repository.
+    assert!(ok(&e.login("bob", "bob-demo")));
+    assert!(!ok(&e.pull("bob", "alice/app:1")), "bob pulls alice/app");
+    // CI tokens: bob's job on a branch of alice's project, and in a project shisa does not build.
+    for (token, code) in [("bob-in-alices", 403), ("bob-in-his", 403)] {
+        let r = reqwest::Client::new()
+            .post(s.url("/ci/token"))
+            .header("JOB-TOKEN", token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), code, "{token}");
+    }
+    // alice's SIF link, re-signed for bob: refused; a link for bob's own unshared-from image
+    // stops working at the unshare (registry::namespaces_sharing_… checks it, and here).
+    let as_bob = link.replace("user=alice", "user=bob");
+    assert_ne!(reqwest::get(&as_bob).await.unwrap().status(), 200);
+    // (Content of bob's own: a SIF of the same content as alice's own image stays hers.)
+    crate::gitlab::bob_private_image();
+    let full = format!("{}/bob/lab:1", e.host);
+    assert!(ok(&e.podman(
+        "bob",
+        &["tag", "localhost/bob/bob-thesis:latest", &full]
+    )));
+    assert!(ok(&e.podman("bob", &["push", "--tls-verify=false", &full])));
+    wait_for_image(s, "bob/lab", "1", true).await;
+    assert!(s
+        .say("bob", "/container share lab --with alice")
+        .await
+        .contains("shared with: alice"));
+    let r = s.chat("alice", "/container sif bob/lab:1").await;
+    let t = r.last().unwrap().text.clone();
+    let shared_link = t
+        .split_whitespace()
+        .find(|w| w.contains("/sif/") && w.contains("sig="))
+        .unwrap_or_else(|| panic!("{t}"))
+        .to_string();
+    assert_eq!(reqwest::get(&shared_link).await.unwrap().status(), 200);
+    s.say("bob", "/container unshare lab").await;
+    assert_ne!(reqwest::get(&shared_link).await.unwrap().status(), 200);
+    // Nothing of alice's changed, and her own link still works.
+    let after = (
+        rows().await,
+        s.say("alice", "/container images").await,
+        s.say("alice", "/container build status").await,
+    );
+    assert_eq!(before.0, after.0);
+    assert_eq!(before.2, after.2);
+    assert!(after.1.contains("`alice/app` | `1`"), "{}", after.1);
+    assert_eq!(reqwest::get(&link).await.unwrap().status(), 200);
+    // Every refusal is on record as bob's, none as done.
+    let audit = s.store().audit_entries(Some("bob")).unwrap();
+    for (cmd, _) in &cases {
+        let action = {
+            let mut w = cmd.trim_start_matches('/').split_whitespace();
+            let family = w.next().unwrap();
+            format!("{family}.{}", w.next().unwrap())
+        };
+        assert!(
+            audit
+                .iter()
+                .any(|a| a.action == action && a.outcome != "ok"),
+            "{cmd}: {action} refused on record: {:?}",
+            audit
+                .iter()
+                .map(|a| (&a.action, &a.outcome))
+                .collect::<Vec<_>>()
+        );
+    }
+    s.remove_all(&["alice"]).await;
+    e.s.stop().await;
+}
