@@ -47,9 +47,11 @@ impl GitlabApi {
     pub fn new(url: &str, token: Secret, timeout: Duration) -> anyhow::Result<GitlabApi> {
         let base = url::Url::parse(&format!("{}/api/v4/", url.trim_end_matches('/')))?;
         Ok(GitlabApi {
+            // Never followed: a redirect would carry PRIVATE-TOKEN and Sudo to another host.
             http: reqwest::Client::builder()
                 .timeout(timeout)
                 .connect_timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             base,
             token: std::sync::Arc::new(token),
@@ -356,6 +358,7 @@ impl Gitlab for GitlabApi {
         let timeout = self.timeout;
         let r = reqwest::Client::builder()
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()?
             .get(format!("{}/api/v4/job", base_url.trim_end_matches('/')))
             .header("JOB-TOKEN", job_token)

@@ -63,6 +63,7 @@ async fn gitlab_keys(
     }
     let set: jsonwebtoken::jwk::JwkSet = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(g.timeout_seconds))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| CiRefusal::Unavailable(e.to_string()))?
         .get(format!("{}/oauth/discovery/keys", g.url))

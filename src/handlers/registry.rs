@@ -57,16 +57,11 @@ async fn authenticate(
     password: &str,
     address: IpAddr,
 ) -> Result<(Account, Option<(String, bool)>), TokenError> {
-    let keys = vec![format!("user:{user}"), format!("ip:{address}")];
-    if reg.limited(&keys) {
-        return Err(TokenError::Limited);
-    }
-    let fail = |why| {
-        reg.failed(&keys);
-        Err(TokenError::Unauthorized(why))
-    };
+    // Tokens (shisa's own short-lived credentials, personal tokens) are random: guessing one
+    // is hopeless, so they are never rate limited and never held up by others' failures.
+    let refuse = |why| Err(TokenError::Unauthorized(why));
     if password.is_empty() || !crate::values::valid_account(user) {
-        return fail("wrong user name or password");
+        return refuse("wrong user name or password");
     }
     // An ephemeral pull credential (only for its one repository).
     if password.starts_with("shisa-pull_") {
@@ -75,12 +70,23 @@ async fn authenticate(
             Some((uid, repo, until, push)) if uid == user && until > Instant::now() => {
                 match app.directory.lookup(user).await {
                     Ok(Some(a)) => Ok((a, Some((repo, push)))),
-                    _ => fail("unknown user"),
+                    _ => refuse("unknown user"),
                 }
             }
-            _ => fail("wrong user name or password"),
+            _ => refuse("wrong user name or password"),
         };
     }
+    let is_token = password.starts_with("shisa_");
+    // Password guesses: slowed for this account from this address (and from this address).
+    if !is_token && reg.limited(user, address) {
+        return Err(TokenError::Limited);
+    }
+    let fail = |why| {
+        if !is_token {
+            reg.failed(user, address);
+        }
+        Err(TokenError::Unauthorized(why))
+    };
     let ok = if let Some(rest) = password.strip_prefix("shisa_") {
         // A personal token: shisa_ID_SECRET, compared by hash in constant time.
         let (id, secret) = rest.split_once('_').unwrap_or(("", ""));

@@ -125,6 +125,13 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         ],
     )];
     gauges.extend(crate::handlers::blades::gauges(&app).await);
+    if let Some(reg) = app.registry.as_ref() {
+        gauges.push((
+            "registry_login_failure_keys",
+            "Accounts and addresses with recent failed registry logins (bounded).",
+            vec![(String::new(), reg.failure_keys() as f64)],
+        ));
+    }
     let body = app.metrics.render(&gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
@@ -162,9 +169,13 @@ async fn registry_token(
             .map(str::to_string),
         service: q.service,
         scopes: q.scope,
-        address: peer
-            .map(|p| p.0 .0.ip())
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        address: app.cfg.server.client_address(
+            peer.map(|p| p.0 .0.ip())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            headers
+                .get(app.cfg.server.client_address_header.as_str())
+                .and_then(|v| v.to_str().ok()),
+        ),
     };
     match crate::handlers::registry::issue(&app, req).await {
         Ok(t) => Json(serde_json::json!({"token": t.token, "access_token": t.token, "expires_in": t.expires_in, "issued_at": t.issued_at})).into_response(),
@@ -310,7 +321,11 @@ async fn gitlab_hook(
             .into_response();
     }
     use sha2::Digest;
-    let key = h("idempotency-key")
+    // A signed delivery is deduplicated by its signed `webhook-id` (an unsigned header
+    // could be changed to replay it within the signature's time window).
+    let signed = d.webhook_signature.is_some() && !g.signing_keys.is_empty();
+    let key = if signed { h("webhook-id") } else { None }
+        .or(h("idempotency-key"))
         .or(h("webhook-id"))
         .or(h("x-gitlab-event-uuid"))
         .map(|k| k.chars().take(200).collect::<String>())

@@ -59,6 +59,8 @@ impl MattermostClient {
             .timeout(Duration::from_secs(timeout_seconds))
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("shisa/", env!("CARGO_PKG_VERSION")))
+            // The bot token must never follow a redirect elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("reqwest client");
         MattermostClient {

@@ -95,12 +95,40 @@ pub fn verify_and_parse(
 /// (or, with none configured, at this machine): the form is authenticated,
 /// but a leaked command token must not turn shisa into a request proxy.
 pub fn acceptable_response_url(url: &str, mattermost_url: Option<&str>) -> bool {
+    // Compared as parsed URLs, never as strings: `…/hooks/commands/../../x` has the prefix.
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    if !matches!(u.scheme(), "http" | "https")
+        || u.query().is_some()
+        || u.fragment().is_some()
+        || !u.username().is_empty()
+        || u.password().is_some()
+    {
+        return false;
+    }
+    // The raw path, as sent: one plain id segment after /hooks/commands/ (no dots,
+    // percent-escapes or further segments for a server to resolve differently).
+    let path_ok = |prefix: &str| {
+        let raw = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+            .unwrap_or("");
+        raw.strip_prefix(prefix)
+            .and_then(|p| p.strip_prefix("/hooks/commands/"))
+            .is_some_and(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()))
+    };
     match mattermost_url {
-        Some(base) => url.starts_with(&format!("{base}/hooks/commands/")),
-        None => {
-            (url.starts_with("http://") || url.starts_with("https://"))
-                && crate::config::is_loopback_url(url)
+        Some(base) => {
+            let Ok(b) = url::Url::parse(base) else {
+                return false;
+            };
+            u.scheme() == b.scheme()
+                && u.host_str() == b.host_str()
+                && u.port_or_known_default() == b.port_or_known_default()
+                && path_ok(b.path().trim_end_matches('/'))
         }
+        None => crate::config::is_loopback_url(url) && path_ok(""),
     }
 }
 
@@ -161,5 +189,35 @@ mod tests {
             None
         ));
         assert!(!acceptable_response_url("http://10.0.0.1/x", None));
+        for bad in [
+            "https://mm.example/hooks/commands/../../api/v4/users",
+            "https://mm.example/hooks/commands/%2e%2e/x",
+            "https://mm.example/hooks/commands/x/../../y",
+            "https://mm.example/hooks/commands/",
+            "https://mm.example/hooks/commands/x?y=1",
+            "https://mm.example:8443/hooks/commands/x",
+            "https://user@mm.example/hooks/commands/x",
+            "http://mm.example/hooks/commands/x",
+            "https://mm.example.evil/hooks/commands/x",
+        ] {
+            assert!(
+                !acceptable_response_url(bad, Some("https://mm.example")),
+                "{bad}"
+            );
+        }
+        assert!(acceptable_response_url(
+            "https://mm.example/chat/hooks/commands/abc123",
+            Some("https://mm.example/chat/")
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn response_urls_never_leave_the_hooks_path(tail in "\\PC{0,60}") {
+            let u = format!("https://mm.example/hooks/commands/{tail}");
+            if acceptable_response_url(&u, Some("https://mm.example")) {
+                proptest::prop_assert!(tail.chars().all(|c| c.is_ascii_alphanumeric()));
+            }
+        }
     }
 }

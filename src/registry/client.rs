@@ -27,6 +27,7 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")
 }

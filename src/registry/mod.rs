@@ -15,6 +15,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config;
 
+/// Most keys the login failure map holds.
+pub const MAX_FAILURE_KEYS: usize = 2048;
+
 pub struct Registry {
     pub cfg: config::Registry,
     pub signer: Arc<jwt::TokenSigner>,
@@ -50,21 +53,55 @@ impl Registry {
     }
 
     /// Too many failed logins for this account or this address in the last minute?
-    pub fn limited(&self, keys: &[String]) -> bool {
+    /// Password guesses are slowed per account and client address (5 failures a minute),
+    /// and per client address across accounts (20): a correct password from anywhere else,
+    /// and any token, are never held up by someone else's failures.
+    pub fn limited(&self, user: &str, address: std::net::IpAddr) -> bool {
         let mut f = self.failures.lock().unwrap();
         let now = Instant::now();
-        keys.iter().any(|k| {
-            let v = f.entry(k.clone()).or_default();
-            v.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
-            v.len() >= if k.starts_with("ip:") { 20 } else { 5 }
-        })
+        let mut over = |k: String, max: usize| match f.get_mut(&k) {
+            Some(v) => {
+                v.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+                v.len() >= max
+            }
+            None => false,
+        };
+        over(format!("pw:{user}@{address}"), 5) || over(format!("ip:{address}"), 20)
     }
 
-    pub fn failed(&self, keys: &[String]) {
+    pub fn failed(&self, user: &str, address: std::net::IpAddr) {
         let mut f = self.failures.lock().unwrap();
-        for k in keys {
-            f.entry(k.clone()).or_default().push(Instant::now());
+        let now = Instant::now();
+        // Bounded whatever names are tried: expired entries go first, then the oldest.
+        if f.len() >= MAX_FAILURE_KEYS {
+            f.retain(|_, v| {
+                v.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+                !v.is_empty()
+            });
+            while f.len() >= MAX_FAILURE_KEYS {
+                let oldest = f
+                    .iter()
+                    .min_by_key(|(_, v)| v.last().copied())
+                    .map(|(k, _)| k.clone());
+                match oldest {
+                    Some(k) => f.remove(&k),
+                    None => break,
+                };
+            }
         }
+        for k in [format!("pw:{user}@{address}"), format!("ip:{address}")] {
+            let v = f.entry(k).or_default();
+            v.push(now);
+            // A key needs no more than its limit's worth of recent failures.
+            if v.len() > 20 {
+                v.remove(0);
+            }
+        }
+    }
+
+    /// Keys held in the failure map (for tests and /metrics).
+    pub fn failure_keys(&self) -> usize {
+        self.failures.lock().unwrap().len()
     }
 
     /// A short-lived credential for a blade's Podman to pull one repository as `uid`.

@@ -54,6 +54,8 @@ pub struct FakeState {
     pub pending: HashMap<u64, Vec<u64>>,
     /// What `/oauth/discovery/keys` publishes (the keys that sign `id_tokens`).
     pub jwks: serde_json::Value,
+    /// `GET /projects/:id` answers 302 to this URL (a GitLab that redirects elsewhere).
+    pub redirect_projects: Option<String>,
 }
 
 #[derive(Clone)]
@@ -113,6 +115,9 @@ fn visible(st: &FakeState, id: &str, user: &Option<String>) -> Result<(FakeProje
 
 async fn get_project(State(s): S, Path(id): Path<String>, h: HeaderMap) -> Response {
     let mut st = s.lock().unwrap();
+    if let Some(to) = &st.redirect_projects {
+        return (StatusCode::FOUND, [("location", to.clone())]).into_response();
+    }
     let who = match acting(&st, &h, "project") {
         Ok(w) => w,
         Err((c, m)) => return gl_error(c, m),
@@ -714,6 +719,13 @@ async fn the_receiver_on_every_fixture() {
     )
     .await;
     assert_eq!(code, 401, "stale signature");
+    assert_eq!(deliveries(&s), n);
+    // A captured signed delivery replayed with another (unsigned) Idempotency-Key: a duplicate.
+    let mut replay = signed("sig-1", now, &body);
+    replay.retain(|(k, _)| *k != "Idempotency-Key");
+    replay.push(("Idempotency-Key", "fresh-looking-key".to_string()));
+    let (code, reply) = deliver(&s, "Pipeline Hook", body.clone(), &replay).await;
+    assert_eq!((code, reply.contains("duplicate")), (200, true), "{reply}");
     assert_eq!(deliveries(&s), n);
     // Malformed JSON: 400 naming the JSON path; oversize: 413.
     let (code, body) = deliver(
@@ -2093,6 +2105,53 @@ async fn gitlab_calls_act_as_the_linked_gitlab_user_not_a_same_named_one() {
     assert_eq!(
         (row.owner.as_str(), row.gitlab_user.as_str()),
         ("carol", "105")
+    );
+    s.stop().await;
+}
+
+/// A GitLab answer that redirects elsewhere is not followed: the admin token and `Sudo` never
+/// reach another host.
+#[tokio::test]
+async fn gitlab_redirects_are_not_followed_with_credentials() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let rec = seen.clone();
+    let app = Router::new().fallback(move |h: HeaderMap| {
+        let rec = rec.clone();
+        async move {
+            let mut names: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+            names.sort();
+            rec.lock().unwrap().push(names.join(","));
+            "{}"
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere = format!("http://{}/api/v4/projects/7", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let fake = FakeGitlab::start(FakeState {
+        users: vec![(101, "alice".into())],
+        projects: vec![FakeProject {
+            id: 7,
+            path: "alice/MyModel".into(),
+            members: HashMap::from([("alice".to_string(), 40)]),
+            archives: HashMap::new(),
+        }],
+        redirect_projects: Some(elsewhere),
+        ..Default::default()
+    })
+    .await;
+    let s = Stack::start(Opts {
+        extra: gitlab_toml(&fake.url, 5),
+        ..Default::default()
+    })
+    .await;
+    let t = s
+        .say("alice", "/container build enable alice/MyModel")
+        .await;
+    assert!(t.contains("cannot use the GitLab project"), "{t}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the other host: {:?}",
+        seen.lock().unwrap()
     );
     s.stop().await;
 }

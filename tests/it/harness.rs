@@ -339,6 +339,8 @@ pub struct Opts {
     pub listen_port: Option<u16>,
     /// Another static users file.
     pub users_file: Option<PathBuf>,
+    /// Extra keys of `[server]` (e.g. `trusted_proxies`).
+    pub server_extra: String,
     /// Outside services of the test's own (`fakes`); the rest are real.
     pub services: shisa::app::Services,
 }
@@ -360,7 +362,8 @@ pub fn config_text(o: &Opts, data_dir: &Path) -> String {
     // The native squashfs writer runs as `shisa sif squash`; in-process, this test binary is not shisa.
     let helper = env!("CARGO_BIN_EXE_shisa");
     let mut s = format!(
-        "[sif]\nhelper = {helper:?}\n[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = 2\n[storage]\ndata_dir = {:?}\n[mattermost]\ntokens = [{tokens}]\nlinking = {:?}\ncontact = \"the test admins\"\ntimeout_seconds = 3\n",
+        "[sif]\nhelper = {helper:?}\n[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = 2\n{}[storage]\ndata_dir = {:?}\n[mattermost]\ntokens = [{tokens}]\nlinking = {:?}\ncontact = \"the test admins\"\ntimeout_seconds = 3\n",
+        o.server_extra,
         data_dir.display().to_string(),
         if o.ldap_linking { "mattermost-ldap" } else { "username" }
     );

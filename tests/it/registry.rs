@@ -67,6 +67,10 @@ impl Env {
 }
 
 async fn env(extra: &str, users_file: Option<std::path::PathBuf>) -> Env {
+    env_with(extra, users_file, "").await
+}
+
+async fn env_with(extra: &str, users_file: Option<std::path::PathBuf>, server: &str) -> Env {
     crate::harness::test_images();
     let port = free_port();
     let reg = registry(port);
@@ -76,6 +80,7 @@ async fn env(extra: &str, users_file: Option<std::path::PathBuf>) -> Env {
         listen_port: Some(port),
         extra,
         users_file,
+        server_extra: server.to_string(),
         ..Default::default()
     })
     .await;
@@ -528,5 +533,101 @@ async fn cross_user_matrix_every_command_on_another_users_things() {
         );
     }
     s.remove_all(&["alice"]).await;
+    e.s.stop().await;
+}
+
+/// Nobody locks others out of the registry: after 50 bad logins (for alice and for made-up
+/// names) from one address, a personal token and shisa's own pull credential from that same
+/// address still work at once, and alice's correct password from her own address (named by
+/// the trusted proxy) works too; only password guesses from that address are slowed. A burst
+/// of made-up names leaves the failure map at its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_logins_cannot_be_locked_out_by_others() {
+    let e = env_with("", None, "trusted_proxies = [\"127.0.0.1\"]\n").await;
+    let s = &e.s;
+    assert!(ok(&e.login("alice", "alice-demo")));
+    assert!(ok(&e.push("alice", "alice/app:1")));
+    wait_for_image(s, "alice/app", "1", true).await;
+    let secret = s
+        .say("alice", "/container token new")
+        .await
+        .split_whitespace()
+        .find(|w| w.starts_with("shisa_"))
+        .unwrap()
+        .to_string();
+    let token = |user: &str, password: &str, from: Option<&str>| {
+        let mut r = reqwest::Client::new()
+            .get(s.url("/registry/token?service=shisa-registry&scope=repository:alice/app:pull"))
+            .basic_auth(user, Some(password));
+        if let Some(a) = from {
+            r = r.header("X-Forwarded-For", format!("10.0.0.1, {a}"));
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    // The attacker, at 203.0.113.9 behind the proxy.
+    let attacker = Some("203.0.113.9");
+    let mut limited = 0;
+    for i in 0..50 {
+        let who = if i % 2 == 0 {
+            "alice".to_string()
+        } else {
+            format!("nosuch{i}")
+        };
+        if token(&who, "guess", attacker).await == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "guesses from that address are slowed");
+    assert_eq!(
+        token("alice", "alice-demo", attacker).await,
+        429,
+        "even a right guess there"
+    );
+    // Everyone and everything else: at once.
+    assert_eq!(
+        token("alice", &secret, attacker).await,
+        200,
+        "a personal token"
+    );
+    assert_eq!(
+        token("alice", "alice-demo", Some("198.51.100.7")).await,
+        200,
+        "alice's own address"
+    );
+    assert_eq!(
+        token("bob", "bob-demo", Some("198.51.100.8")).await,
+        200,
+        "bob"
+    );
+    // shisa's own pull credential (the blade's pull of alice's image), from 127.0.0.1.
+    for i in 0..30 {
+        token(&format!("x{i}"), "guess", None).await;
+    }
+    let t = s
+        .say(
+            "alice",
+            "/container run --name pulled alice/app:1 -- sleep 60",
+        )
+        .await;
+    assert!(t.contains("is running"), "{t}");
+    s.say("alice", "/container rm --force pulled").await;
+    // Made-up names, many: the map stays bounded.
+    // Each failure holds two keys (account@address, address): 1200 of them pass the bound.
+    for i in 0..1200 {
+        token(&format!("r{i}"), "x", Some(&format!("192.0.2.{}", i % 250))).await;
+    }
+    let m = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let keys: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("shisa_registry_login_failure_keys "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(keys <= shisa::registry::MAX_FAILURE_KEYS as f64, "{keys}");
     e.s.stop().await;
 }
