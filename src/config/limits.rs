@@ -94,6 +94,10 @@ pub struct Limits {
     pub max_job_time: Seconds,
     /// Jobs one user may have queued or running at once (submissions not yet sent count too).
     pub max_jobs: u32,
+    /// How long a personal registry token (`/container token new`) is valid.
+    pub registry_token_lifetime: Seconds,
+    /// Live personal registry tokens one user may hold.
+    pub max_registry_tokens: u32,
 }
 
 impl Default for Limits {
@@ -115,6 +119,8 @@ impl Default for Limits {
             job_partitions: Vec::new(),
             max_job_time: units::seconds("1d"),
             max_jobs: 10,
+            registry_token_lifetime: units::seconds("90d"),
+            max_registry_tokens: 5,
         }
     }
 }

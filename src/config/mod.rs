@@ -78,6 +78,8 @@ pub struct RawConfig {
 pub struct Config {
     pub path: PathBuf,
     pub server: Server,
+    /// `server.metrics_token`, resolved.
+    pub metrics_token: Option<Secret>,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub mattermost: Mattermost,
@@ -344,8 +346,16 @@ impl Config {
         if raw.queue.max_attempts == 0 {
             return Err(("queue.max_attempts".into(), "must be at least 1".into()));
         }
+        let metrics_token = match &raw.server.metrics_token {
+            Some(t) => Some(
+                t.resolve(base)
+                    .map_err(|e| ("server.metrics_token".to_string(), e))?,
+            ),
+            None => None,
+        };
         Ok(Config {
             path: path.to_path_buf(),
+            metrics_token,
             listen,
             server: raw.server,
             data_dir: base.join(&raw.storage.data_dir),

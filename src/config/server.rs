@@ -24,6 +24,10 @@ pub struct Server {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     #[serde(default = "default_client_header")]
     pub client_address_header: String,
+    /// `/metrics` answers a request with `Authorization: Bearer` and this; without one
+    /// configured, only clients on this machine (loopback, not through a proxy).
+    #[serde(default)]
+    pub metrics_token: Option<SecretSource>,
 }
 
 pub(super) fn default_client_header() -> String {
@@ -73,6 +77,7 @@ mod tests {
             shutdown_grace_seconds: 1,
             trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
             client_address_header: "x-forwarded-for".into(),
+            metrics_token: None,
         };
         let proxy = "127.0.0.1".parse().unwrap();
         let other = "192.0.2.1".parse().unwrap();

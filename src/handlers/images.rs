@@ -304,7 +304,16 @@ async fn token(
     match action {
         TokenAction::New => {
             let (id, secret) =
-                crate::handlers::registry::new_personal_token(app, &caller.uid).await?;
+                match crate::handlers::registry::new_personal_token(app, caller).await? {
+                    Ok(x) => x,
+                    Err(held) => {
+                        return Ok(rejected(
+                            request,
+                            UserError::new("token.too_many").arg("held", held.to_string()),
+                        ))
+                    }
+                };
+            let lifetime = app.cfg.limits_for(caller.role).registry_token_lifetime;
             // Shown once, only to the caller (ephemeral); only its hash is kept.
             let t = render(
                 Lang::En,
@@ -314,6 +323,7 @@ async fn token(
                     ("host", host),
                     ("user", caller.uid.clone()),
                     ("secret", secret),
+                    ("lifetime", lifetime.to_string()),
                 ],
             );
             Ok(reply(
@@ -352,19 +362,21 @@ async fn token(
                 ));
             }
             let mut out = String::from("| id | created | last used | state |\n|---|---|---|---|\n");
+            let now = crate::store::now();
             for r in rows {
+                let state = match (r.revoked_at, r.expires_at) {
+                    (Some(_), _) => "revoked".to_string(),
+                    (None, Some(e)) if e <= now => "expired".to_string(),
+                    (None, Some(e)) => format!("active, expires in {}", age(now - (e - now))),
+                    (None, None) => "active".to_string(),
+                };
                 out.push_str(&format!(
-                    "| {} | {} ago | {} | {} |\n",
+                    "| {} | {} ago | {} | {state} |\n",
                     r.id,
                     age(r.created_at),
                     r.last_used
                         .map(|t| format!("{} ago", age(t)))
                         .unwrap_or_else(|| "never".into()),
-                    if r.revoked_at.is_some() {
-                        "revoked"
-                    } else {
-                        "active"
-                    }
                 ));
             }
             Ok(reply(request, out, "ok", None))

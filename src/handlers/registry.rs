@@ -16,15 +16,26 @@ use crate::store::audit::NewAudit;
 use crate::store::images::ImageRow;
 
 /// A new personal token: (id, the password to show once).
-pub async fn new_personal_token(app: &App, owner: &str) -> anyhow::Result<(i64, String)> {
+/// A personal token for `owner` (the role's lifetime, within its count): (id, secret), or
+/// `Err(held)` when they already hold the most they may.
+pub async fn new_personal_token(
+    app: &App,
+    owner: &Account,
+) -> anyhow::Result<Result<(i64, String), u32>> {
     let mut raw = [0u8; 24];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let secret = hex::encode(raw);
-    let id = app
+    let limits = app.cfg.limits_for(owner.role);
+    Ok(app
         .store
-        .new_registry_token(owner, &hash_secret(&secret))
-        .await?;
-    Ok((id, format!("shisa_{id}_{secret}")))
+        .new_registry_token(
+            &owner.uid,
+            &hash_secret(&secret),
+            limits.registry_token_lifetime.secs,
+            limits.max_registry_tokens,
+        )
+        .await?
+        .map(|id| (id, format!("shisa_{id}_{secret}"))))
 }
 
 #[derive(Debug)]

@@ -114,7 +114,35 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics(
+    State(app): State<Arc<App>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let allowed = match &app.cfg.metrics_token {
+        Some(t) => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|v| t.matches(v)),
+        None => {
+            let peer = peer
+                .map(|p| p.0 .0.ip())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            let h = headers
+                .get(app.cfg.server.client_address_header.as_str())
+                .and_then(|v| v.to_str().ok());
+            // Through a proxy, the client is whoever the proxy says; without one, the peer.
+            let through_proxy = app.cfg.server.trusted_proxies.contains(&peer) && h.is_some();
+            !through_proxy && peer.is_loopback()
+        }
+    };
+    if !allowed {
+        return error_json(
+            StatusCode::FORBIDDEN,
+            "metrics are for this machine, or with the configured bearer token",
+        );
+    }
     let (queued, running) = app.store.queue_depth().await.unwrap_or((-1, -1));
     let mut gauges = vec![(
         "queue_jobs",

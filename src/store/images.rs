@@ -22,6 +22,7 @@ pub struct TokenRow {
     pub created_at: i64,
     pub last_used: Option<i64>,
     pub revoked_at: Option<i64>,
+    pub expires_at: Option<i64>,
 }
 
 fn image(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
@@ -291,14 +292,34 @@ impl Store {
         .await
     }
 
-    pub async fn new_registry_token(&self, owner: &str, hash: &str) -> anyhow::Result<i64> {
+    /// A new token valid for `seconds`, unless the owner already holds `max` live ones
+    /// (counted in the same transaction): `Ok(id)` or `Err(held)`.
+    pub async fn new_registry_token(
+        &self,
+        owner: &str,
+        hash: &str,
+        seconds: u64,
+        max: u32,
+    ) -> anyhow::Result<Result<i64, u32>> {
         let (o, h) = (owner.to_string(), hash.to_string());
         self.call(move |c| {
-            c.execute(
-                "INSERT INTO registry_tokens(owner, hash, created_at) VALUES (?1, ?2, ?3)",
-                params![o, h, now()],
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let t = now();
+            let held: u32 = tx.query_row(
+                "SELECT COUNT(*) FROM registry_tokens WHERE owner = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)",
+                params![o, t],
+                |r| r.get(0),
             )?;
-            Ok(c.last_insert_rowid())
+            if held >= max {
+                return Ok(Err(held));
+            }
+            tx.execute(
+                "INSERT INTO registry_tokens(owner, hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![o, h, t, t + seconds as i64],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(Ok(id))
         })
         .await
     }
@@ -307,8 +328,8 @@ impl Store {
     pub async fn registry_token(&self, id: i64) -> anyhow::Result<Option<(String, String)>> {
         self.call(move |c| {
             c.query_row(
-                "SELECT owner, hash FROM registry_tokens WHERE id = ?1 AND revoked_at IS NULL",
-                [id],
+                "SELECT owner, hash FROM registry_tokens WHERE id = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)",
+                params![id, now()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
@@ -330,9 +351,9 @@ impl Store {
     pub async fn registry_tokens_of(&self, owner: &str) -> anyhow::Result<Vec<TokenRow>> {
         let o = owner.to_string();
         self.call(move |c| {
-            let mut st = c.prepare("SELECT id, owner, created_at, last_used, revoked_at FROM registry_tokens WHERE owner = ?1 ORDER BY id")?;
+            let mut st = c.prepare("SELECT id, owner, created_at, last_used, revoked_at, expires_at FROM registry_tokens WHERE owner = ?1 ORDER BY id")?;
             let v = st
-                .query_map([o], |r| Ok(TokenRow { id: r.get(0)?, owner: r.get(1)?, created_at: r.get(2)?, last_used: r.get(3)?, revoked_at: r.get(4)? }))?
+                .query_map([o], |r| Ok(TokenRow { id: r.get(0)?, owner: r.get(1)?, created_at: r.get(2)?, last_used: r.get(3)?, revoked_at: r.get(4)?, expires_at: r.get(5)? }))?
                 .collect();
             v
         })

@@ -297,6 +297,13 @@ CREATE TABLE sif_readers (
 CREATE INDEX sif_readers_by_repo ON sif_readers(repo, reader);
 "#,
         ),
+        // Personal registry tokens expire; those made before expiry existed get 90 days.
+        M::up(
+            r#"
+ALTER TABLE registry_tokens ADD COLUMN expires_at INTEGER;
+UPDATE registry_tokens SET expires_at = created_at + 7776000;
+"#,
+        ),
     ])
 }
 

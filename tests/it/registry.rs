@@ -599,6 +599,35 @@ async fn registry_logins_cannot_be_locked_out_by_others() {
         200,
         "bob"
     );
+    // Personal tokens: at most 5 live ones each, and each expires.
+    for _ in 0..4 {
+        assert!(s
+            .say("alice", "/container token new")
+            .await
+            .contains("valid for 90d"));
+    }
+    let t = s.say("alice", "/container token new").await;
+    assert!(t.contains("already have 5 active registry tokens"), "{t}");
+    let id: i64 = secret.split('_').nth(1).unwrap().parse().unwrap();
+    s.store()
+        .with(|c| {
+            c.execute(
+                "UPDATE registry_tokens SET expires_at = 1 WHERE id = ?1",
+                [id],
+            )
+        })
+        .unwrap();
+    assert_eq!(token("alice", &secret, None).await, 401, "an expired token");
+    assert!(s
+        .say("alice", "/container token list")
+        .await
+        .contains("| expired |"));
+    assert!(
+        s.say("alice", "/container token new")
+            .await
+            .contains("valid for 90d"),
+        "room again"
+    );
     // shisa's own pull credential (the blade's pull of alice's image), from 127.0.0.1.
     for i in 0..30 {
         token(&format!("x{i}"), "guess", None).await;

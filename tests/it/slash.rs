@@ -226,6 +226,42 @@ async fn metrics_and_health() {
     );
     assert!(m.contains("shisa_queue_jobs{state=\"queued\"} 0"), "{m}");
     s.stop().await;
+    // Behind the (trusted) proxy, a client elsewhere is refused; with a token configured,
+    // only the bearer of it is answered.
+    let s = Stack::start(Opts {
+        server_extra: "trusted_proxies = [\"127.0.0.1\"]\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let via_proxy = http()
+        .get(s.url("/metrics"))
+        .header("X-Forwarded-For", "198.51.100.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via_proxy.status(), 403);
+    assert_eq!(
+        http().get(s.url("/metrics")).send().await.unwrap().status(),
+        200
+    );
+    s.stop().await;
+    let s = Stack::start(Opts {
+        server_extra: "metrics_token = \"scrape-secret\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        http().get(s.url("/metrics")).send().await.unwrap().status(),
+        403
+    );
+    let ok = http()
+        .get(s.url("/metrics"))
+        .bearer_auth("scrape-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    s.stop().await;
 }
 
 #[tokio::test]
