@@ -97,6 +97,8 @@ pub static EN: &[(&str, &str)] = &[
 ```
 {output}
 ```"),
+    ("container.logs_cut", "(The output was longer than one message: only its end is shown. Write long output to a file in your home instead.)"),
+    ("container.logs_slow", "(Podman could not read all of this output within {seconds} s: it has very long lines. This is what came. Write long output to a file in your home instead.)"),
     ("container.logs", "Last {lines} lines of `{name}`:
 ```
 {output}
@@ -129,6 +131,7 @@ pub static EN: &[(&str, &str)] = &[
     ("sif.ready", "`{image}` as a Singularity image ({size}, {how}):\n- on the cluster: `{path}`\n- download ({minutes} minutes): {url}"),
     ("build.no_gitlab", "Builds from GitLab are not set up on this server. Ask {contact}."),
     ("build.no_gitlab_account", "shisa finds no GitLab account linked to yours (GitLab links it when you sign in to GitLab with your department account). Sign in to GitLab once, then try again."),
+    ("build.log_cut", "(The build printed {size}; only its end is shown.)"),
     ("build.not_enabled", "You pushed a Containerfile to `{project}`, but shisa does not build that project yet. A maintainer can switch it on with `/container build enable {project}`; then every push that changes the Containerfile builds an image under your name."),
     ("build.project_missing", "`/container build {action}` needs the GitLab project, like `/container build {action} alice/mymodel`."),
     ("build.project_unreachable", "I cannot use the GitLab project `{project}` for you: {reason}. Check the path (`group/project`) and that you are a member."),
@@ -146,6 +149,7 @@ pub static EN: &[(&str, &str)] = &[
     ("job.bad_path", "`{path}` must be a path inside your home directory, like `jobs/train.sh` (no leading `/`, no `..`)."),
     ("job.no_image", "Say which image the job runs in: `--image myimg:1`, or a template with `--template NAME` (see `/job templates`)."),
     ("job.over_limit", "You asked for {asked} {what}, more than your limit of {limit}. Ask for less, or ask your instructor."),
+    ("job.log_cut", "(Only the end of the output is shown: the last 64 KiB.)"),
     ("job.partition", "You may not submit to partition `{partition}`. Yours: {partitions}. Leave out `--partition` for the default, or ask your instructor."),
     ("job.too_many", "You already have {held} jobs queued or running, your limit. Wait for one to end, or cancel one with `/job cancel ID` (`/job ps` lists them)."),
     ("job.gpu_type", "There are no `{type}` GPUs here. Types: {types}."),

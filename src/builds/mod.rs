@@ -431,10 +431,26 @@ async fn build_once(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
         c.arg("--tag").arg(t);
     }
     c.arg(s.context);
-    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    // All output is drained (a builder blocked on a full pipe never ends) but only its end
+    // is kept: `RUN yes` must not take shisa's memory.
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Kept::default()));
+    let mut readers = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        readers.push(tokio::spawn(keep_end(o, kept.clone())));
+    }
+    if let Some(e) = child.stderr.take() {
+        readers.push(tokio::spawn(keep_end(e, kept.clone())));
+    }
     // The build's Podman keeps running past the limit: it must see its step die and remove
     // the working container itself (killing it first would leave that behind).
-    let mut run = tokio::spawn(child.wait_with_output());
+    let mut run = tokio::spawn(async move {
+        let status = child.wait().await;
+        for r in readers {
+            let _ = r.await;
+        }
+        status
+    });
     let out = match tokio::time::timeout(s.timeout, &mut run).await {
         Ok(out) => out,
         Err(_) => {
@@ -459,13 +475,54 @@ async fn build_once(s: &BuildSpec<'_>) -> anyhow::Result<Built> {
             });
         }
     };
-    let out = out??;
-    let mut all = out.stdout.clone();
-    all.extend_from_slice(&out.stderr);
+    let status = out??;
+    let k = kept.lock().unwrap_or_else(|e| e.into_inner());
+    let end: Vec<u8> = k.end.iter().copied().collect();
+    let mut log_tail = tail(&end, 25);
+    if k.total > BUILD_LOG_BYTES as u64 {
+        log_tail = format!(
+            "{}\n{log_tail}",
+            crate::messages::render(
+                crate::messages::Lang::En,
+                "build.log_cut",
+                &[("size", crate::containers::fmt_size(k.total))],
+            )
+        );
+    }
     Ok(Built {
-        ok: out.status.success(),
-        log_tail: tail(&all, 25),
+        ok: status.success(),
+        log_tail,
     })
+}
+
+/// The most of a build's output held in memory: its end.
+pub const BUILD_LOG_BYTES: usize = 64 * 1024;
+
+#[derive(Default)]
+struct Kept {
+    end: std::collections::VecDeque<u8>,
+    total: u64,
+}
+
+/// Read `r` to its end, keeping only the last `BUILD_LOG_BYTES` (shared by stdout and stderr).
+async fn keep_end(
+    mut r: impl tokio::io::AsyncRead + Unpin,
+    kept: std::sync::Arc<std::sync::Mutex<Kept>>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let mut k = kept.lock().unwrap_or_else(|e| e.into_inner());
+                k.total += n as u64;
+                k.end.extend(&buf[..n]);
+                let over = k.end.len().saturating_sub(BUILD_LOG_BYTES);
+                k.end.drain(..over);
+            }
+        }
+    }
 }
 
 pub fn cgroup_name(instance: &str, id: i64) -> String {

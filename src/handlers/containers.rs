@@ -539,10 +539,11 @@ async fn logs(app: &Arc<App>, row: &ContainerRow, tail: u32, request: &str) -> S
         return String::new();
     };
     match client.logs(id, tail).await {
-        Ok(text) => {
+        Ok(logs) => {
             // Fit one post: keep the end.
-            let clipped = clip_tail(&text.replace("```", "'''"), 12000);
-            render(
+            let text = logs.text.replace("```", "'''");
+            let clipped = clip_tail(&text, 12000);
+            let mut out = render(
                 Lang::En,
                 "container.logs",
                 &[
@@ -550,7 +551,19 @@ async fn logs(app: &Arc<App>, row: &ContainerRow, tail: u32, request: &str) -> S
                     ("name", row.name.clone()),
                     ("output", clipped),
                 ],
-            )
+            );
+            if logs.slow {
+                out.push('\n');
+                out.push_str(&render(
+                    Lang::En,
+                    "container.logs_slow",
+                    &[("seconds", crate::podman::LOG_TIME.as_secs().to_string())],
+                ));
+            } else if logs.cut || text.chars().count() > 12000 {
+                out.push('\n');
+                out.push_str(&render(Lang::En, "container.logs_cut", &[]));
+            }
+            out
         }
         Err(e) => crate::error::internal(
             "command.failed_here",

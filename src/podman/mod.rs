@@ -43,7 +43,8 @@ pub trait Podman: Send + Sync {
     async fn remove(&self, id: &str, force: bool) -> Result<(), PodmanError>;
     async fn inspect(&self, id: &str) -> Result<Option<ContainerState>, PodmanError>;
     /// The last `tail` lines of output (stdout and stderr interleaved).
-    async fn logs(&self, id: &str, tail: u32) -> Result<String, PodmanError>;
+    /// The last `tail` lines of output, at most `LOG_BYTES` of them (`cut` says so).
+    async fn logs(&self, id: &str, tail: u32) -> Result<Logs, PodmanError>;
     /// Run a command in a running container as `user`, bounded in time and output.
     async fn exec(&self, id: &str, e: &ExecRequest<'_>) -> Result<ExecResult, PodmanError>;
     /// Containers with a label, for reconciliation: (id, name, state, labels).
@@ -85,6 +86,23 @@ pub trait Podman: Send + Sync {
     /// Remove a network; one still in use stays (an error the caller may ignore).
     async fn remove_network(&self, name: &str) -> Result<(), PodmanError>;
 }
+
+/// The most of a container's log read into memory: a line can be any length, so `tail`
+/// alone does not bound it.
+pub const LOG_BYTES: usize = 64 * 1024;
+
+/// A container's last output.
+#[derive(Debug, Clone, Default)]
+pub struct Logs {
+    pub text: String,
+    /// More was there than `LOG_BYTES`; this is its end.
+    pub cut: bool,
+    /// Podman did not finish within `LOG_TIME` (it reads a huge line slowly): what came.
+    pub slow: bool,
+}
+
+/// The longest shisa waits for a container's logs (the reply must reach Mattermost within its 3 s).
+pub const LOG_TIME: Duration = Duration::from_secs(2);
 
 /// The `died` events of a blade's containers, as they come.
 pub type DiedEvents = std::pin::Pin<Box<dyn futures_util::Stream<Item = DiedEvent> + Send>>;
@@ -260,22 +278,34 @@ impl Podman for PodmanClient {
         }))
     }
 
-    /// The last `tail` lines of output (stdout and stderr interleaved).
-    async fn logs(&self, id: &str, tail: u32) -> Result<String, PodmanError> {
-        let r = self
-            .send(self.http.get(Self::url(
-                "/containers",
-                id,
-                &format!("/logs?stdout=true&stderr=true&follow=false&tail={tail}"),
-            )))
-            .await?;
-        let body = self
-            .check(r)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        Ok(demux(&body, usize::MAX).0)
+    /// The last `tail` lines of output (stdout and stderr interleaved), streamed into a
+    /// bounded buffer: only the last `LOG_BYTES` are ever held.
+    async fn logs(&self, id: &str, tail: u32) -> Result<Logs, PodmanError> {
+        use futures_util::StreamExt;
+        let mut dm = Demux::new(LOG_BYTES);
+        let read = async {
+            let r = self
+                .send(self.http.get(Self::url(
+                    "/containers",
+                    id,
+                    &format!("/logs?stdout=true&stderr=true&follow=false&tail={tail}"),
+                )))
+                .await?;
+            let mut s = self.check(r).await?.bytes_stream();
+            while let Some(chunk) = s.next().await {
+                dm.push(&chunk.map_err(|e| self.unreachable(e))?);
+            }
+            Ok::<_, PodmanError>(())
+        };
+        let slow = match tokio::time::timeout(LOG_TIME, read).await {
+            Ok(r) => {
+                r?;
+                false
+            }
+            Err(_) => true,
+        };
+        let (text, cut) = dm.finish();
+        Ok(Logs { text, cut, slow })
     }
 
     /// Run a command in a running container as `user`, bounded in time and output.

@@ -88,6 +88,7 @@ pub async fn on_died(
         .logs(podman_id, 10)
         .await
         .unwrap_or_default()
+        .text
         .replace("```", "'''");
     // Podman reports OOMKilled only where conmon can see the cgroup's OOM events
     // (not on cgroup v1 hybrid hosts); a SIGKILL nobody asked for is then the tell.

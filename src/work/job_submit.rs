@@ -348,16 +348,31 @@ pub async fn as_user(
     c.output().await.map_err(|e| e.to_string())
 }
 
+/// The most of a job's output read: its last bytes (one line can be any length, so
+/// `tail -n` alone does not bound it), then the last lines of those.
+pub const JOB_LOG_BYTES: usize = 64 * 1024;
+
 pub(crate) async fn read_as(a: &Account, file: &Path, lines: u32) -> Result<String, String> {
     let f = file.to_string_lossy().to_string();
-    let n = lines.clamp(1, 2000).to_string();
-    let out = as_user(a, "tail", &["-n", &n, "--", &f]).await?;
+    let n = lines.clamp(1, 2000) as usize;
+    // One byte more than kept: whether there was more is then known.
+    let cap = (JOB_LOG_BYTES + 1).to_string();
+    let out = as_user(a, "tail", &["-c", &cap, "--", &f]).await?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
-    Ok(crate::mattermost::clip_post(
-        String::from_utf8_lossy(&out.stdout).to_string(),
-    ))
+    let cut = out.stdout.len() > JOB_LOG_BYTES;
+    let bytes = &out.stdout[out.stdout.len().saturating_sub(JOB_LOG_BYTES)..];
+    let text = String::from_utf8_lossy(bytes);
+    let all: Vec<&str> = text.lines().collect();
+    let mut shown = all[all.len().saturating_sub(n)..].join("\n");
+    if cut {
+        shown = format!(
+            "{}\n{shown}",
+            crate::messages::render(crate::messages::Lang::En, "job.log_cut", &[])
+        );
+    }
+    Ok(crate::mattermost::clip_post(shown))
 }
 
 /// The queued submission: SIF, job directory, script, sbatch, record.

@@ -38,7 +38,7 @@ async fn response_server() -> (Inbox, u16) {
         "ok"
     }
     let router = Router::new()
-        .route("/r/{key}", post(receive))
+        .route("/hooks/commands/{key}", post(receive))
         .with_state(inbox.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -186,16 +186,16 @@ async fn sigkill_mid_burst_loses_no_acknowledged_run() {
         for i in 0..n {
             let user = users[i % users.len()];
             let name = format!("r{round}n{i:03}");
-            let key = format!("{round}-{i}");
+            let key = format!("r{round}x{i}");
             let line = format!("run --name {name} --port 8888 --memory 32M --cpus 0.1 localhost/busybox -- sleep 600");
-            let url = format!("http://127.0.0.1:{rport}/r/{key}");
+            let url = format!("http://127.0.0.1:{rport}/hooks/commands/{key}");
             tasks.push(tokio::spawn(async move {
                 let ack = post_command(port, user, &line, &url).await;
                 (key, user, name, ack)
             }));
         }
         let finals_of_round = |inbox: &Inbox| {
-            let prefix = format!("{round}-");
+            let prefix = format!("r{round}x");
             inbox
                 .lock()
                 .unwrap()
@@ -380,4 +380,166 @@ async fn sigkill_mid_burst_loses_no_acknowledged_run() {
     let s = Stack::start_with(&cfg_path, data_dir).await;
     s.remove_all(&users).await;
     s.stop().await;
+}
+
+/// Peak resident memory of a process (VmHWM), bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// Everything shisa reads is bounded: a build printing 1 GB (on one line) and a container
+/// printing one 100 MB line leave `shisa serve` under 100 MB at its peak, and both replies say
+/// their output was cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn huge_output_is_read_within_bounds() {
+    use crate::gitlab::{tar_gz, FakeGitlab, FakeProject, FakeState};
+    test_images();
+    let sha = "b16b16b16b16b16b16b16b16b16b16b16b16b16b";
+    let mut p = FakeProject {
+        id: 7,
+        path: "alice/MyModel".into(),
+        members: HashMap::from([("alice".to_string(), 40)]),
+        archives: HashMap::new(),
+    };
+    p.archives.insert(
+        sha.into(),
+        tar_gz(
+            &format!("mymodel-{sha}"),
+            &[(
+                "Containerfile",
+                "FROM localhost/busybox:latest\nRUN head -c 1000000000 /dev/zero | tr '\\0' y; echo; echo the-end; exit 1\n",
+            )],
+        ),
+    );
+    let fake = FakeGitlab::start(FakeState {
+        users: vec![(101, "alice".into())],
+        projects: vec![p],
+        ..Default::default()
+    })
+    .await;
+    let data_dir = tempfile::tempdir_in(run_root()).unwrap().keep();
+    let port = free_port();
+    let o = Opts {
+        podman: true,
+        extra: crate::gitlab::gitlab_toml(&fake.url, 300),
+        ..Default::default()
+    };
+    let text = crate::harness::config_text(&o, &data_dir).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let cfg_path = data_dir.with_extension("toml");
+    std::fs::write(&cfg_path, text).unwrap();
+    let serve = Serve {
+        cfg_path,
+        log: data_dir.with_extension("log"),
+        port,
+    };
+    let (inbox, rport) = response_server().await;
+    let mut child = serve.start();
+    let url = |k: &str| format!("http://127.0.0.1:{rport}/hooks/commands/{k}");
+    let final_of = |k: &str| {
+        let k = k.to_string();
+        let inbox = inbox.clone();
+        async move {
+            for _ in 0..600 {
+                if let Some(r) = inbox
+                    .lock()
+                    .unwrap()
+                    .get(&k)
+                    .and_then(|v| v.last().cloned())
+                {
+                    return r.text;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("no final reply for {k}");
+        }
+    };
+    // One 100 MB line from a container.
+    post_command(
+        port,
+        "alice",
+        "run --name big localhost/busybox -- sh -c \"dd if=/dev/zero bs=1000000 count=100 2>/dev/null; echo; echo last-line; sleep 600\"",
+        &url("big"),
+    )
+    .await
+    .expect("acknowledged");
+    assert!(final_of("big").await.contains("is running"));
+    // Once the line is written (the container's log file has grown past 100 MB).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let logs = post_command(port, "alice", "logs big --tail 5", &url("logs"))
+        .await
+        .map(|r| r.text)
+        .unwrap_or_default();
+    // Podman itself reads a 100 MB line slowly: the reply says so, or shows the end.
+    assert!(
+        (logs.contains("last-line") && logs.contains("only its end is shown"))
+            || logs.contains("could not read all of this output"),
+        "{}",
+        &logs[logs.len().saturating_sub(300)..]
+    );
+    // A build printing 1 GB.
+    post_command(port, "alice", "build enable alice/MyModel", &url("enable"))
+        .await
+        .expect("acknowledged");
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/hooks/gitlab"))
+        .header("X-Gitlab-Event", "Push Hook")
+        .header("X-Gitlab-Token", crate::gitlab::HOOK_TOKEN)
+        .body(crate::gitlab::push_body(
+            7,
+            "alice/MyModel",
+            101,
+            sha,
+            "Containerfile",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let store = shisa::store::Store::open(&data_dir.join("shisa.db")).unwrap();
+    let mut detail = String::new();
+    for _ in 0..1200 {
+        let row = store
+            .with(|c| {
+                c.query_row(
+                    "SELECT state, COALESCE(detail, '') FROM builds ORDER BY id DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                )
+            })
+            .ok();
+        if let Some((state, d)) = row {
+            if state == "failed" {
+                detail = d;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        detail.contains("The build printed") && detail.contains("the-end"),
+        "{}",
+        &detail[detail.len().saturating_sub(300)..]
+    );
+    let peak = peak_rss(child.id());
+    post_command(port, "alice", "rm --force big", &url("rm")).await;
+    let _ = final_of("rm").await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        peak < 100 * 1024 * 1024,
+        "shisa's peak memory {} MB",
+        peak / 1024 / 1024
+    );
+    eprintln!(
+        "huge_output_is_read_within_bounds: peak RSS {} MB",
+        peak / 1024 / 1024
+    );
 }

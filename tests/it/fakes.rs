@@ -50,8 +50,8 @@ impl Podman for RefusingPodman {
     async fn inspect(&self, _: &str) -> Result<Option<ContainerState>, PodmanError> {
         Ok(None)
     }
-    async fn logs(&self, _: &str, _: u32) -> Result<String, PodmanError> {
-        Ok(String::new())
+    async fn logs(&self, _: &str, _: u32) -> Result<shisa::podman::Logs, PodmanError> {
+        Ok(Default::default())
     }
     async fn exec(&self, _: &str, _: &ExecRequest<'_>) -> Result<ExecResult, PodmanError> {
         Err(PodmanError::Api {

@@ -19,7 +19,7 @@ use hmac::{KeyInit, Mac};
 use crate::harness::{free_port, podman_cli, registry, Opts, Stack};
 
 pub const ADMIN: &str = "glpat-test-admin";
-const HOOK_TOKEN: &str = "hook-secret";
+pub(crate) const HOOK_TOKEN: &str = "hook-secret";
 
 #[derive(Clone)]
 pub struct FakeProject {
@@ -824,7 +824,7 @@ pub(crate) fn bob_private_image() -> String {
         .to_string()
 }
 
-fn push_body(project: u64, path: &str, user: u64, sha: &str, file: &str) -> Vec<u8> {
+pub(crate) fn push_body(project: u64, path: &str, user: u64, sha: &str, file: &str) -> Vec<u8> {
     serde_json::json!({
         "object_kind": "push", "event_name": "push",
         "before": "0000000000000000000000000000000000000001", "after": sha, "ref": "refs/heads/main",
