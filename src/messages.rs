@@ -132,6 +132,8 @@ pub static EN: &[(&str, &str)] = &[
     ("build.no_gitlab", "Builds from GitLab are not set up on this server. Ask {contact}."),
     ("build.no_gitlab_account", "shisa finds no GitLab account linked to yours (GitLab links it when you sign in to GitLab with your department account). Sign in to GitLab once, then try again."),
     ("build.log_cut", "(The build printed {size}; only its end is shown.)"),
+    ("build.archive_too_large", "The repository is larger than your limit of {limit} for a build (as GitLab sends it). Keep data and models out of the repository (Git LFS, or a download in the Containerfile), or ask your instructor."),
+    ("build.unpacked_too_large", "Unpacked, the repository is larger than your limit of {limit} for a build. Keep data and models out of the repository, or ask your instructor."),
     ("build.not_enabled", "You pushed a Containerfile to `{project}`, but shisa does not build that project yet. A maintainer can switch it on with `/container build enable {project}`; then every push that changes the Containerfile builds an image under your name."),
     ("build.project_missing", "`/container build {action}` needs the GitLab project, like `/container build {action} alice/mymodel`."),
     ("build.project_unreachable", "I cannot use the GitLab project `{project}` for you: {reason}. Check the path (`group/project`) and that you are a member."),

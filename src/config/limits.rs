@@ -98,6 +98,9 @@ pub struct Limits {
     pub registry_token_lifetime: Seconds,
     /// Live personal registry tokens one user may hold.
     pub max_registry_tokens: u32,
+    /// A build's repository archive as GitLab sends it, and unpacked.
+    pub max_build_archive: Size,
+    pub max_build_unpacked: Size,
 }
 
 impl Default for Limits {
@@ -121,6 +124,8 @@ impl Default for Limits {
             max_jobs: 10,
             registry_token_lifetime: units::seconds("90d"),
             max_registry_tokens: 5,
+            max_build_archive: units::size("1G"),
+            max_build_unpacked: units::size("4G"),
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum ClientError {
     Request(#[from] http::Error),
     #[error("bad URL: {0}")]
     Url(#[from] url::ParseError),
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(u64),
 }
 
 #[derive(Clone)]
@@ -269,7 +271,14 @@ pub trait Gitlab: Send + Sync {
         provider: &str,
         extern_uid: &str,
     ) -> Result<Vec<UserInfo>, ApiError<ClientError>>;
-    async fn archive(&self, project: u64, sha: &str) -> Result<Vec<u8>, ApiError<ClientError>>;
+    /// The repository at `sha` as a `.tar.gz`, refused as `TooLarge` past `max` bytes (read
+    /// as it comes, never whole first).
+    async fn archive(
+        &self,
+        project: u64,
+        sha: &str,
+        max: u64,
+    ) -> Result<Vec<u8>, ApiError<ClientError>>;
     async fn create_hook(
         &self,
         project: u64,
@@ -409,14 +418,52 @@ impl Gitlab for GitlabApi {
         ep.query_async(&admin).await
     }
 
-    async fn archive(&self, project: u64, sha: &str) -> Result<Vec<u8>, ApiError<ClientError>> {
-        let ep = gitlab::api::projects::repository::Archive::builder()
-            .project(project)
-            .sha(sha)
-            .format(gitlab::api::projects::repository::ArchiveFormat::TarGz)
-            .build()
-            .expect("project is set");
-        gitlab::api::raw(ep).query_async(self).await
+    async fn archive(
+        &self,
+        project: u64,
+        sha: &str,
+        max: u64,
+    ) -> Result<Vec<u8>, ApiError<ClientError>> {
+        use futures_util::StreamExt;
+        // Streamed with a cap (the API client's path reads a whole answer into memory).
+        let mut url = self
+            .base
+            .join(&format!("projects/{project}/repository/archive.tar.gz"))
+            .map_err(|e| ApiError::client(ClientError::Url(e)))?;
+        url.query_pairs_mut().append_pair("sha", sha);
+        let mut r = self
+            .http
+            .get(url)
+            .header("PRIVATE-TOKEN", self.token.expose());
+        if let Some(s) = &self.sudo {
+            r = r.header("Sudo", s);
+        }
+        let resp = r
+            .send()
+            .await
+            .map_err(|e| ApiError::client(ClientError::Http(e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
+            let msg = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+            return Err(ApiError::GitlabWithStatus { status, msg });
+        }
+        if resp.content_length().is_some_and(|n| n > max) {
+            return Err(ApiError::client(ClientError::TooLarge(max)));
+        }
+        let mut out = Vec::new();
+        let mut s = resp.bytes_stream();
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.map_err(|e| ApiError::client(ClientError::Http(e)))?;
+            if out.len() as u64 + chunk.len() as u64 > max {
+                return Err(ApiError::client(ClientError::TooLarge(max)));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     async fn create_hook(

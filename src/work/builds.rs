@@ -429,21 +429,48 @@ pub async fn build_one(
     blade: &crate::config::Blade,
     b: &BuildRow,
 ) -> Result<(String, String, u64), String> {
-    let archive = as_owner.archive(b.project_id, &b.sha).await.map_err(|e| {
-        format!(
-            "cannot fetch the repository at {}: {}",
-            b.sha,
-            client::explain(&e)
-        )
-    })?;
+    let owner = app
+        .directory
+        .lookup(&b.owner)
+        .await
+        .ok()
+        .flatten()
+        .ok_or("the owner's account is gone")?;
+    let limits = app.cfg.limits_for(owner.role);
+    let archive = as_owner
+        .archive(b.project_id, &b.sha, limits.max_build_archive.bytes)
+        .await
+        .map_err(|e| match e {
+            gitlab::api::ApiError::Client {
+                source: client::ClientError::TooLarge(_),
+            } => render(
+                Lang::En,
+                "build.archive_too_large",
+                &[("limit", limits.max_build_archive.to_string())],
+            ),
+            e => format!(
+                "cannot fetch the repository at {}: {}",
+                b.sha,
+                client::explain(&e)
+            ),
+        })?;
     let work = tempfile::Builder::new()
         .prefix("shisa-build-")
         .tempdir_in(&app.cfg.data_dir)
         .map_err(|e| e.to_string())?;
     let dir = work.path().to_path_buf();
-    let top = tokio::task::spawn_blocking(move || unpack(&archive, &dir))
+    let max_unpacked = limits.max_build_unpacked.bytes;
+    let top = tokio::task::spawn_blocking(move || unpack(&archive, &dir, max_unpacked))
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| e.to_string())?
+        .map_err(|e| match e {
+            Unpack::TooLarge => render(
+                Lang::En,
+                "build.unpacked_too_large",
+                &[("limit", crate::containers::fmt_size(max_unpacked))],
+            ),
+            Unpack::Bad(s) => s,
+        })?;
     let file = g
         .build_files
         .iter()
@@ -455,13 +482,7 @@ pub async fn build_one(
                 g.build_files.join(" or ")
             )
         })?;
-    let account = app
-        .directory
-        .lookup(&b.owner)
-        .await
-        .ok()
-        .flatten()
-        .ok_or("the owner's account is gone")?;
+    let account = owner;
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let registry_host = app.registry.as_ref().map(|r| r.cfg.host.as_str());
@@ -511,7 +532,6 @@ pub async fn build_one(
             .await
             .map_err(|e| format!("cannot build from `{base}`: {e}"))?;
     }
-    let limits = app.cfg.limits_for(account.role);
     let default_branch = as_owner
         .project(&b.project_id.to_string())
         .await
@@ -673,30 +693,46 @@ pub async fn record_pushed(
 /// Unpack a GitLab archive (one top directory) safely: the tar crate refuses
 /// entries that would land outside the target (`..`, absolute paths), and we
 /// refuse device nodes outright.
-pub fn unpack(archive: &[u8], dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+/// Why an archive was not unpacked.
+#[derive(Debug)]
+pub enum Unpack {
+    /// More than the limit would be written (a small `.tar.gz` can hold a huge tree).
+    TooLarge,
+    Bad(String),
+}
+
+pub fn unpack(
+    archive: &[u8],
+    dir: &std::path::Path,
+    max_bytes: u64,
+) -> Result<std::path::PathBuf, Unpack> {
     let gz = flate2::read::GzDecoder::new(archive);
     let mut t = tar::Archive::new(gz);
     t.set_preserve_permissions(false);
     t.set_unpack_xattrs(false);
-    for e in t
-        .entries()
-        .map_err(|e| format!("the archive is unreadable: {e}"))?
-    {
-        let mut e = e.map_err(|e| format!("the archive is unreadable: {e}"))?;
+    let bad = |e: std::io::Error| Unpack::Bad(format!("the archive is unreadable: {e}"));
+    let mut written: u64 = 0;
+    for e in t.entries().map_err(bad)? {
+        let mut e = e.map_err(bad)?;
         let kind = e.header().entry_type();
         if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
             continue;
         }
+        // Counted before writing: the entry's size is what unpacking it writes.
+        written = written.saturating_add(e.header().size().unwrap_or(u64::MAX));
+        if written > max_bytes {
+            return Err(Unpack::TooLarge);
+        }
         e.unpack_in(dir)
-            .map_err(|e| format!("cannot unpack the archive: {e}"))?;
+            .map_err(|e| Unpack::Bad(format!("cannot unpack the archive: {e}")))?;
     }
     let mut tops = std::fs::read_dir(dir)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Unpack::Bad(e.to_string()))?
         .flatten()
         .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
         .map(|d| d.path());
-    let top = tops.next().ok_or("the archive is empty")?;
-    Ok(top)
+    tops.next()
+        .ok_or(Unpack::Bad("the archive is empty".into()))
 }
 
 #[cfg(test)]

@@ -269,7 +269,7 @@ impl Gitlab for OneProjectGitlab {
         }))
         .unwrap()])
     }
-    async fn archive(&self, _: u64, _: &str) -> Result<Vec<u8>, GitlabError> {
+    async fn archive(&self, _: u64, _: &str, _: u64) -> Result<Vec<u8>, GitlabError> {
         Err(not_found())
     }
     async fn create_hook(&self, project: u64, url: &str, _: &str) -> Result<HookInfo, GitlabError> {

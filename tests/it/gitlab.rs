@@ -780,7 +780,11 @@ async fn the_fake_gitlab_refuses_a_sudo_user_without_access() {
         shisa::gitlab::client::explain(&e).contains("does not exist or you cannot see it"),
         "{e}"
     );
-    let e = api.for_user("bob").archive(7, "abc").await.unwrap_err();
+    let e = api
+        .for_user("bob")
+        .archive(7, "abc", 1 << 20)
+        .await
+        .unwrap_err();
     assert!(shisa::gitlab::client::explain(&e).contains("cannot see it"));
     let u = api.user(101).await.unwrap();
     assert_eq!(u.ldap_uid().as_deref(), Some("alice"));
@@ -2152,6 +2156,101 @@ async fn gitlab_redirects_are_not_followed_with_credentials() {
         seen.lock().unwrap().is_empty(),
         "nothing reached the other host: {:?}",
         seen.lock().unwrap()
+    );
+    s.stop().await;
+}
+
+/// A build's repository is bounded as GitLab sends it and as it unpacks (a small `.tar.gz`
+/// can hold a huge tree): each refused early, with the limit in the message.
+#[tokio::test]
+async fn build_archives_are_bounded_as_sent_and_unpacked() {
+    let sha = "ab0ab0ab0ab0ab0ab0ab0ab0ab0ab0ab0ab0ab0a";
+    // Incompressible enough: 200 000 characters from a small generator.
+    let mut x: u32 = 12345;
+    let noise: String = (0..200_000)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            char::from(b'!' + ((x >> 16) % 90) as u8)
+        })
+        .collect();
+    let zeros = "0".repeat(3_000_000);
+    let project = |id: u64, path: &str, file: &str| {
+        let mut p = FakeProject {
+            id,
+            path: path.into(),
+            members: HashMap::from([("alice".to_string(), 40)]),
+            archives: HashMap::new(),
+        };
+        p.archives.insert(
+            sha.into(),
+            tar_gz(
+                "top",
+                &[
+                    ("Containerfile", "FROM localhost/busybox:latest\n"),
+                    ("data.txt", file),
+                ],
+            ),
+        );
+        p
+    };
+    let fake = FakeGitlab::start(FakeState {
+        users: vec![(101, "alice".into())],
+        projects: vec![
+            project(7, "alice/noisy", &noise),
+            project(8, "alice/bomb", &zeros),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let s = Stack::start(Opts {
+        podman: true,
+        extra: format!(
+            "{}[limits.student]\nmax_build_archive = \"64K\"\nmax_build_unpacked = \"1M\"\n",
+            gitlab_toml(&fake.url, 30)
+        ),
+        ..Default::default()
+    })
+    .await;
+    for p in ["alice/noisy", "alice/bomb"] {
+        assert!(s
+            .say("alice", &format!("/container build enable {p}"))
+            .await
+            .contains("Builds are on"));
+    }
+    let tok = |k: &str| {
+        vec![
+            ("X-Gitlab-Token", HOOK_TOKEN.to_string()),
+            ("Idempotency-Key", k.to_string()),
+        ]
+    };
+    deliver(
+        &s,
+        "Push Hook",
+        push_body(7, "alice/noisy", 101, sha, "Containerfile"),
+        &tok("n"),
+    )
+    .await;
+    deliver(
+        &s,
+        "Push Hook",
+        push_body(8, "alice/bomb", 101, sha, "Containerfile"),
+        &tok("b"),
+    )
+    .await;
+    let rows = wait_builds(&s, 2).await;
+    assert!(rows.iter().all(|r| r.2 == "failed"), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.5.contains("larger than your limit of 64K")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r
+            .5
+            .contains("Unpacked, the repository is larger than your limit of 1.0 MB")
+            || r.5
+                .contains("Unpacked, the repository is larger than your limit")),
+        "{rows:?}"
     );
     s.stop().await;
 }

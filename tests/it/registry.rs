@@ -206,7 +206,7 @@ async fn namespaces_sharing_tokens_notifications_sync_and_rmi() {
     assert!(s
         .say("alice", "/container token list")
         .await
-        .contains("| active |"));
+        .contains("| active, expires in "));
     let id = secret.split('_').nth(1).unwrap();
     assert!(s
         .say("alice", &format!("/container token revoke {id}"))
