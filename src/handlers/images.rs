@@ -268,6 +268,16 @@ pub async fn handle(
                         .collect();
                     c.delete_manifest(&repo, &digest).await?;
                     app.store.delete_image_digest(&repo, &digest).await?;
+                    // The repository's last image: its SIF files go with it.
+                    let left = app
+                        .store
+                        .images_of(&owner)
+                        .await?
+                        .into_iter()
+                        .any(|i| i.repository == repo);
+                    if !left {
+                        crate::work::sif::forget_repository(app, &repo).await?;
+                    }
                     Ok(reply(
                         request,
                         render(

@@ -71,31 +71,37 @@ pub async fn evict(db: &Store, dir: &Path, max: u64, keep: &str) -> anyhow::Resu
         if total <= max {
             break;
         }
-        // Owner links pointing at it go first, so nobody is left with a dangling name.
-        if let Ok(owners) = std::fs::read_dir(dir) {
-            for o in owners.flatten() {
-                if let Ok(links) = std::fs::read_dir(o.path()) {
-                    for l in links.flatten() {
-                        let p = l.path();
-                        if std::fs::read_link(&p)
-                            .is_ok_and(|t| t.file_name().is_some_and(|n| n == file.as_str()))
-                        {
-                            let _ = std::fs::remove_file(&p);
-                        }
-                    }
-                }
-            }
-        }
-        match std::fs::remove_file(dir.join(&file)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        db.sif_forget(&file).await?;
+        remove(db, dir, &file).await?;
         total = total.saturating_sub(size);
         removed.push(file);
     }
     Ok(removed)
+}
+
+/// Remove one content file of the store, and every owner's link to it first, so nobody is
+/// left with a dangling name.
+pub async fn remove(db: &Store, dir: &Path, file: &str) -> anyhow::Result<()> {
+    if let Ok(owners) = std::fs::read_dir(dir) {
+        for o in owners.flatten() {
+            if let Ok(links) = std::fs::read_dir(o.path()) {
+                for l in links.flatten() {
+                    let p = l.path();
+                    if std::fs::read_link(&p)
+                        .is_ok_and(|t| t.file_name().is_some_and(|n| n == file))
+                    {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
+            }
+        }
+    }
+    match std::fs::remove_file(dir.join(file)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    db.sif_forget(file).await?;
+    Ok(())
 }
 
 #[cfg(test)]

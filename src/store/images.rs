@@ -169,6 +169,52 @@ impl Store {
         .await
     }
 
+    /// A repository is gone: every claim through it goes. Each file it touched, with the uids
+    /// still entitled to it and whether a job pins it.
+    pub async fn drop_repo_sif_claims(
+        &self,
+        repo: &str,
+    ) -> anyhow::Result<Vec<(String, Vec<u32>, bool)>> {
+        let r = repo.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let files: Vec<String> = {
+                let mut st = tx.prepare("SELECT DISTINCT file FROM sif_readers WHERE repo = ?1")?;
+                let v = st
+                    .query_map([&r], |x| x.get(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                v
+            };
+            tx.execute("DELETE FROM sif_readers WHERE repo = ?1", [&r])?;
+            let mut out = Vec::new();
+            for f in files {
+                let uids = {
+                    let mut st = tx.prepare(
+                        "SELECT DISTINCT uid FROM sif_readers WHERE file = ?1 ORDER BY uid",
+                    )?;
+                    let v = st
+                        .query_map([&f], |x| x.get::<_, u32>(0))?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    v
+                };
+                // Pins name the content file by its name in the store.
+                let name = std::path::Path::new(&f)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                let pinned: bool = tx.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM sif_pins WHERE file = ?1 OR file = ?2)",
+                    params![f, name],
+                    |x| x.get(0),
+                )?;
+                out.push((f, uids, pinned));
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
     /// Who holds claims to SIF files through `repo`.
     pub async fn sif_claimants(&self, repo: &str) -> anyhow::Result<Vec<String>> {
         let r = repo.to_string();

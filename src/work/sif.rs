@@ -53,6 +53,27 @@ pub async fn revoke_sif_readers(app: &App, repo: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A repository's last image was removed: its SIF files go too, unless another claim (the
+/// same content in another image) or a job that holds one keeps them; those keep only the
+/// readers still entitled.
+pub async fn forget_repository(app: &App, repo: &str) -> anyhow::Result<()> {
+    let store_dir = app.cfg.sif.store_dir.clone().unwrap_or_default();
+    for (file, uids, pinned) in app.store.drop_repo_sif_claims(repo).await? {
+        let path = std::path::PathBuf::from(&file);
+        if uids.is_empty() && !pinned {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            crate::sif::store::remove(&app.store, &store_dir, &name).await?;
+        } else if !uids.is_empty() {
+            let uids: std::collections::BTreeSet<u32> = uids.into_iter().collect();
+            let _ = crate::sif::acl::set_readers(&path, &uids);
+        }
+    }
+    Ok(())
+}
+
 /// `alice/app:1` → `app_1.sif`: the owner's friendly name for an image.
 pub fn friendly_name(reference: &str) -> String {
     let last = reference.rsplit('/').next().unwrap_or(reference);

@@ -532,6 +532,13 @@ async fn cross_user_matrix_every_command_on_another_users_things() {
                 .collect::<Vec<_>>()
         );
     }
+    // Her image removed: its SIF goes with it (nobody else has a claim to it).
+    let content = std::fs::canonicalize(s.data_dir.join("sif/alice/app_1.sif")).unwrap();
+    let t = s.say("alice", "/container rmi app:1").await;
+    assert!(t.contains("Deleted `alice/app`"), "{t}");
+    assert!(!content.exists(), "the SIF of a removed image is gone");
+    assert!(!s.data_dir.join("sif/alice/app_1.sif").exists());
+    assert_ne!(reqwest::get(&link).await.unwrap().status(), 200);
     s.remove_all(&["alice"]).await;
     e.s.stop().await;
 }
