@@ -66,16 +66,16 @@ pub async fn handle(
                 .hook_url
                 .clone()
                 .unwrap_or_else(|| format!("{}/hooks/gitlab", app.cfg.public_url()));
-            let token = g
-                .webhook_tokens
-                .first()
-                .map(|t| t.expose().to_string())
-                .unwrap_or_default();
+            // The project's own secret: a maintainer can read a hook's token (by pointing the
+            // hook elsewhere and testing it), so no token is ever shared between projects.
+            let mut raw = [0u8; 24];
+            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+            let token = format!("shisa-hook_{}", hex::encode(raw));
             let old = app.store.gitlab_project(info.id).await?;
-            let hook_id = match old.as_ref().and_then(|o| o.hook_id) {
-                Some(h) => h,
+            let (hook_id, new_secret) = match old.as_ref().and_then(|o| o.hook_id) {
+                Some(h) => (h, None),
                 None => match as_user.create_hook(info.id, &url, &token).await {
-                    Ok(h) => h.id,
+                    Ok(h) => (h.id, Some(token)),
                     Err(e) => {
                         return Ok(Err(UserError::new("build.project_unreachable")
                             .arg("project", &info.path_with_namespace)
@@ -113,6 +113,10 @@ pub async fn handle(
                     broken: None,
                 })
                 .await?;
+            if let Some(secret) = new_secret {
+                let sealed = crate::sealing::seal_text(&app.state_key, &secret)?;
+                app.store.set_hook_secret(info.id, &sealed).await?;
+            }
             if mode == "runner" {
                 return Ok(Ok(render(
                     Lang::En,

@@ -316,10 +316,26 @@ async fn gitlab_hook(
         webhook_timestamp: h("webhook-timestamp"),
         webhook_signature: h("webhook-signature"),
     };
+    // A project's delivery carries that project's own secret once it has one; the global
+    // tokens are for system hooks and projects enabled before per-project secrets.
+    let project_id = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["project"]["id"].as_u64().or(v["project_id"].as_u64()));
+    let own = match project_id {
+        Some(id) => app.store.hook_secret(id).await.ok().flatten(),
+        None => None,
+    };
+    let tokens = match own {
+        Some(sealed) => match crate::sealing::open_text(&app.state_key, &sealed) {
+            Ok(t) => vec![crate::config::Secret::new(t)],
+            Err(_) => Vec::new(),
+        },
+        None => g.webhook_tokens.clone(),
+    };
     if let Err(why) = verify::check(
         &d,
         &body,
-        &g.webhook_tokens,
+        &tokens,
         &g.signing_keys,
         g.max_skew_seconds,
         crate::store::now(),

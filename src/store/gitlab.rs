@@ -61,6 +61,33 @@ fn build_row(r: &rusqlite::Row) -> rusqlite::Result<BuildRow> {
 const BUILD_COLS: &str = "id, project_id, path, owner, sha, git_ref, trigger, state, image, digest, size, blade, detail, created_at, finished_at";
 
 impl Store {
+    /// The project's own webhook secret, sealed (None: its hook has the global token).
+    pub async fn set_hook_secret(&self, project_id: u64, sealed: &str) -> anyhow::Result<()> {
+        let v = sealed.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE gitlab_projects SET hook_secret = ?2 WHERE project_id = ?1",
+                rusqlite::params![project_id as i64, v],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn hook_secret(&self, project_id: u64) -> anyhow::Result<Option<String>> {
+        self.call(move |c| {
+            use rusqlite::OptionalExtension;
+            Ok(c.query_row(
+                "SELECT hook_secret FROM gitlab_projects WHERE project_id = ?1",
+                [project_id as i64],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
+        })
+        .await
+    }
+
     /// Record a delivery and queue its processing, once per key: false when seen before.
     pub async fn accept_delivery(
         &self,

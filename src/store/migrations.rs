@@ -304,6 +304,9 @@ ALTER TABLE registry_tokens ADD COLUMN expires_at INTEGER;
 UPDATE registry_tokens SET expires_at = created_at + 7776000;
 "#,
         ),
+        // Each project's own webhook secret (sealed under state.key); none: enabled before
+        // this, its hook carries the global token.
+        M::up("ALTER TABLE gitlab_projects ADD COLUMN hook_secret TEXT;"),
     ])
 }
 

@@ -488,10 +488,21 @@ async fn huge_output_is_read_within_bounds() {
     post_command(port, "alice", "build enable alice/MyModel", &url("enable"))
         .await
         .expect("acknowledged");
+    // The project's own hook secret, as shisa installed it.
+    let hook_token = {
+        let st = shisa::store::Store::open(&data_dir.join("shisa.db")).unwrap();
+        let sealed = st
+            .hook_secret(7)
+            .await
+            .unwrap()
+            .expect("a secret of its own");
+        let key = shisa::sealing::key(&data_dir.join("state.key")).unwrap();
+        shisa::sealing::open_text(&key, &sealed).unwrap()
+    };
     let r = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/hooks/gitlab"))
         .header("X-Gitlab-Event", "Push Hook")
-        .header("X-Gitlab-Token", crate::gitlab::HOOK_TOKEN)
+        .header("X-Gitlab-Token", hook_token)
         .body(crate::gitlab::push_body(
             7,
             "alice/MyModel",

@@ -56,6 +56,8 @@ pub struct FakeState {
     pub jwks: serde_json::Value,
     /// `GET /projects/:id` answers 302 to this URL (a GitLab that redirects elsewhere).
     pub redirect_projects: Option<String>,
+    /// The secret token each project's hook was created with.
+    pub hook_tokens: HashMap<u64, String>,
 }
 
 #[derive(Clone)]
@@ -214,6 +216,16 @@ async fn create_hook(State(s): S, Path(id): Path<String>, h: HeaderMap, body: St
                 .and_then(|m| m.get("url").cloned())
         })
         .unwrap_or_default();
+    let token = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["token"].as_str().map(str::to_string))
+        .or_else(|| {
+            serde_html_form::from_str::<HashMap<String, String>>(&body)
+                .ok()
+                .and_then(|m| m.get("token").cloned())
+        })
+        .unwrap_or_default();
+    st.hook_tokens.insert(p.id, token);
     let hid = 900 + st.hooks.len() as u64;
     st.hooks.push((p.id, hid, url));
     (StatusCode::CREATED, Json(serde_json::json!({"id": hid}))).into_response()
@@ -588,7 +600,46 @@ fn fixture(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// A delivery as GitLab sends it for a project shisa enabled: the project's own secret in
+/// place of the global `HOOK_TOKEN` (what GitLab was given when the hook was created; read
+/// here from the stack's database and key, as shisa keeps it).
 async fn deliver(
+    s: &Stack,
+    event: &str,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+) -> (u16, String) {
+    let project = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["project"]["id"].as_u64().or(v["project_id"].as_u64()));
+    let own = match project {
+        Some(id) => project_hook_token(s, id).await,
+        None => None,
+    };
+    let headers: Vec<(&str, String)> = headers
+        .iter()
+        .map(|(k, v)| {
+            match (
+                &own,
+                k.eq_ignore_ascii_case("X-Gitlab-Token") && v == HOOK_TOKEN,
+            ) {
+                (Some(t), true) => (*k, t.clone()),
+                _ => (*k, v.clone()),
+            }
+        })
+        .collect();
+    deliver_as_is(s, event, body, &headers).await
+}
+
+/// The secret shisa installed in a project's hook, if it has one of its own.
+async fn project_hook_token(s: &Stack, project: u64) -> Option<String> {
+    let sealed = s.store().hook_secret(project).await.ok().flatten()?;
+    let key = shisa::sealing::key(&s.data_dir.join("state.key")).ok()?;
+    shisa::sealing::open_text(&key, &sealed).ok()
+}
+
+/// A delivery with exactly these headers.
+async fn deliver_as_is(
     s: &Stack,
     event: &str,
     body: Vec<u8>,
@@ -2252,5 +2303,74 @@ async fn build_archives_are_bounded_as_sent_and_unpacked() {
                 .contains("Unpacked, the repository is larger than your limit")),
         "{rows:?}"
     );
+    s.stop().await;
+}
+
+/// Each project's hook has its own secret: the global token (which a maintainer can read out
+/// of an old hook) no longer delivers for it, nor does one project's secret for another.
+#[tokio::test]
+async fn each_projects_hook_has_its_own_secret() {
+    let fake = FakeGitlab::start(FakeState {
+        users: vec![(101, "alice".into()), (102, "bob".into())],
+        projects: vec![
+            FakeProject {
+                id: 7,
+                path: "alice/MyModel".into(),
+                members: HashMap::from([("alice".to_string(), 40)]),
+                archives: HashMap::new(),
+            },
+            FakeProject {
+                id: 8,
+                path: "bob/tool".into(),
+                members: HashMap::from([("bob".to_string(), 40)]),
+                archives: HashMap::new(),
+            },
+        ],
+        ..Default::default()
+    })
+    .await;
+    let s = Stack::start(Opts {
+        extra: gitlab_toml(&fake.url, 5),
+        ..Default::default()
+    })
+    .await;
+    for (u, p) in [("alice", "alice/MyModel"), ("bob", "bob/tool")] {
+        assert!(s
+            .say(u, &format!("/container build enable {p}"))
+            .await
+            .contains("Builds are on"));
+    }
+    let (t7, t8) = {
+        let st = fake.state.lock().unwrap();
+        (st.hook_tokens[&7].clone(), st.hook_tokens[&8].clone())
+    };
+    assert!(t7 != t8 && t7 != HOOK_TOKEN, "its own secret");
+    assert_eq!(
+        project_hook_token(&s, 7).await.as_deref(),
+        Some(t7.as_str())
+    );
+    let sha = "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0";
+    let body = || push_body(7, "alice/MyModel", 101, sha, "README.md");
+    let with = |t: &str, k: &str| {
+        vec![
+            ("X-Gitlab-Token", t.to_string()),
+            ("Idempotency-Key", k.to_string()),
+        ]
+    };
+    let (code, _) = deliver_as_is(&s, "Push Hook", body(), &with(HOOK_TOKEN, "g")).await;
+    assert_eq!(code, 401, "the global token");
+    let (code, _) = deliver_as_is(&s, "Push Hook", body(), &with(&t8, "o")).await;
+    assert_eq!(code, 401, "another project's secret");
+    let (code, _) = deliver_as_is(&s, "Push Hook", body(), &with(&t7, "own")).await;
+    assert_eq!(code, 200, "its own");
+    // A project shisa has no secret for (none enabled): the global token, as before.
+    let (code, _) = deliver_as_is(
+        &s,
+        "Push Hook",
+        push_body(9, "carol/x", 101, sha, "README.md"),
+        &with(HOOK_TOKEN, "legacy"),
+    )
+    .await;
+    assert_eq!(code, 200);
     s.stop().await;
 }

@@ -477,6 +477,23 @@ impl Stack {
             let _ = rx.await;
         };
         let handle = tokio::spawn(shisa::cli::serve::serve_with(cfg, listener, stop, services));
+        // The service opens (and migrates) its database once spawned: a test that opens the
+        // store first would race it, so the stack is handed over once it answers.
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if handle.is_finished() {
+                break;
+            }
+            if client
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         Stack {
             cfg: for_chat,
             addr,
