@@ -226,50 +226,35 @@ impl Store {
     /// Copy `image` from the blade at `socket` (an image the blade holds, such as an
     /// administrator's base image) into this store.
     pub async fn load_from(&self, socket: &Path, image: &str) -> anyhow::Result<()> {
-        let file = self
-            .dir
-            .join("tmp")
-            .join(format!("load-{}.tar", uuid::Uuid::new_v4().simple()));
-        let _gone = Remove(file.clone());
-        let out = podman(socket)
-            .arg("save")
-            .arg("--output")
-            .arg(&file)
-            .arg(image)
-            .output()
-            .await?;
-        anyhow::ensure!(out.status.success(), "{}", tail(&out.stderr, 3));
-        let out = self
-            .podman()
-            .arg("load")
-            .arg("--input")
-            .arg(&file)
-            .output()
-            .await?;
-        anyhow::ensure!(out.status.success(), "{}", tail(&out.stderr, 3));
-        Ok(())
+        self.transfer(podman(socket), self.podman(), image).await
     }
 
     /// The reverse: put a built image on the blade (when there is no registry to pull from).
     pub async fn copy_to(&self, socket: &Path, image: &str) -> anyhow::Result<()> {
-        let file = self
-            .dir
-            .join("tmp")
-            .join(format!("save-{}.tar", uuid::Uuid::new_v4().simple()));
-        let _gone = Remove(file.clone());
-        let out = self
-            .podman()
-            .arg("save")
-            .arg("--output")
-            .arg(&file)
+        self.transfer(self.podman(), podman(socket), image).await
+    }
+
+    /// `save` with one Podman, `load` with the other, through a file in the store's tmp.
+    async fn transfer(
+        &self,
+        mut from: tokio::process::Command,
+        mut to: tokio::process::Command,
+        image: &str,
+    ) -> anyhow::Result<()> {
+        let file = tempfile::Builder::new()
+            .suffix(".tar")
+            .tempfile_in(self.dir.join("tmp"))?;
+        let out = from
+            .args(["save", "--format", "docker-archive", "--output"])
+            .arg(file.path())
             .arg(image)
             .output()
             .await?;
         anyhow::ensure!(out.status.success(), "{}", tail(&out.stderr, 3));
-        let out = podman(socket)
+        let out = to
             .arg("load")
             .arg("--input")
-            .arg(&file)
+            .arg(file.path())
             .output()
             .await?;
         anyhow::ensure!(out.status.success(), "{}", tail(&out.stderr, 3));
@@ -334,15 +319,6 @@ impl Store {
             tail(&out.stderr, 5)
         );
         Ok(())
-    }
-}
-
-/// Removes a file when dropped.
-struct Remove(PathBuf);
-
-impl Drop for Remove {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -562,12 +562,6 @@ pub async fn build_one(
     if !built.ok {
         return Err(built.log_tail);
     }
-    let client = app
-        .blades
-        .iter()
-        .find(|(bl, _)| bl.name == blade.name)
-        .map(|x| &x.1)
-        .ok_or("the blade is gone")?;
     if let Some(reg) = app.registry.as_ref() {
         let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
         for t in &tags {
@@ -589,6 +583,7 @@ pub async fn build_one(
             .await
             .map_err(|e| e.to_string())?;
     }
+    let (_, client) = super::containers::blade_of(app, &blade.name).map_err(|e| e.to_string())?;
     let local = client
         .image_inspect(&tag_sha)
         .await
@@ -630,12 +625,7 @@ async fn bring_base(
             .await
             .map_err(|_| anyhow::anyhow!("the registry has no such image for you"));
     }
-    let client = app
-        .blades
-        .iter()
-        .find(|(bl, _)| bl.name == blade.name)
-        .map(|x| &x.1)
-        .ok_or_else(|| anyhow::anyhow!("the blade is gone"))?;
+    let (_, client) = super::containers::blade_of(app, &blade.name)?;
     let on_blade = client
         .image_inspect(reference)
         .await
