@@ -318,9 +318,11 @@ async fn gitlab_hook(
     };
     // A project's delivery carries that project's own secret once it has one; the global
     // tokens are for system hooks and projects enabled before per-project secrets.
-    let project_id = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["project"]["id"].as_u64().or(v["project_id"].as_u64()));
+    // Parsed once: for the project's secret here, and as the queued task's body below.
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let project_id = value["project"]["id"]
+        .as_u64()
+        .or(value["project_id"].as_u64());
     let own = match project_id {
         Some(id) => app.store.hook_secret(id).await.ok().flatten(),
         None => None,
@@ -374,7 +376,6 @@ async fn gitlab_hook(
         .or(h("x-gitlab-event-uuid"))
         .map(|k| k.chars().take(200).collect::<String>())
         .unwrap_or_else(|| format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))));
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let job = crate::work::tasks::Task::GitlabEvent {
         event: event.to_string(),
         body: value,
