@@ -281,9 +281,7 @@ impl Podman for PodmanClient {
     /// The last `tail` lines of output (stdout and stderr interleaved), streamed into a
     /// bounded buffer: only the last `LOG_BYTES` are ever held.
     async fn logs(&self, id: &str, tail: u32) -> Result<Logs, PodmanError> {
-        use futures_util::StreamExt;
-        let mut dm = Demux::new(LOG_BYTES);
-        let read = async {
+        let resp = async {
             let r = self
                 .send(self.http.get(Self::url(
                     "/containers",
@@ -291,20 +289,9 @@ impl Podman for PodmanClient {
                     &format!("/logs?stdout=true&stderr=true&follow=false&tail={tail}"),
                 )))
                 .await?;
-            let mut s = self.check(r).await?.bytes_stream();
-            while let Some(chunk) = s.next().await {
-                dm.push(&chunk.map_err(|e| self.unreachable(e))?);
-            }
-            Ok::<_, PodmanError>(())
+            self.check(r).await
         };
-        let slow = match tokio::time::timeout(LOG_TIME, read).await {
-            Ok(r) => {
-                r?;
-                false
-            }
-            Err(_) => true,
-        };
-        let (text, cut) = dm.finish();
+        let (text, cut, slow) = drain(resp, LOG_BYTES, LOG_TIME).await?;
         Ok(Logs { text, cut, slow })
     }
 
@@ -339,26 +326,11 @@ impl Podman for PodmanClient {
             .timeout(e.timeout + Duration::from_secs(5))
             .send();
         // Drain everything (a writer blocked on a full pipe would never exit) but keep only the tail.
-        let mut dm = Demux::new(e.max_output);
-        let mut timed_out = false;
-        let read = async {
-            use futures_util::StreamExt;
+        let resp = async {
             let r = start.await.map_err(|e| self.unreachable(e))?;
-            let r = self.check(r).await?;
-            let mut s = r.bytes_stream();
-            while let Some(chunk) = s.next().await {
-                match chunk {
-                    Ok(c) => dm.push(&c),
-                    Err(_) => break,
-                }
-            }
-            Ok::<_, PodmanError>(())
+            self.check(r).await
         };
-        match tokio::time::timeout(e.timeout, read).await {
-            Ok(r) => r?,
-            Err(_) => timed_out = true,
-        }
-        let (output, truncated) = dm.finish();
+        let (output, truncated, timed_out) = drain(resp, e.max_output, e.timeout).await?;
         #[derive(Deserialize)]
         struct ExecInspect {
             #[serde(rename = "ExitCode", default)]
@@ -719,6 +691,34 @@ impl Demux {
         let v: Vec<u8> = self.out.into_iter().collect();
         (String::from_utf8_lossy(&v).into_owned(), self.dropped)
     }
+}
+
+/// Read an answer's (framed) output stream to its end, or for at most `within`, keeping only
+/// its last `max` bytes, whatever its size: (text, cut, timed out). All of it is drained (a
+/// writer blocked on a full pipe would never exit); a stream that breaks ends the reading.
+async fn drain(
+    resp: impl std::future::Future<Output = Result<reqwest::Response, PodmanError>>,
+    max: usize,
+    within: Duration,
+) -> Result<(String, bool, bool), PodmanError> {
+    use futures_util::StreamExt;
+    let mut dm = Demux::new(max);
+    let read = async {
+        let mut s = resp.await?.bytes_stream();
+        while let Some(Ok(chunk)) = s.next().await {
+            dm.push(&chunk);
+        }
+        Ok::<_, PodmanError>(())
+    };
+    let timed_out = match tokio::time::timeout(within, read).await {
+        Ok(r) => {
+            r?;
+            false
+        }
+        Err(_) => true,
+    };
+    let (text, cut) = dm.finish();
+    Ok((text, cut, timed_out))
 }
 
 /// Undo the Docker stream framing (8-byte header: stream, 0, 0, 0, u32 BE
