@@ -29,6 +29,10 @@ pub struct RegistryRaw {
     pub notification_token: SecretSource,
     #[serde(default = "default_sync")]
     pub sync_seconds: u64,
+    /// How long an uploaded layer may stay in no image (its push still running, or abandoned)
+    /// before shisa deletes it from the registry; until then it counts against the quota.
+    #[serde(default = "default_upload_grace")]
+    pub upload_grace_seconds: u64,
     /// Use HTTP, not HTTPS, when Podman pulls from it (test and demo registries).
     #[serde(default)]
     pub insecure: bool,
@@ -50,6 +54,10 @@ pub(super) fn default_sync() -> u64 {
     300
 }
 
+pub(super) fn default_upload_grace() -> u64 {
+    6 * 3600
+}
+
 #[derive(Debug, Clone)]
 pub struct Registry {
     pub url: String,
@@ -62,6 +70,7 @@ pub struct Registry {
     pub token_ttl_seconds: u64,
     pub notification_token: Secret,
     pub sync_seconds: u64,
+    pub upload_grace_seconds: u64,
     pub insecure: bool,
 }
 
@@ -110,6 +119,7 @@ pub(super) fn checked(
                 token_ttl_seconds: r.token_ttl_seconds,
                 notification_token,
                 sync_seconds: r.sync_seconds.max(5),
+                upload_grace_seconds: r.upload_grace_seconds,
                 insecure: r.insecure,
             })
         }

@@ -23,7 +23,7 @@ pub struct SifConfig {
     /// The shisa binary the native writer runs as `HELPER sif squash` (default: this program).
     pub helper: Option<PathBuf>,
     /// Size bound of the store (`500G`); least recently used files go first,
-    /// never one a pending or running job holds. Unset: unbounded.
+    /// never one a pending or running job holds. Unset: half of its file system.
     pub max_bytes: Option<Size>,
 }
 

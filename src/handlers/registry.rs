@@ -270,6 +270,12 @@ async fn tell_over_quota(app: &Arc<App>, reg: &Registry, a: &Account, usage: u64
         .await;
 }
 
+/// `sha256:` and 64 hex digits (what the registry computes; anything else is not recorded).
+fn valid_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Apply the registry's notification envelope (distribution `notifications`).
 pub async fn notifications(app: &Arc<App>, body: &[u8]) -> Result<usize, String> {
     let reg = app.registry.as_ref().ok_or("no registry configured")?;
@@ -326,15 +332,52 @@ pub async fn notifications(app: &Arc<App>, body: &[u8]) -> Result<usize, String>
                         _ => (event_digest, 0),
                     },
                 };
+                // The layers it holds count with the image now, not as loose uploads.
+                let blobs = reg
+                    .client()
+                    .blobs_of(repo, &digest)
+                    .await
+                    .unwrap_or_default();
                 app.store
                     .upsert_image(ImageRow {
                         repository: repo.into(),
                         tag: tag.into(),
-                        owner,
+                        owner: owner.clone(),
                         digest,
                         size,
                         pushed_at: crate::store::now(),
                     })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                app.store
+                    .claim_uploads(&owner, blobs)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                applied += 1;
+            }
+            // A layer uploaded (or mounted from another repository): it counts against the
+            // owner's quota at once, so one huge upload without a manifest cannot hide.
+            "push" | "mount" if !is_manifest => {
+                let (Some(digest), Some(owner)) = (
+                    target["digest"].as_str().filter(|d| valid_digest(d)),
+                    owner_of(repo),
+                ) else {
+                    continue;
+                };
+                let size = target["size"]
+                    .as_u64()
+                    .or_else(|| target["length"].as_u64())
+                    .unwrap_or(0);
+                if !app
+                    .store
+                    .first_registry_event(id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    continue;
+                }
+                app.store
+                    .record_upload(repo, digest, &owner, size)
                     .await
                     .map_err(|e| e.to_string())?;
                 applied += 1;
@@ -353,6 +396,10 @@ pub async fn notifications(app: &Arc<App>, body: &[u8]) -> Result<usize, String>
                 }
                 app.store
                     .delete_image_digest(repo, digest)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                app.store
+                    .forget_upload(repo, digest)
                     .await
                     .map_err(|e| e.to_string())?;
                 applied += 1;

@@ -41,6 +41,10 @@ pub trait RegistryApi: Send + Sync {
     async fn manifest(&self, name: &str, reference: &str) -> anyhow::Result<Option<(String, u64)>>;
     /// Delete by digest (the only way distribution 2.8 accepts); all its tags go.
     async fn delete_manifest(&self, name: &str, digest: &str) -> anyhow::Result<()>;
+    /// The blobs (config and layers; for an index, its manifests) a manifest refers to.
+    async fn blobs_of(&self, name: &str, reference: &str) -> anyhow::Result<Vec<String>>;
+    /// Unlink a blob from a repository (garbage collection frees the space).
+    async fn delete_blob(&self, name: &str, digest: &str) -> anyhow::Result<()>;
 }
 
 impl Client {
@@ -161,4 +165,50 @@ impl RegistryApi for Client {
             s => anyhow::bail!("registry answered {s} to a delete"),
         }
     }
+
+    async fn blobs_of(&self, name: &str, reference: &str) -> anyhow::Result<Vec<String>> {
+        let r = self
+            .http
+            .get(format!("{}/v2/{name}/manifests/{reference}", self.cfg.url))
+            .bearer_auth(self.repo_token(name, &["pull"]))
+            .header("accept", ACCEPT)
+            .send()
+            .await?;
+        if r.status().as_u16() == 404 {
+            return Ok(Vec::new());
+        }
+        let m: serde_json::Value = r.error_for_status()?.json().await?;
+        Ok(referenced_blobs(&m))
+    }
+
+    async fn delete_blob(&self, name: &str, digest: &str) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .delete(format!("{}/v2/{name}/blobs/{digest}", self.cfg.url))
+            .bearer_auth(self.repo_token(name, &["pull", "delete"]))
+            .send()
+            .await?;
+        match r.status().as_u16() {
+            202 | 404 => Ok(()),
+            405 => anyhow::bail!("the registry has deletes disabled (storage.delete.enabled)"),
+            s => anyhow::bail!("registry answered {s} to a blob delete"),
+        }
+    }
+}
+
+/// The digests a manifest (or index) names: config, layers, manifests.
+pub fn referenced_blobs(m: &serde_json::Value) -> Vec<String> {
+    let mut out: Vec<String> = m["config"]["digest"]
+        .as_str()
+        .map(str::to_string)
+        .into_iter()
+        .collect();
+    for key in ["layers", "manifests"] {
+        for l in m[key].as_array().into_iter().flatten() {
+            if let Some(d) = l["digest"].as_str() {
+                out.push(d.to_string());
+            }
+        }
+    }
+    out
 }

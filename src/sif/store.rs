@@ -62,6 +62,29 @@ impl Store {
     }
 }
 
+/// The store's size bound: the configured one, or else half of the file system it lives on
+/// (so conversions never fill the disk the database and homes may share). None: not known.
+pub fn bound(dir: &Path, configured: Option<u64>) -> Option<u64> {
+    if configured.is_some() {
+        return configured;
+    }
+    fs_size(dir).map(|total| total / 2)
+}
+
+/// Total bytes of the file system holding `dir`.
+pub fn fs_size(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_blocks.saturating_mul(st.f_frsize))
+}
+
 /// Remove least-recently-used, unpinned files until the store is within `max`
 /// bytes; `keep` (the file just asked for) always stays. Returns what was removed.
 pub async fn evict(db: &Store, dir: &Path, max: u64, keep: &str) -> anyhow::Result<Vec<String>> {
@@ -107,6 +130,15 @@ pub async fn remove(db: &Store, dir: &Path, file: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_bound_is_half_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = fs_size(dir.path()).expect("statvfs of a temporary directory");
+        assert!(total > 0);
+        assert_eq!(bound(dir.path(), None), Some(total / 2));
+        assert_eq!(bound(dir.path(), Some(1000)), Some(1000), "configured wins");
+    }
 
     #[tokio::test]
     async fn lru_with_pins() {

@@ -127,14 +127,88 @@ impl Store {
         .map(|n| n > 0)
     }
 
-    /// Registry bytes a user uses: each layer set (digest) counted once.
+    /// Registry bytes a user uses: each image (digest) counted once, and each uploaded layer
+    /// no image of theirs holds yet.
     pub async fn registry_usage(&self, owner: &str) -> anyhow::Result<u64> {
         let o = owner.to_string();
         self.call(move |c| {
-            c.query_row("SELECT COALESCE(SUM(size), 0) FROM (SELECT DISTINCT digest, size FROM images WHERE owner = ?1)", [o], |r| r.get::<_, i64>(0))
+            c.query_row(
+                "SELECT (SELECT COALESCE(SUM(size), 0) FROM (SELECT DISTINCT digest, size FROM images WHERE owner = ?1))
+                      + (SELECT COALESCE(SUM(size), 0) FROM (SELECT digest, MAX(size) AS size FROM registry_uploads WHERE owner = ?1 GROUP BY digest))",
+                [o],
+                |r| r.get::<_, i64>(0),
+            )
         })
         .await
         .map(|n| n as u64)
+    }
+
+    /// A layer landed in `repository` (a blob push or mount notification).
+    pub async fn record_upload(
+        &self,
+        repository: &str,
+        digest: &str,
+        owner: &str,
+        size: u64,
+    ) -> anyhow::Result<()> {
+        let (r, d, o) = (
+            repository.to_string(),
+            digest.to_string(),
+            owner.to_string(),
+        );
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO registry_uploads(repository, digest, owner, size, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r, d, o, size as i64, now()],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// An image of `owner`'s holds these layers: they count with the image from now on.
+    pub async fn claim_uploads(&self, owner: &str, digests: Vec<String>) -> anyhow::Result<()> {
+        let o = owner.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for d in &digests {
+                tx.execute(
+                    "DELETE FROM registry_uploads WHERE owner = ?1 AND digest = ?2",
+                    params![o, d],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    pub async fn forget_upload(&self, repository: &str, digest: &str) -> anyhow::Result<()> {
+        let (r, d) = (repository.to_string(), digest.to_string());
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM registry_uploads WHERE repository = ?1 AND digest = ?2",
+                [r, d],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Uploads older than `before` still in no image: (repository, digest, owner).
+    pub async fn stale_uploads(
+        &self,
+        before: i64,
+    ) -> anyhow::Result<Vec<(String, String, String)>> {
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT repository, digest, owner FROM registry_uploads WHERE at < ?1 ORDER BY owner, repository, digest",
+            )?;
+            let v = st
+                .query_map([before], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(v)
+        })
+        .await
     }
 
     pub async fn share(&self, repository: &str, owner: &str, grantee: &str) -> anyhow::Result<()> {

@@ -307,6 +307,22 @@ UPDATE registry_tokens SET expires_at = created_at + 7776000;
         // Each project's own webhook secret (sealed under state.key); none: enabled before
         // this, its hook carries the global token.
         M::up("ALTER TABLE gitlab_projects ADD COLUMN hook_secret TEXT;"),
+        // Layers uploaded (the registry's blob notifications) that no recorded image holds
+        // yet: they count against their owner's quota until an image claims them or shisa
+        // deletes them after the grace.
+        M::up(
+            r#"
+CREATE TABLE registry_uploads (
+    repository  TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (repository, digest)
+);
+CREATE INDEX registry_uploads_by_owner ON registry_uploads(owner, digest);
+"#,
+        ),
     ])
 }
 

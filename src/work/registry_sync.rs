@@ -62,6 +62,43 @@ pub async fn sync(app: &Arc<App>) -> anyhow::Result<(usize, usize)> {
     Ok((changed, removed))
 }
 
+/// Uploads still in no image after the grace: if an image of the owner's holds the layer
+/// (its push notification was lost), it counts with the image; otherwise it is an abandoned
+/// or hostile upload, unlinked from the registry so it stops counting. Returns how many went.
+pub async fn prune_uploads(app: &Arc<App>) -> anyhow::Result<usize> {
+    let Some(reg) = app.registry.as_ref() else {
+        return Ok(0);
+    };
+    let c = reg.client();
+    let before = crate::store::now() - reg.cfg.upload_grace_seconds as i64;
+    let stale = app.store.stale_uploads(before).await?;
+    let mut held: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    let mut removed = 0;
+    for (repo, digest, owner) in stale {
+        if !held.contains_key(&owner) {
+            let mut blobs = std::collections::HashSet::new();
+            for i in app.store.all_images().await? {
+                if i.owner == owner {
+                    blobs.extend(c.blobs_of(&i.repository, &i.digest).await?);
+                }
+            }
+            held.insert(owner.clone(), blobs);
+        }
+        if !held[&owner].contains(&digest) {
+            c.delete_blob(&repo, &digest).await?;
+            removed += 1;
+        }
+        app.store.forget_upload(&repo, &digest).await?;
+    }
+    if removed > 0 {
+        tracing::info!(removed, "removed uploads that no image holds");
+        app.metrics
+            .incr_labeled("registry_sync_repairs", "kind=\"upload\"");
+    }
+    Ok(removed)
+}
+
 pub fn spawn_sync(
     app: Arc<App>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -71,6 +108,9 @@ pub fn spawn_sync(
         loop {
             if let Err(e) = sync(&app).await {
                 tracing::warn!(error = %e, "registry sync failed");
+            }
+            if let Err(e) = prune_uploads(&app).await {
+                tracing::warn!(error = %e, "pruning loose registry uploads failed");
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

@@ -258,7 +258,8 @@ pub async fn ensure(
         .sif_touch(&file, size)
         .await
         .map_err(TaskError::Retry)?;
-    if let Some(max) = app.cfg.sif.max_bytes.as_ref().map(|m| m.bytes) {
+    let configured = app.cfg.sif.max_bytes.as_ref().map(|m| m.bytes);
+    if let Some(max) = crate::sif::store::bound(&store, configured) {
         match crate::sif::store::evict(&app.store, &store, max, &file).await {
             Ok(gone) if !gone.is_empty() => {
                 tracing::info!(?gone, "evicted least recently used SIF files")

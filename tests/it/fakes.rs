@@ -190,6 +190,12 @@ impl RegistryApi for TableRegistry {
     async fn delete_manifest(&self, _: &str, _: &str) -> anyhow::Result<()> {
         Ok(())
     }
+    async fn blobs_of(&self, _: &str, _: &str) -> anyhow::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+    async fn delete_blob(&self, _: &str, _: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A GitLab that knows one project, whose maintainer is `maintainer`, and records hooks.

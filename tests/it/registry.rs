@@ -667,3 +667,139 @@ async fn registry_logins_cannot_be_locked_out_by_others() {
     assert!(keys <= shisa::registry::MAX_FAILURE_KEYS as f64, "{keys}");
     e.s.stop().await;
 }
+
+/// Quotas count what the registry holds, not only recorded images: a layer uploaded without
+/// a manifest counts at once (the registry's blob notification), so its owner gets no push
+/// token; an image's own layers are not counted twice; a loose layer is unlinked after the
+/// grace and pushing works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loose_uploads_count_against_the_quota_until_pruned() {
+    use base64::Engine;
+    use sha2::Digest;
+    // The first line lands in `[registry]`.
+    let e = env(
+        "upload_grace_seconds = 3\n[limits.student]\nregistry_bytes = \"6M\"\n",
+        None,
+    )
+    .await;
+    let s = &e.s;
+    assert!(ok(&e.login("alice", "alice-demo")));
+    assert!(ok(&e.push("alice", "alice/app:1")));
+    wait_for_image(s, "alice/app", "1", true).await;
+    let image = s.store().image("alice/app", "1").await.unwrap().unwrap();
+    let loose = |s: &Stack| {
+        s.store()
+            .with(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM registry_uploads WHERE owner = 'alice'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap()
+    };
+    assert_eq!(loose(s), 0, "the image's layers count with the image");
+    assert_eq!(
+        s.store().registry_usage("alice").await.unwrap(),
+        image.size,
+        "counted once"
+    );
+    // A push token for alice/loose, as any client gets one.
+    let token = || async {
+        let r: serde_json::Value = reqwest::Client::new()
+            .get(s.url(
+                "/registry/token?service=shisa-registry&scope=repository:alice/loose:pull,push",
+            ))
+            .basic_auth("alice", Some("alice-demo"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let jwt = r["token"].as_str().unwrap().to_string();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(jwt.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let actions: Vec<String> = claims["access"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["actions"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
+        (jwt, actions)
+    };
+    let (jwt, actions) = token().await;
+    assert!(actions.contains(&"push".to_string()), "{actions:?}");
+    // 6 MB of layer, uploaded straight to the registry, and no manifest.
+    let blob: Vec<u8> = (0..6_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&blob)));
+    let reg = format!("http://{}", e.host);
+    let http = reqwest::Client::new();
+    let started = http
+        .post(format!("{reg}/v2/alice/loose/blobs/uploads/"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status().as_u16(), 202);
+    let location = started.headers()["location"].to_str().unwrap().to_string();
+    let location = if location.starts_with('/') {
+        format!("{reg}{location}")
+    } else {
+        location
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = http
+        .put(format!("{location}{sep}digest={digest}"))
+        .bearer_auth(&jwt)
+        .header("content-type", "application/octet-stream")
+        .body(blob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 201, "{:?}", put.text().await);
+    let mut counted = false;
+    for _ in 0..100 {
+        if s.store().registry_usage("alice").await.unwrap() >= image.size + 6_000_000 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted, "the upload counts from its notification");
+    let (_, actions) = token().await;
+    assert!(
+        !actions.contains(&"push".to_string()) && actions.contains(&"pull".to_string()),
+        "over quota: pull, no push: {actions:?}"
+    );
+    // After the grace the sync unlinks it from the registry, and pushing works again.
+    let mut pruned = false;
+    for _ in 0..300 {
+        if loose(s) == 0 {
+            pruned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pruned, "the loose upload is pruned after the grace");
+    let head = http
+        .head(format!("{reg}/v2/alice/loose/blobs/{digest}"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 404, "unlinked in the registry");
+    assert_eq!(s.store().registry_usage("alice").await.unwrap(), image.size);
+    let (_, actions) = token().await;
+    assert!(actions.contains(&"push".to_string()), "{actions:?}");
+    // The image itself is untouched.
+    assert!(ok(&e.pull("alice", "alice/app:1")));
+    e.s.stop().await;
+}
