@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod containers;
+pub mod courses;
 pub mod error;
 pub mod gitlab;
 pub mod gpus;

@@ -33,6 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "access",
             "commands",
             "containers",
+            "courses",
             "images",
             "builds",
             "blades",
