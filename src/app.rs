@@ -35,6 +35,15 @@ pub struct App {
     pub instance: String,
     /// Seals values kept at rest in the database (containers' `--env` values).
     pub state_key: [u8; 32],
+    /// Seconds added to the system clock for the lecture schedule (tests move it; 0 in service).
+    pub clock_offset: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl App {
+    /// Now, as the lecture schedule sees it (Unix seconds).
+    pub fn now(&self) -> i64 {
+        crate::store::now() + self.clock_offset.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Makes a blade's Podman client.
@@ -52,6 +61,8 @@ pub struct Services {
     /// The registry's API (the token service and its keys stay real).
     pub registry_api: Option<Arc<dyn crate::registry::client::RegistryApi>>,
     pub scheduler: Option<Arc<dyn crate::slurm::Scheduler>>,
+    /// An offset to the schedule's clock that a test can move.
+    pub clock_offset: Option<Arc<std::sync::atomic::AtomicI64>>,
 }
 
 /// The data directory is shisa's alone (0700), except for passing through (0711, no
@@ -184,6 +195,7 @@ impl App {
             scheduler,
             instance,
             state_key,
+            clock_offset: services.clock_offset.clone().unwrap_or_default(),
             cfg,
         }))
     }

@@ -137,6 +137,7 @@ pub static EN: &[(&str, &str)] = &[
     ("build.not_enabled", "You pushed a Containerfile to `{project}`, but shisa does not build that project yet. A maintainer can switch it on with `/container build enable {project}`; then every push that changes the Containerfile builds an image under your name."),
     ("build.project_missing", "`/container build {action}` needs the GitLab project, like `/container build {action} alice/mymodel`."),
     ("build.project_unreachable", "I cannot use the GitLab project `{project}` for you: {reason}. Check the path (`group/project`) and that you are a member."),
+    ("build.project_is_course", "`{project}` is a course project: shisa builds it when a merge request is merged, not on each push. `/course status` shows it; use another project for your own image."),
     ("build.not_maintainer", "Only a Maintainer or Owner of `{project}` can switch its builds on or off. Ask one of them, or fork the project."),
     ("build.enabled_runner", "`{project}` has its own GitLab runner now, started only when a job is waiting. Add these two lines to its `.gitlab-ci.yml`:\n```yaml\ninclude:\n  - remote: \"{url}/ci-templates/container-image.gitlab-ci.yml\"\n```\nEach pipeline then pushes `{image}` (and `:latest`); you will get a message when it ends."),
     ("build.runner_broken", "The GitLab runner of `{project}` no longer works (GitLab does not accept its token). Switch it on again with `/container build enable {project} --runner`."),
@@ -192,6 +193,40 @@ pub static EN: &[(&str, &str)] = &[
     ("info.blade_up", "- `{blade}`: up, Podman {version}, {containers} containers, {images} images"),
     ("info.blade_down", "- `{blade}`: **down** (not answering; the admins can see why)"),
     ("templates.none", "No templates are configured yet. Ask the admins to add `[templates.NAME]` to the configuration."),
+    // courses
+    ("course.plan_title", "### shisa plan: course `{course}` at `{sha}`"),
+    ("course.plan_against", "Against the applied {version}:"),
+    ("course.plan_no_changes", "No setting changes against the applied version."),
+    ("course.plan_build", "**Image:** {build}"),
+    ("course.plan_capacity", "**Capacity:** {capacity}\n\n**Next lecture:** {next}\n\nComment `shisa plan` to plan again. Merging applies it."),
+    ("course.plan_problems", "**Not ready to apply:**\n{problems}"),
+    ("course.plan_errors", "**`{file}` has errors**; nothing is applied until they are fixed:\n{errors}"),
+    ("course.no_course_file", "There is no `{file}` at the top of the repository here. A course project keeps its settings in that file; see the instructors' guide for an example."),
+    ("course.id_taken", "The course id `{course}` belongs to another course project (`{project}`). Choose another `id`."),
+    ("course.capacity_fits", "{asked} on {blades} blades: fits (room for {room})."),
+    ("course.capacity_short", "{asked} on {blades} blades: does **not** fit, room for {room}, {short} short (runs out of {resource}). Lower the per-student resources or `max_containers`, or ask the admins for blades."),
+    ("course.build_queued", "building `{file}` (queued); this comment is updated when it is done."),
+    ("course.build_done", "built `{image}` in {seconds} s: digest `{digest}`, {size}."),
+    ("course.build_reused", "the same sources were built before: digest `{digest}` (reused)."),
+    ("course.build_failed", "the image could not be made: {reason}"),
+    ("course.apply_failed", "### shisa did not apply this merge\n\n{reason}\n\nThe previous version stays in use{previous}. Fix it in a new merge request."),
+    ("course.applied", "### shisa applied course `{course}`, version {version}\n\nImage `{image}`, digest `{digest}`, tagged `current` and `v{version}`.\n\n{blades}"),
+    ("course.applied_dm", "Course `{course}` version {version} is applied (digest `{digest}`): {ready}/{total} blades ready."),
+    ("course.readiness", "{course} at {time}: {ready}/{total} blades ready, {seats} seats{missing}"),
+    ("course.not_found", "There is no course `{course}` that you are in. `/course list` shows your courses."),
+    ("course.not_member", "You are not in course `{course}`: it is for the groups {groups}. Ask its instructors to add you, then try again."),
+    ("course.full", "Course `{course}` already has its {max} containers running. Try again when someone stops theirs, or ask an instructor to raise `max_containers`."),
+    ("course.instructors_only", "Only the instructors of `{course}` (and the admins) can see this. `/course run {course}` starts your own container."),
+    ("course.not_instructor", "Only instructors can manage a course project. Ask your instructor, or use `/container build enable` for your own image."),
+    ("course.project_builds", "`{project}` has shisa builds switched on; a course project is separate. Switch them off first (`/container build disable {project}`) or use another project."),
+    ("course.not_enabled", "`{project}` is not a course project you manage. `/course enable PROJECT` manages one."),
+    ("course.enabled", "`{project}` is now a course project. Open a merge request that adds or changes `{file}`: shisa comments a plan on it, and applies it when it is merged."),
+    ("course.disabled", "`{project}` is no longer managed by shisa. The course's applied version is no longer offered."),
+    ("course.list_empty", "You are in no course with a shisa environment yet."),
+    ("course.list_hint", "`/course run COURSE` starts your container of one."),
+    ("course.list_all_admins", "Only admins can list every course. `/course list` shows yours."),
+    ("course.ps_empty", "Nobody runs a container of `{course}` now."),
+    ("course.status", "**{course}**: {title}\nVersion {version}, image `{image}` (digest `{digest}`)\n\n| blade | readiness |\n|---|---|\n{blades}\n\nStudents running: {running} ({seats} containers of at most {max}).\nNext lecture: {next}"),
     // chat/cli
     ("chat.timeout", "No final reply arrived within {seconds} s."),
 ];
@@ -324,6 +359,16 @@ mod tests {
                         for (i, _) in text.match_indices(pat) {
                             let rest = &text[i + pat.len()..];
                             let key = &rest[..rest.find('"').unwrap()];
+                            if lookup(Lang::En, key).is_none() {
+                                missing.push(format!("{}: {key}", e.display()));
+                            }
+                        }
+                    }
+                    // `render(Lang::En, "key", …)`, however it is wrapped.
+                    for (i, _) in text.match_indices("Lang::En,") {
+                        let rest = text[i + "Lang::En,".len()..].trim_start();
+                        if let Some(r) = rest.strip_prefix('"') {
+                            let key = &r[..r.find('"').unwrap()];
                             if lookup(Lang::En, key).is_none() {
                                 missing.push(format!("{}: {key}", e.display()));
                             }

@@ -90,6 +90,10 @@ pub async fn serve_with(
     workers.extend(crate::work::health::spawn(app.clone(), rx.clone()));
     workers.extend(crate::work::slurm_jobs::spawn(app.clone(), rx.clone()));
     workers.extend(crate::work::runners::spawn(app.clone(), rx.clone()));
+    workers.push(crate::work::courses::spawn_readiness(
+        app.clone(),
+        rx.clone(),
+    ));
     workers.extend(crate::work::registry_sync::spawn_sync(app.clone(), rx));
     tracing::info!(%listen, "shisa is listening");
     axum::serve(

@@ -8,6 +8,7 @@ use super::values::Kind;
 pub enum Program {
     Container,
     Job,
+    Course,
 }
 
 impl Program {
@@ -15,12 +16,14 @@ impl Program {
         match self {
             Program::Container => "/container",
             Program::Job => "/job",
+            Program::Course => "/course",
         }
     }
     pub fn from_slash(s: &str) -> Option<Program> {
         match s.trim_start_matches('/') {
             "container" => Some(Program::Container),
             "job" => Some(Program::Job),
+            "course" => Some(Program::Course),
             _ => None,
         }
     }
@@ -28,9 +31,10 @@ impl Program {
         match self {
             Program::Container => &CONTAINER,
             Program::Job => &JOB,
+            Program::Course => &COURSE,
         }
     }
-    pub const ALL: [Program; 2] = [Program::Container, Program::Job];
+    pub const ALL: [Program; 3] = [Program::Container, Program::Job, Program::Course];
 }
 
 pub struct ProgramSpec {
@@ -563,6 +567,80 @@ pub static JOB: ProgramSpec = ProgramSpec {
             trailing: Trailing::None,
             one_of: &[],
             examples: &["/job whoami"],
+        },
+    ],
+};
+
+const COURSE_ARG: ArgSpec = ArgSpec {
+    name: "COURSE",
+    kind: Kind::Id,
+    required: true,
+    help: "the course's id (`ml101`), from `/course list`",
+};
+const PROJECT_ARG: ArgSpec = ArgSpec {
+    name: "PROJECT",
+    kind: Kind::Path,
+    required: true,
+    help: "the course's GitLab project (`courses/ml101`)",
+};
+
+pub static COURSE: ProgramSpec = ProgramSpec {
+    program: Program::Course,
+    summary: "Course environments: the same container for every student of a course, ready before each lecture.",
+    subs: &[
+        SubSpec {
+            name: "list",
+            summary: "Your courses and the next lecture of each.",
+            flags: &[flag("all", Kind::Switch, "every course (admins)")],
+            args: &[],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/course list", "/course list --all"],
+        },
+        SubSpec {
+            name: "run",
+            summary: "Start your container of a course's environment (its image and resources).",
+            flags: &[],
+            args: &[COURSE_ARG],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/course run ml101"],
+        },
+        SubSpec {
+            name: "status",
+            summary: "A course's version, readiness on each blade and students running (instructors).",
+            flags: &[],
+            args: &[COURSE_ARG],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/course status ml101"],
+        },
+        SubSpec {
+            name: "ps",
+            summary: "Who runs what in a course (instructors, read-only).",
+            flags: &[],
+            args: &[COURSE_ARG],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/course ps ml101"],
+        },
+        SubSpec {
+            name: "enable",
+            summary: "Manage a course from its GitLab project: plans on merge requests, applied on merge (instructors who maintain it).",
+            flags: &[],
+            args: &[PROJECT_ARG],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/course enable courses/ml101"],
+        },
+        SubSpec {
+            name: "disable",
+            summary: "Stop managing a course's project; its course is no longer offered.",
+            flags: &[],
+            args: &[PROJECT_ARG],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/course disable courses/ml101"],
         },
     ],
 };

@@ -15,6 +15,19 @@ use super::values::Value;
 pub enum Command {
     Container(ContainerCommand),
     Job(JobCommand),
+    Course(CourseCommand),
+}
+
+/// `/course …`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "sub", rename_all = "snake_case")]
+pub enum CourseCommand {
+    List { all: bool },
+    Run { course: String },
+    Status { course: String },
+    Ps { course: String },
+    Enable { project: String },
+    Disable { project: String },
 }
 
 /// `/container …`
@@ -394,6 +407,24 @@ impl Command {
             }),
             (Program::Job, "templates") => Command::Job(J::Templates),
             (Program::Job, "whoami") => Command::Job(J::Whoami),
+            (Program::Course, "list") => Command::Course(CourseCommand::List {
+                all: inv.has("all"),
+            }),
+            (Program::Course, "run") => Command::Course(CourseCommand::Run {
+                course: arg(inv, "COURSE").unwrap_or_default(),
+            }),
+            (Program::Course, "status") => Command::Course(CourseCommand::Status {
+                course: arg(inv, "COURSE").unwrap_or_default(),
+            }),
+            (Program::Course, "ps") => Command::Course(CourseCommand::Ps {
+                course: arg(inv, "COURSE").unwrap_or_default(),
+            }),
+            (Program::Course, "enable") => Command::Course(CourseCommand::Enable {
+                project: arg(inv, "PROJECT").unwrap_or_default(),
+            }),
+            (Program::Course, "disable") => Command::Course(CourseCommand::Disable {
+                project: arg(inv, "PROJECT").unwrap_or_default(),
+            }),
             _ => return None,
         })
     }
@@ -449,6 +480,9 @@ mod tests {
             (Program::Job, "submit --template pytorch --script jobs/train.sh --dry-run"),
             (Program::Job, "logs 42 --tail 5"),
             (Program::Job, "cancel 42 --user bob"),
+            (Program::Course, "run ml101"),
+            (Program::Course, "enable courses/ml101"),
+            (Program::Course, "list --all"),
         ];
         let out: Vec<_> = cases
             .iter()

@@ -15,6 +15,8 @@ pub struct Reconcile {
     /// Remove containers labelled as shisa's that the database does not know
     /// (false: only report them in the log and /metrics).
     pub remove_unknown: bool,
+    /// Seconds between checks that each course is ready for its next lecture.
+    pub course_check_seconds: u64,
 }
 
 impl Default for Reconcile {
@@ -23,6 +25,7 @@ impl Default for Reconcile {
             interval_seconds: 60,
             health_seconds: 10,
             remove_unknown: false,
+            course_check_seconds: 60,
         }
     }
 }

@@ -279,21 +279,54 @@ pub trait Gitlab: Send + Sync {
         sha: &str,
         max: u64,
     ) -> Result<Vec<u8>, ApiError<ClientError>>;
+    /// The project's hook to shisa: push, pipeline and job events for builds; merge request,
+    /// note and push events for a course.
     async fn create_hook(
         &self,
         project: u64,
         url: &str,
         token: &str,
+        events: HookEvents,
     ) -> Result<HookInfo, ApiError<ClientError>>;
     async fn delete_hook(&self, project: u64, hook: u64) -> Result<(), ApiError<ClientError>>;
+    /// A commit status named `name` (`shisa/image`, `shisa/course`).
     async fn commit_status(
         &self,
         project: u64,
         sha: &str,
+        name: &str,
         state: gitlab::api::projects::repository::commits::CommitStatusState,
         description: &str,
         target_url: Option<&str>,
     ) -> Result<(), ApiError<ClientError>>;
+    /// A file of the repository at `git_ref`; None when it does not exist there.
+    async fn raw_file(
+        &self,
+        project: u64,
+        path: &str,
+        git_ref: &str,
+    ) -> Result<Option<Vec<u8>>, ApiError<ClientError>>;
+    /// A comment on a merge request: its id.
+    async fn create_mr_note(
+        &self,
+        project: u64,
+        iid: u64,
+        body: &str,
+    ) -> Result<u64, ApiError<ClientError>>;
+    async fn edit_mr_note(
+        &self,
+        project: u64,
+        iid: u64,
+        note: u64,
+        body: &str,
+    ) -> Result<(), ApiError<ClientError>>;
+}
+
+/// Which events a project's hook sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookEvents {
+    Builds,
+    Course,
 }
 
 #[async_trait]
@@ -471,14 +504,18 @@ impl Gitlab for GitlabApi {
         project: u64,
         url: &str,
         token: &str,
+        events: HookEvents,
     ) -> Result<HookInfo, ApiError<ClientError>> {
+        let course = events == HookEvents::Course;
         let ep = gitlab::api::projects::hooks::CreateHook::builder()
             .project(project)
             .url(url)
             .token(token)
             .push_events(true)
-            .pipeline_events(true)
-            .job_events(true)
+            .pipeline_events(!course)
+            .job_events(!course)
+            .merge_requests_events(course)
+            .note_events(course)
             .enable_ssl_verification(true)
             .build()
             .expect("project and url are set");
@@ -498,6 +535,7 @@ impl Gitlab for GitlabApi {
         &self,
         project: u64,
         sha: &str,
+        name: &str,
         state: gitlab::api::projects::repository::commits::CommitStatusState,
         description: &str,
         target_url: Option<&str>,
@@ -506,12 +544,69 @@ impl Gitlab for GitlabApi {
         b.project(project)
             .commit(sha)
             .state(state)
-            .name("shisa/image")
+            .name(name)
             .description(description.chars().take(250).collect::<String>());
         if let Some(u) = target_url {
             b.target_url(u);
         }
         let ep = b.build().expect("project, commit and state are set");
+        gitlab::api::ignore(ep).query_async(self).await
+    }
+
+    async fn raw_file(
+        &self,
+        project: u64,
+        path: &str,
+        git_ref: &str,
+    ) -> Result<Option<Vec<u8>>, ApiError<ClientError>> {
+        let ep = gitlab::api::projects::repository::files::FileRaw::builder()
+            .project(project)
+            .file_path(path)
+            .ref_(git_ref)
+            .build()
+            .expect("project and path are set");
+        match gitlab::api::raw(ep).query_async(self).await {
+            Ok(b) => Ok(Some(b)),
+            Err(ApiError::GitlabWithStatus { status, .. }) if status.as_u16() == 404 => Ok(None),
+            Err(ApiError::GitlabService { status, .. }) if status.as_u16() == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_mr_note(
+        &self,
+        project: u64,
+        iid: u64,
+        body: &str,
+    ) -> Result<u64, ApiError<ClientError>> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            id: u64,
+        }
+        let ep = gitlab::api::projects::merge_requests::notes::CreateMergeRequestNote::builder()
+            .project(project)
+            .merge_request(iid)
+            .body(body)
+            .build()
+            .expect("project, merge request and body are set");
+        let c: Created = ep.query_async(self).await?;
+        Ok(c.id)
+    }
+
+    async fn edit_mr_note(
+        &self,
+        project: u64,
+        iid: u64,
+        note: u64,
+        body: &str,
+    ) -> Result<(), ApiError<ClientError>> {
+        let ep = gitlab::api::projects::merge_requests::notes::EditMergeRequestNote::builder()
+            .project(project)
+            .merge_request(iid)
+            .note(note)
+            .body(body)
+            .build()
+            .expect("project, merge request, note and body are set");
         gitlab::api::ignore(ep).query_async(self).await
     }
 }

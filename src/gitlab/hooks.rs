@@ -92,6 +92,28 @@ pub struct MergeRequestAttributes {
     pub target_branch: String,
     #[serde(default)]
     pub state: String,
+    #[serde(default)]
+    pub last_commit: Option<LastCommit>,
+    /// Set on a merged MR unless it was fast-forwarded.
+    #[serde(default)]
+    pub merge_commit_sha: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct LastCommit {
+    pub id: String,
+}
+
+/// The merge request a Note Hook's comment is on.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct NotedMergeRequest {
+    pub iid: u64,
+    #[serde(default)]
+    pub target_branch: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub last_commit: Option<LastCommit>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -113,6 +135,8 @@ pub struct Note {
     pub user: User,
     pub project: Project,
     pub object_attributes: NoteAttributes,
+    #[serde(default)]
+    pub merge_request: Option<NotedMergeRequest>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

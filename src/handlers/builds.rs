@@ -72,9 +72,16 @@ pub async fn handle(
             getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random: {e}"))?;
             let token = format!("shisa-hook_{}", hex::encode(raw));
             let old = app.store.gitlab_project(info.id).await?;
+            if old.as_ref().is_some_and(|o| o.mode == "course") {
+                return Ok(Err(UserError::new("build.project_is_course")
+                    .arg("project", &info.path_with_namespace)));
+            }
             let (hook_id, new_secret) = match old.as_ref().and_then(|o| o.hook_id) {
                 Some(h) => (h, None),
-                None => match as_user.create_hook(info.id, &url, &token).await {
+                None => match as_user
+                    .create_hook(info.id, &url, &token, client::HookEvents::Builds)
+                    .await
+                {
                     Ok(h) => (h.id, Some(token)),
                     Err(e) => {
                         return Ok(Err(UserError::new("build.project_unreachable")

@@ -320,18 +320,87 @@ async fn run(
     if let Err(e) = containers::check_home(caller, &cfg.home_base, contact) {
         return Ok(user_err(request, e));
     }
+    let pullable = registry_repository(app, &image.reference).is_some();
+    place_and_insert(
+        app,
+        caller,
+        Planned {
+            name,
+            image: image.reference.clone(),
+            raw_image,
+            cpus_milli,
+            memory,
+            gpus,
+            ports,
+            env,
+            command,
+            private: run.private,
+            ip: run.ip,
+            wait: run.wait,
+            pullable,
+            course: None,
+        },
+        target,
+        request,
+    )
+    .await
+}
+
+/// A run, resolved and checked: what to place and record.
+pub(super) struct Planned {
+    pub name: String,
+    pub image: String,
+    /// As the user wrote it, for messages.
+    pub raw_image: String,
+    pub cpus_milli: u32,
+    pub memory: u64,
+    pub gpus: u32,
+    pub ports: Vec<(u16, String)>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub command: Vec<String>,
+    pub private: bool,
+    pub ip: bool,
+    pub wait: bool,
+    pub pullable: bool,
+    /// A course's seat: the course and its most containers at once. Checked instead of the
+    /// owner's own totals.
+    pub course: Option<(String, u32)>,
+}
+
+/// Place a planned run on a blade and record it with its queued work in one transaction.
+pub(super) async fn place_and_insert(
+    app: &Arc<App>,
+    caller: &Account,
+    p: Planned,
+    target: ReplyTarget,
+    request: &str,
+) -> anyhow::Result<Handled> {
+    let cfg = &app.cfg;
+    let contact = cfg.mattermost.contact.as_str();
+    let limits = cfg.limits_for(caller.role);
+    let Planned {
+        name,
+        raw_image,
+        cpus_milli,
+        memory,
+        gpus,
+        ports,
+        env,
+        command,
+        ..
+    } = p;
     // GPUs now, or a place in the queue with --wait.
-    let want_ip = run.ip;
+    let want_ip = p.ip;
     let placed = crate::blades::place(
         &app.fleet(),
         &crate::blades::PlaceRequest {
-            image: &image.reference,
+            image: &p.image,
             gpus,
             cpus_milli,
             memory,
-            wait: run.wait,
+            wait: p.wait,
             ip: want_ip,
-            pullable: registry_repository(app, &image.reference).is_some(),
+            pullable: p.pullable,
         },
     )
     .await?;
@@ -353,13 +422,13 @@ async fn run(
         name: name.clone(),
         blade: blade.name.clone(),
         podman_name: containers::podman_name(&caller.uid, &name),
-        image: image.reference.clone(),
+        image: p.image.clone(),
         command,
         env,
         cpus_milli,
         memory,
         gpus,
-        private: run.private,
+        private: p.private,
         state,
         ports,
         ip_hosts: if want_ip {
@@ -367,6 +436,7 @@ async fn run(
         } else {
             None
         },
+        course: p.course.as_ref().map(|c| c.0.clone()),
     };
     let nports = new.ports.len() as u32;
     let lim = limits.clone();
@@ -379,10 +449,23 @@ async fn run(
             cfg.queue.max_attempts,
         )
     });
+    let seat = p.course.clone();
     let inserted = app
         .store
-        .insert_container(new, job, blade.port_range, move |h, _| {
-            containers::check_limits(&lim, h, cpus_milli, memory, gpus, nports)
+        .insert_container(new, job, blade.port_range, move |h, tx| match &seat {
+            // A course's seat counts against the course, not the student's own totals.
+            Some((course, max)) => {
+                let held = crate::store::Store::course_seats_tx(tx, course)
+                    .map_err(|_| UserError::new("course.full").arg("course", course))?;
+                if held >= *max {
+                    Err(UserError::new("course.full")
+                        .arg("course", course)
+                        .arg("max", max.to_string()))
+                } else {
+                    Ok(())
+                }
+            }
+            None => containers::check_limits(&lim, h, cpus_milli, memory, gpus, nports),
         })
         .await?;
     let row = match inserted {

@@ -6,6 +6,7 @@ pub mod blades;
 pub mod builds;
 pub mod ci;
 pub mod containers;
+pub mod courses;
 pub mod images;
 pub mod jobs;
 pub mod registry;

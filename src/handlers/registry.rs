@@ -79,6 +79,10 @@ async fn authenticate(
         let entry = reg.pulls.lock().unwrap().get(password).cloned();
         return match entry {
             Some((uid, repo, until, push)) if uid == user && until > Instant::now() => {
+                // shisa itself (course images): its credential names one repository.
+                if uid == crate::registry::SERVICE {
+                    return Ok((crate::registry::service_account(), Some((repo, push))));
+                }
                 match app.directory.lookup(user).await {
                     Ok(Some(a)) => Ok((a, Some((repo, push)))),
                     _ => refuse("unknown user"),
@@ -181,6 +185,10 @@ pub async fn issue(app: &Arc<App>, req: TokenRequest) -> Result<Issued, TokenErr
             scope::Scope::Catalog => ("registry", "catalog".to_string()),
         };
         let shared_with = match s {
+            // A course's images: shared with its students and instructors.
+            scope::Scope::Repository { name, .. } if name.starts_with("courses/") => {
+                course_groups(app, name).await
+            }
             scope::Scope::Repository { name, .. } => {
                 app.store.shared_with_of(name).await.unwrap_or_default()
             }
@@ -240,6 +248,19 @@ pub async fn issue(app: &Arc<App>, req: TokenRequest) -> Result<Issued, TokenErr
         expires_in: ttl,
         issued_at: rfc3339(crate::store::now()),
     })
+}
+
+/// The groups of the course whose repository is `courses/ID` (none for anything else).
+async fn course_groups(app: &App, repository: &str) -> Vec<String> {
+    let Some(id) = repository.strip_prefix("courses/") else {
+        return Vec::new();
+    };
+    match app.store.current_course(id).await {
+        Ok(Some(v)) => crate::courses::parse(&v.file)
+            .map(|c| c.students.into_iter().chain(c.instructors).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
 }
 
 async fn tell_over_quota(app: &Arc<App>, reg: &Registry, a: &Account, usage: u64, limit: u64) {

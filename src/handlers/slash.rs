@@ -189,6 +189,12 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
                 }
             }
         }
+        Command::Course(c) => {
+            let target = reply_target(app, form, &account, program, &inv);
+            let h = super::courses::handle(app, &account, c, target, request_id).await?;
+            audit_res(action, h.outcome, None, h.resource).await?;
+            Ok(h.reply)
+        }
         Command::Job(j) => {
             let target = reply_target(app, form, &account, program, &inv);
             let h = super::jobs::handle(app, &account, j, target, request_id).await?;
@@ -240,6 +246,7 @@ fn label_of(p: Program) -> &'static str {
     match p {
         Program::Container => "container",
         Program::Job => "job",
+        Program::Course => "course",
     }
 }
 

@@ -45,6 +45,8 @@ pub trait RegistryApi: Send + Sync {
     async fn blobs_of(&self, name: &str, reference: &str) -> anyhow::Result<Vec<String>>;
     /// Unlink a blob from a repository (garbage collection frees the space).
     async fn delete_blob(&self, name: &str, digest: &str) -> anyhow::Result<()>;
+    /// Give the manifest `digest` of `name` another tag (the same manifest put again).
+    async fn tag(&self, name: &str, digest: &str, tag: &str) -> anyhow::Result<()>;
 }
 
 impl Client {
@@ -193,6 +195,37 @@ impl RegistryApi for Client {
             405 => anyhow::bail!("the registry has deletes disabled (storage.delete.enabled)"),
             s => anyhow::bail!("registry answered {s} to a blob delete"),
         }
+    }
+
+    async fn tag(&self, name: &str, digest: &str, tag: &str) -> anyhow::Result<()> {
+        let token = self.repo_token(name, &["pull", "push"]);
+        let r = self
+            .http
+            .get(format!("{}/v2/{name}/manifests/{digest}", self.cfg.url))
+            .bearer_auth(&token)
+            .header("accept", ACCEPT)
+            .send()
+            .await?
+            .error_for_status()?;
+        let media = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+            .to_string();
+        let body = r.bytes().await?;
+        let put = self
+            .http
+            .put(format!("{}/v2/{name}/manifests/{tag}", self.cfg.url))
+            .bearer_auth(&token)
+            .header("content-type", media)
+            .body(body)
+            .send()
+            .await?;
+        if !put.status().is_success() {
+            anyhow::bail!("registry answered {} to tagging {name}:{tag}", put.status());
+        }
+        Ok(())
     }
 }
 

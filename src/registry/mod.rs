@@ -162,6 +162,26 @@ pub fn rfc3339(t: i64) -> String {
     )
 }
 
+/// The name shisa uses for itself in the registry: it pushes course images (`courses/ID`),
+/// which no user owns, with credentials it makes for one repository at a time.
+pub const SERVICE: &str = "shisa";
+
+/// shisa as the authorisation function sees it: staff on the registry (each credential is
+/// still limited to its one repository).
+pub fn service_account() -> crate::identity::Account {
+    crate::identity::Account {
+        uid: SERVICE.into(),
+        uid_number: 0,
+        gid_number: 0,
+        home: std::path::PathBuf::new(),
+        mail: String::new(),
+        display_name: "shisa".into(),
+        groups: Vec::new(),
+        role: crate::identity::Role::Admin,
+        dn: None,
+    }
+}
+
 /// The owner of a repository: its first component, unless reserved (`library` stays `library`).
 pub fn owner_of(repository: &str) -> Option<String> {
     let first = repository.split('/').next()?;

@@ -7,7 +7,7 @@
 //! Admins: everything. Reserved names are never anyone's namespace.
 
 pub const RESERVED: &[&str] = &[
-    "library", "admin", "admins", "shisa", "root", "registry", "v2", "_catalog",
+    "library", "admin", "admins", "shisa", "root", "registry", "v2", "_catalog", "courses",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -90,6 +90,8 @@ pub struct NewContainer {
     pub ports: Vec<(u16, String)>,
     /// Lease one of these addresses (`run --ip`).
     pub ip_hosts: Option<Vec<std::net::Ipv4Addr>>,
+    /// A course's seat (`/course run`): counted against the course's limits, not the owner's.
+    pub course: Option<String>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -110,13 +112,13 @@ impl Store {
                         COALESCE(SUM(CASE WHEN state IN {ACTIVE} THEN cpus_milli END), 0),
                         COALESCE(SUM(CASE WHEN state IN {ACTIVE} THEN memory END), 0),
                         COALESCE(SUM(CASE WHEN state IN {ACTIVE} THEN gpus END), 0)
-                 FROM containers WHERE owner = ?1"
+                 FROM containers WHERE owner = ?1 AND course IS NULL"
             ),
             [owner],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
         let ports: u32 = tx.query_row(
-            "SELECT COUNT(*) FROM port_leases p JOIN containers c ON c.id = p.container_id WHERE c.owner = ?1",
+            "SELECT COUNT(*) FROM port_leases p JOIN containers c ON c.id = p.container_id WHERE c.owner = ?1 AND c.course IS NULL",
             [owner],
             |r| r.get(0),
         )?;
@@ -187,8 +189,8 @@ impl Store {
                 return Ok(Err(Err(e)));
             }
             tx.execute(
-                "INSERT INTO containers(owner, name, blade, podman_name, image, command, env, cpus_milli, memory, gpus, private, state, created_at)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
+                "INSERT INTO containers(owner, name, blade, podman_name, image, command, env, cpus_milli, memory, gpus, private, state, created_at, course)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",
                 params![
                     n.owner,
                     n.name,
@@ -202,7 +204,8 @@ impl Store {
                     n.gpus,
                     n.private,
                     n.state,
-                    now()
+                    now(),
+                    n.course
                 ],
             )?;
             let id = tx.last_insert_rowid();

@@ -323,6 +323,59 @@ CREATE TABLE registry_uploads (
 CREATE INDEX registry_uploads_by_owner ON registry_uploads(owner, digest);
 "#,
         ),
+        // Courses: each applied version of a course project (the file as applied and the
+        // image by digest), the one plan comment per merge request, each blade's readiness,
+        // the readiness notices sent, and which containers are a course's seats.
+        M::up(
+            r#"
+CREATE TABLE course_versions (
+    project_id  INTEGER NOT NULL,
+    version     INTEGER NOT NULL,
+    course      TEXT NOT NULL,
+    sha         TEXT NOT NULL,
+    file        TEXT NOT NULL,
+    image       TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    mr_iid      INTEGER,
+    applied_by  TEXT NOT NULL,
+    applied_at  INTEGER NOT NULL,
+    PRIMARY KEY (project_id, version)
+);
+CREATE INDEX course_versions_by_course ON course_versions(course, version);
+CREATE TABLE course_plans (
+    project_id  INTEGER NOT NULL,
+    mr_iid      INTEGER NOT NULL,
+    note_id     INTEGER,
+    sha         TEXT NOT NULL DEFAULT '',
+    image       TEXT,
+    digest      TEXT,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (project_id, mr_iid)
+);
+CREATE TABLE course_blades (
+    course      TEXT NOT NULL,
+    blade       TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    ready_at    INTEGER NOT NULL,
+    PRIMARY KEY (course, blade)
+);
+CREATE TABLE course_notices (
+    course      TEXT NOT NULL,
+    lecture     INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (course, lecture, kind)
+);
+CREATE TABLE course_builds (
+    course      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (course, source)
+);
+ALTER TABLE containers ADD COLUMN course TEXT;
+"#,
+        ),
     ])
 }
 

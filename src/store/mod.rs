@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod blades;
 pub mod containers;
+pub mod courses;
 pub mod gitlab;
 pub mod images;
 pub mod jobs;

@@ -105,6 +105,12 @@ pub async fn event(
         Hook::Push(p) => on_push(app, &p).await.map(|_| String::new()),
         Hook::Pipeline(p) => on_pipeline(app, &p).await.map(|_| String::new()),
         Hook::Job(j) => super::runners::on_job(app, &j).await.map(|_| String::new()),
+        Hook::MergeRequest(mr) => super::courses::on_merge_request(app, &mr)
+            .await
+            .map(|_| String::new()),
+        Hook::Note(n) => super::courses::on_note(app, &n)
+            .await
+            .map(|_| String::new()),
         other => {
             tracing::info!(kind = other.kind(), "GitLab event recorded");
             Ok(String::new())
@@ -158,6 +164,10 @@ pub async fn on_push(app: &Arc<App>, p: &Push) -> Result<(), TaskError> {
         }
         return Ok(());
     };
+    // A course project builds on merge (work::courses), never on a push.
+    if project.mode == "course" {
+        return Ok(());
+    }
     queue_build(app, &project, p.head(), &p.git_ref, "push")
         .await
         .map_err(TaskError::Retry)?;
@@ -258,6 +268,7 @@ pub async fn run(app: &Arc<App>, id: i64) -> Result<String, TaskError> {
         .commit_status(
             b.project_id,
             &b.sha,
+            "shisa/image",
             CommitStatusState::Running,
             "building the image",
             None,
@@ -296,6 +307,7 @@ pub async fn report(
                 .commit_status(
                     b.project_id,
                     &b.sha,
+                    "shisa/image",
                     CommitStatusState::Success,
                     &format!("{image} {digest}"),
                     None,
@@ -345,6 +357,7 @@ pub async fn report(
                 .commit_status(
                     b.project_id,
                     &b.sha,
+                    "shisa/image",
                     CommitStatusState::Failed,
                     "the image build failed",
                     None,
@@ -421,24 +434,23 @@ pub async fn on_pipeline(app: &Arc<App>, p: &hooks::Pipeline) -> Result<(), Task
     Ok(())
 }
 
-/// Fetch, unpack, build, push: (image, digest, size) or the log lines that say why not.
-pub async fn build_one(
-    app: &Arc<App>,
-    g: &crate::config::Gitlab,
-    as_owner: &dyn Gitlab,
-    blade: &crate::config::Blade,
-    b: &BuildRow,
-) -> Result<(String, String, u64), String> {
-    let owner = app
-        .directory
-        .lookup(&b.owner)
-        .await
-        .ok()
-        .flatten()
-        .ok_or("the owner's account is gone")?;
-    let limits = app.cfg.limits_for(owner.role);
-    let archive = as_owner
-        .archive(b.project_id, &b.sha, limits.max_build_archive.bytes)
+/// A repository at one commit, unpacked for a build: the directory lives as long as this.
+pub struct Checkout {
+    _work: tempfile::TempDir,
+    /// The repository's top directory.
+    pub top: std::path::PathBuf,
+}
+
+/// Fetch the repository at `sha` as `as_user` and unpack it, within `limits`' caps.
+pub async fn checkout(
+    app: &App,
+    as_user: &dyn Gitlab,
+    project: u64,
+    sha: &str,
+    limits: &crate::config::Limits,
+) -> Result<Checkout, String> {
+    let archive = as_user
+        .archive(project, sha, limits.max_build_archive.bytes)
         .await
         .map_err(|e| match e {
             gitlab::api::ApiError::Client {
@@ -450,7 +462,7 @@ pub async fn build_one(
             ),
             e => format!(
                 "cannot fetch the repository at {}: {}",
-                b.sha,
+                sha,
                 client::explain(&e)
             ),
         })?;
@@ -471,6 +483,132 @@ pub async fn build_one(
             ),
             Unpack::Bad(s) => s,
         })?;
+    Ok(Checkout { _work: work, top })
+}
+
+/// One build in `store_owner`'s build store, with the bases `account` may use: the
+/// Containerfile `file` in `top`, tagged `tags` in the store.
+pub struct InStore<'a> {
+    pub id: i64,
+    pub store_owner: &'a str,
+    pub account: &'a Account,
+    pub blade: &'a crate::config::Blade,
+    pub top: &'a std::path::Path,
+    pub file: &'a std::path::Path,
+    pub tags: Vec<String>,
+    pub limits: &'a crate::config::Limits,
+}
+
+/// A built image's store, held (one build of its owner's at a time) until this is dropped:
+/// push from it first.
+pub struct Held {
+    pub store: crate::builds::Store,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Build in the store (bases checked and brought in first).
+pub async fn build_in_store(
+    app: &Arc<App>,
+    g: &crate::config::Gitlab,
+    b: InStore<'_>,
+) -> Result<Held, String> {
+    let text = std::fs::read_to_string(b.file)
+        .map_err(|e| format!("cannot read {}: {e}", b.file.display()))?;
+    let registry_host = app.registry.as_ref().map(|r| r.cfg.host.as_str());
+    let store = crate::builds::Store::of(
+        &g.build_store,
+        b.store_owner,
+        g.build_containers_conf.as_deref(),
+    )?;
+    // One build of an owner's at a time: the store may be cleared before a build.
+    let held_lock = owner_lock(b.store_owner).lock_owned().await;
+    let uid = b.account.uid.as_str();
+    // What the store holds must still be the owner's to use (a base shared earlier may have
+    // been unshared since): otherwise it starts afresh.
+    let held = store.images().await.map_err(|e| e.to_string())?;
+    let mut stale = false;
+    'check: for (_, names) in &held {
+        for n in names {
+            // The store's own results (a course's `courses/ID:…`) are its owner's.
+            if b.tags.iter().any(|t| t == n) {
+                continue;
+            }
+            let usable = match images::resolve_with(n, uid, &app.cfg.images.allow, registry_host) {
+                Ok(img) => super::containers::may_use_image(app, b.account, &img)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                Err(_) => false,
+            };
+            if !usable {
+                stale = true;
+                break 'check;
+            }
+        }
+    }
+    if stale {
+        tracing::info!(owner = %b.store_owner, "the build store held an image its owner may no longer use: cleared");
+        store.clear().await.map_err(|e| e.to_string())?;
+    }
+    // The bases this Containerfile names, each checked and then put in the store. This
+    // reading of the file is only for a clear answer: the store is what keeps a build from
+    // anything else, however buildah reads the file.
+    for base in crate::builds::base_images(&text)? {
+        let img = images::resolve_with(&base, uid, &app.cfg.images.allow, registry_host)
+            .map_err(|e| format!("cannot build from `{base}`: {e}"))?;
+        if !super::containers::may_use_image(app, b.account, &img)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Err(format!(
+                "cannot build from `{base}`: it is not yours and not shared with you"
+            ));
+        }
+        bring_base(app, &store, b.blade, uid, &img.reference)
+            .await
+            .map_err(|e| format!("cannot build from `{base}`: {e}"))?;
+    }
+    let built = crate::builds::build(&crate::builds::BuildSpec {
+        id: b.id,
+        instance: &app.instance,
+        store: &store,
+        context: b.top,
+        file: b.file,
+        tags: b.tags.clone(),
+        uid_base: g.build_uid_base,
+        uid_count: g.build_uid_count,
+        memory_bytes: b.limits.max_memory.bytes,
+        cpus: b.limits.max_cpus,
+        timeout: std::time::Duration::from_secs(g.build_timeout_seconds),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    if !built.ok {
+        return Err(built.log_tail);
+    }
+    Ok(Held {
+        store,
+        _held: held_lock,
+    })
+}
+
+/// Fetch, unpack, build, push: (image, digest, size) or the log lines that say why not.
+pub async fn build_one(
+    app: &Arc<App>,
+    g: &crate::config::Gitlab,
+    as_owner: &dyn Gitlab,
+    blade: &crate::config::Blade,
+    b: &BuildRow,
+) -> Result<(String, String, u64), String> {
+    let owner = app
+        .directory
+        .lookup(&b.owner)
+        .await
+        .ok()
+        .flatten()
+        .ok_or("the owner's account is gone")?;
+    let limits = app.cfg.limits_for(owner.role);
+    let co = checkout(app, as_owner, b.project_id, &b.sha, &limits).await?;
+    let top = co.top.clone();
     let file = g
         .build_files
         .iter()
@@ -482,56 +620,6 @@ pub async fn build_one(
                 g.build_files.join(" or ")
             )
         })?;
-    let account = owner;
-    let text = std::fs::read_to_string(&file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let registry_host = app.registry.as_ref().map(|r| r.cfg.host.as_str());
-    let store =
-        crate::builds::Store::of(&g.build_store, &b.owner, g.build_containers_conf.as_deref())?;
-    // One build of an owner's at a time: the store may be cleared before a build.
-    let lock = owner_lock(&b.owner);
-    let _held = lock.lock().await;
-    // What the store holds must still be the owner's to use (a base shared earlier may have
-    // been unshared since): otherwise it starts afresh.
-    let held = store.images().await.map_err(|e| e.to_string())?;
-    let mut stale = false;
-    'check: for (_, names) in &held {
-        for n in names {
-            let usable =
-                match images::resolve_with(n, &b.owner, &app.cfg.images.allow, registry_host) {
-                    Ok(img) => super::containers::may_use_image(app, &account, &img)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                    Err(_) => false,
-                };
-            if !usable {
-                stale = true;
-                break 'check;
-            }
-        }
-    }
-    if stale {
-        tracing::info!(owner = %b.owner, "the build store held an image its owner may no longer use: cleared");
-        store.clear().await.map_err(|e| e.to_string())?;
-    }
-    // The bases this Containerfile names, each checked and then put in the store. This
-    // reading of the file is only for a clear answer: the store is what keeps a build from
-    // anything else, however buildah reads the file.
-    for base in crate::builds::base_images(&text)? {
-        let img = images::resolve_with(&base, &b.owner, &app.cfg.images.allow, registry_host)
-            .map_err(|e| format!("cannot build from `{base}`: {e}"))?;
-        if !super::containers::may_use_image(app, &account, &img)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            return Err(format!(
-                "cannot build from `{base}`: it is not yours and not shared with you"
-            ));
-        }
-        bring_base(app, &store, blade, &b.owner, &img.reference)
-            .await
-            .map_err(|e| format!("cannot build from `{base}`: {e}"))?;
-    }
     let default_branch = as_owner
         .project(&b.project_id.to_string())
         .await
@@ -544,24 +632,22 @@ pub async fn build_one(
     if latest {
         tags.push(tag_latest.clone());
     }
-    let built = crate::builds::build(&crate::builds::BuildSpec {
-        id: b.id,
-        instance: &app.instance,
-        store: &store,
-        context: &top,
-        file: &file,
-        tags: tags.clone(),
-        uid_base: g.build_uid_base,
-        uid_count: g.build_uid_count,
-        memory_bytes: limits.max_memory.bytes,
-        cpus: limits.max_cpus,
-        timeout: std::time::Duration::from_secs(g.build_timeout_seconds),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    if !built.ok {
-        return Err(built.log_tail);
-    }
+    let held = build_in_store(
+        app,
+        g,
+        InStore {
+            id: b.id,
+            store_owner: &b.owner,
+            account: &owner,
+            blade,
+            top: &top,
+            file: &file,
+            tags: tags.clone(),
+            limits: &limits,
+        },
+    )
+    .await?;
+    let store = &held.store;
     if let Some(reg) = app.registry.as_ref() {
         let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
         for t in &tags {

@@ -4,6 +4,7 @@
 
 pub mod builds;
 pub mod containers;
+pub mod courses;
 pub mod events;
 pub mod health;
 pub mod info;

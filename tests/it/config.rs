@@ -216,7 +216,7 @@ fn migrations_on_a_fresh_and_an_existing_database() {
     let v: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 13);
+    assert_eq!(v, 14);
     let mode: String = c
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -241,7 +241,7 @@ fn migrations_on_a_fresh_and_an_existing_database() {
     let v: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 13);
+    assert_eq!(v, 14);
     // Opening again is a no-op.
     shisa::store::Store::open(&old).unwrap();
 }

@@ -196,6 +196,9 @@ impl RegistryApi for TableRegistry {
     async fn delete_blob(&self, _: &str, _: &str) -> anyhow::Result<()> {
         Ok(())
     }
+    async fn tag(&self, _: &str, _: &str, _: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A GitLab that knows one project, whose maintainer is `maintainer`, and records hooks.
@@ -278,7 +281,13 @@ impl Gitlab for OneProjectGitlab {
     async fn archive(&self, _: u64, _: &str, _: u64) -> Result<Vec<u8>, GitlabError> {
         Err(not_found())
     }
-    async fn create_hook(&self, project: u64, url: &str, _: &str) -> Result<HookInfo, GitlabError> {
+    async fn create_hook(
+        &self,
+        project: u64,
+        url: &str,
+        _: &str,
+        _: shisa::gitlab::client::HookEvents,
+    ) -> Result<HookInfo, GitlabError> {
         let mut h = self.hooks.lock().unwrap();
         h.push((project, url.to_string()));
         Ok(HookInfo { id: h.len() as u64 })
@@ -290,11 +299,21 @@ impl Gitlab for OneProjectGitlab {
         &self,
         _: u64,
         _: &str,
+        _: &str,
         _: gitlab::api::projects::repository::commits::CommitStatusState,
         _: &str,
         _: Option<&str>,
     ) -> Result<(), GitlabError> {
         Ok(())
+    }
+    async fn raw_file(&self, _: u64, _: &str, _: &str) -> Result<Option<Vec<u8>>, GitlabError> {
+        Ok(None)
+    }
+    async fn create_mr_note(&self, _: u64, _: u64, _: &str) -> Result<u64, GitlabError> {
+        Err(not_found())
+    }
+    async fn edit_mr_note(&self, _: u64, _: u64, _: u64, _: &str) -> Result<(), GitlabError> {
+        Err(not_found())
     }
 }
 

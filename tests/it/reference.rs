@@ -7,6 +7,7 @@ fn doc(p: Program) -> String {
     let name = match p {
         Program::Container => "container",
         Program::Job => "job",
+        Program::Course => "course",
     };
     std::fs::read_to_string(crate::harness::repo().join(format!("bot-commands/{name}.md"))).unwrap()
 }
