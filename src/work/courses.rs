@@ -42,9 +42,14 @@ async fn course_project(app: &App, id: u64) -> Result<Option<ProjectRow>, TaskEr
 /// A Merge Request Hook of a course project: plan on open, reopen and update; apply on merge.
 pub async fn on_merge_request(app: &Arc<App>, mr: &hooks::MergeRequest) -> Result<(), TaskError> {
     let Some(project) = course_project(app, mr.project.id).await? else {
+        tracing::info!(
+            project = mr.project.id,
+            "merge request of a project that is not a course: ignored"
+        );
         return Ok(());
     };
     let a = &mr.object_attributes;
+    tracing::info!(project = %project.path, iid = a.iid, action = ?a.action, "course merge request");
     let head = a
         .last_commit
         .as_ref()

@@ -58,6 +58,138 @@ pub struct FakeState {
     pub redirect_projects: Option<String>,
     /// The secret token each project's hook was created with.
     pub hook_tokens: HashMap<u64, String>,
+    /// The parameters each project's hook was created with (which events it sends).
+    pub hook_params: HashMap<u64, HashMap<String, String>>,
+    /// Repository files: (project, ref or sha) → path → content.
+    pub files: HashMap<(u64, String), HashMap<String, String>>,
+    /// Merge request comments, in order.
+    pub notes: Vec<FakeNote>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FakeNote {
+    pub project: u64,
+    pub iid: u64,
+    pub id: u64,
+    pub body: String,
+    pub author: String,
+    /// How many times it was edited.
+    pub edits: u32,
+}
+
+/// A parameter of a request body, form-encoded or JSON (the crate sends either).
+fn body_param(body: &str, key: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| match &v[key] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        })
+        .or_else(|| {
+            serde_html_form::from_str::<HashMap<String, String>>(body)
+                .ok()
+                .and_then(|m| m.get(key).cloned())
+        })
+}
+
+/// `GET /projects/:id/repository/files/:path/raw?ref=`, as a member (GL-FILES).
+async fn raw_file(
+    State(s): S,
+    Path((id, path)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    h: HeaderMap,
+) -> Response {
+    let st = s.lock().unwrap();
+    let who = match acting(&st, &h, "files") {
+        Ok(w) => w,
+        Err((c, m)) => return gl_error(c, m),
+    };
+    let (p, _) = match visible(&st, &id, &who) {
+        Ok(x) => x,
+        Err((c, m)) => return gl_error(c, m),
+    };
+    let git_ref = q.get("ref").cloned().unwrap_or_else(|| "main".into());
+    let path = percent_encoding::percent_decode_str(&path)
+        .decode_utf8_lossy()
+        .to_string();
+    match st.files.get(&(p.id, git_ref)).and_then(|f| f.get(&path)) {
+        Some(content) => (StatusCode::OK, content.clone()).into_response(),
+        None => gl_error(StatusCode::NOT_FOUND, "404 File Not Found"),
+    }
+}
+
+/// `POST /projects/:id/merge_requests/:iid/notes` (Reporter and up may comment).
+async fn create_note(
+    State(s): S,
+    Path((id, iid)): Path<(String, u64)>,
+    h: HeaderMap,
+    body: String,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    let who = match acting(&st, &h, "notes") {
+        Ok(w) => w,
+        Err((c, m)) => return gl_error(c, m),
+    };
+    let (p, level) = match visible(&st, &id, &who) {
+        Ok(x) => x,
+        Err((c, m)) => return gl_error(c, m),
+    };
+    if level < 20 {
+        return gl_error(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let Some(text) = body_param(&body, "body") else {
+        return gl_error(StatusCode::BAD_REQUEST, "400 body is missing");
+    };
+    let note_id = 5000 + st.notes.len() as u64;
+    st.notes.push(FakeNote {
+        project: p.id,
+        iid,
+        id: note_id,
+        body: text.clone(),
+        author: who.unwrap_or_else(|| "root".into()),
+        edits: 0,
+    });
+    (
+        StatusCode::CREATED,
+        Json(serde_json::json!({"id": note_id, "body": text, "noteable_iid": iid, "noteable_type": "MergeRequest"})),
+    )
+        .into_response()
+}
+
+/// `PUT /projects/:id/merge_requests/:iid/notes/:note_id`: only its author edits a note.
+async fn edit_note(
+    State(s): S,
+    Path((id, iid, note_id)): Path<(String, u64, u64)>,
+    h: HeaderMap,
+    body: String,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    let who = match acting(&st, &h, "notes") {
+        Ok(w) => w,
+        Err((c, m)) => return gl_error(c, m),
+    };
+    let (p, _) = match visible(&st, &id, &who) {
+        Ok(x) => x,
+        Err((c, m)) => return gl_error(c, m),
+    };
+    let Some(text) = body_param(&body, "body") else {
+        return gl_error(StatusCode::BAD_REQUEST, "400 body is missing");
+    };
+    let author = who.unwrap_or_else(|| "root".into());
+    match st
+        .notes
+        .iter_mut()
+        .find(|n| n.project == p.id && n.iid == iid && n.id == note_id)
+    {
+        Some(n) if n.author == author => {
+            n.body = text;
+            n.edits += 1;
+            Json(serde_json::json!({"id": note_id})).into_response()
+        }
+        Some(_) => gl_error(StatusCode::FORBIDDEN, "403 Forbidden"),
+        None => gl_error(StatusCode::NOT_FOUND, "404 Note Not Found"),
+    }
 }
 
 #[derive(Clone)]
@@ -226,6 +358,17 @@ async fn create_hook(State(s): S, Path(id): Path<String>, h: HeaderMap, body: St
         })
         .unwrap_or_default();
     st.hook_tokens.insert(p.id, token);
+    let params: HashMap<String, String> = [
+        "push_events",
+        "merge_requests_events",
+        "note_events",
+        "pipeline_events",
+        "job_events",
+    ]
+    .iter()
+    .filter_map(|k| body_param(&body, k).map(|v| (k.to_string(), v)))
+    .collect();
+    st.hook_params.insert(p.id, params);
     let hid = 900 + st.hooks.len() as u64;
     st.hooks.push((p.id, hid, url));
     (StatusCode::CREATED, Json(serde_json::json!({"id": hid}))).into_response()
@@ -529,6 +672,18 @@ impl FakeGitlab {
                 get(archive),
             )
             .route("/api/v4/projects/{id}/statuses/{sha}", post(status))
+            .route(
+                "/api/v4/projects/{id}/repository/files/{path}/raw",
+                get(raw_file),
+            )
+            .route(
+                "/api/v4/projects/{id}/merge_requests/{iid}/notes",
+                post(create_note),
+            )
+            .route(
+                "/api/v4/projects/{id}/merge_requests/{iid}/notes/{note}",
+                axum::routing::put(edit_note),
+            )
             .with_state(state.clone());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
@@ -591,7 +746,7 @@ fn build_store_cli(s: &Stack, owner: &str) -> std::process::Command {
     c
 }
 
-fn fixture(name: &str) -> Vec<u8> {
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/gitlab")
@@ -603,7 +758,7 @@ fn fixture(name: &str) -> Vec<u8> {
 /// A delivery as GitLab sends it for a project shisa enabled: the project's own secret in
 /// place of the global `HOOK_TOKEN` (what GitLab was given when the hook was created; read
 /// here from the stack's database and key, as shisa keeps it).
-async fn deliver(
+pub(crate) async fn deliver(
     s: &Stack,
     event: &str,
     body: Vec<u8>,

@@ -4,6 +4,7 @@
 mod blades;
 mod config;
 mod containers;
+mod courses;
 mod crash;
 mod fakes;
 mod gitlab;
