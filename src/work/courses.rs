@@ -918,6 +918,11 @@ pub async fn readiness_tick(app: &Arc<App>, now: i64) -> anyhow::Result<Vec<Stri
         let Ok(c) = courses::parse(&v.file) else {
             continue;
         };
+        if c.stop_at_end {
+            if let Err(e) = lecture_end(app, &c, now).await {
+                tracing::warn!(course = %c.id, error = %e, "course end of lecture");
+            }
+        }
         let Some(slot) = c.next_lecture(now) else {
             continue;
         };
@@ -977,6 +982,84 @@ pub async fn readiness_tick(app: &Arc<App>, now: i64) -> anyhow::Result<Vec<Stri
         sent.push(line);
     }
     Ok(sent)
+}
+
+/// `at_end = "stop"`: when a lecture ends, its students are warned that their containers
+/// stop after the grace; after it, those still running are stopped (once per lecture).
+async fn lecture_end(app: &Arc<App>, c: &Course, now: i64) -> anyhow::Result<()> {
+    let grace = c.grace as i64;
+    // The lecture that ended within the grace, or within an hour after it.
+    let Some(slot) = c.next_lecture(now - grace - 3600) else {
+        return Ok(());
+    };
+    if now < slot.end {
+        return Ok(());
+    }
+    let seats: Vec<_> = app
+        .store
+        .course_containers(&c.id)
+        .await?
+        .into_iter()
+        .filter(|r| r.state == "running" && r.started_at.is_some_and(|t| t < slot.end))
+        .collect();
+    if now < slot.end + grace {
+        if app.store.first_course_notice(&c.id, slot.start, "end_warning").await? {
+            let text = render(
+                Lang::En,
+                "course.ending",
+                &[
+                    ("course", c.id.clone()),
+                    ("minutes", (c.grace / 60).max(1).to_string()),
+                    ("name", c.id.clone()),
+                ],
+            );
+            for r in &seats {
+                app.notifier
+                    .notice(&r.owner, &text, serde_json::json!({"shisa": {"notice": "course_ending", "course": c.id}}))
+                    .await;
+            }
+        }
+        return Ok(());
+    }
+    if !app.store.first_course_notice(&c.id, slot.start, "stopped").await? {
+        return Ok(());
+    }
+    for r in &seats {
+        let target = crate::store::queue::ReplyTarget {
+            response_url: None,
+            channel_id: None,
+            mm_user_id: None,
+            uid: r.owner.clone(),
+            command: "/course".into(),
+            sub: "stop".into(),
+        };
+        let task = super::tasks::Task::Stop(super::tasks::ContainerTask {
+            container: r.id,
+            actor: "shisa".into(),
+            ..Default::default()
+        });
+        let request = format!("course-end-{}-{}", r.id, uuid::Uuid::new_v4().simple());
+        app.store
+            .enqueue(task.owned(&r.owner, &request, Some(target), app.cfg.queue.max_attempts))
+            .await?;
+        app.store.set_container_state(r.id, "stopping").await?;
+        let _ = app
+            .store
+            .audit(NewAudit {
+                request_id: Some(&request),
+                actor: "shisa",
+                role: "",
+                action: "course.end",
+                resource: Some(&format!("container:{}/{}", r.owner, r.name)),
+                outcome: "queued",
+                detail: Some(&format!("lecture of {} ended", c.id)),
+            })
+            .await;
+    }
+    if !seats.is_empty() {
+        super::wake(app);
+    }
+    Ok(())
 }
 
 /// The lecture scheduler: a pass every `courses.check_seconds`.

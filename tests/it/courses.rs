@@ -675,5 +675,24 @@ async fn readiness_before_a_lecture_with_an_injected_clock() {
             .any(|m| m.message.contains("ai1 at 09:00")),
         "told once"
     );
+    // At the end of the lecture the students are warned; after the grace, stopped.
+    let r = s.chat("alice", "/course run ai1").await;
+    assert!(r.last().unwrap().text.contains("is running"), "{r:?}");
+    clock.store(start + 3600 + 60 - shisa::store::now(), Ordering::Relaxed);
+    let dm = s.dm_containing("alice", "The lecture of `ai1` has ended").await;
+    assert!(dm.contains("stops in 10 min"), "{dm}");
+    let row = || async { s.store().container_by_name("alice", "ai1").await.unwrap().unwrap() };
+    assert_eq!(row().await.state, "running", "not before the grace");
+    clock.store(start + 3600 + 11 * 60 - shisa::store::now(), Ordering::Relaxed);
+    let mut state = String::new();
+    for _ in 0..300 {
+        state = row().await.state;
+        if state == "exited" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "exited", "stopped after the grace");
+    s.remove_all(&["alice"]).await;
     e.s.stop().await;
 }
