@@ -476,6 +476,11 @@ pub static JOB: ProgramSpec = ProgramSpec {
             flags: &[
                 TEMPLATE,
                 flag("image", Kind::Image, "the image to run in (`myimg:1`)"),
+                flag(
+                    "course",
+                    Kind::Id,
+                    "run in a course's environment (`ml101`) instead of an image",
+                ),
                 GPUS,
                 GPU,
                 CPUS,
@@ -511,6 +516,7 @@ pub static JOB: ProgramSpec = ProgramSpec {
                 "/job submit --image myimg:1 --gpus 1 --time 2h -- python3 train.py",
                 "/job submit --template pytorch --script jobs/train.sh",
                 "/job submit --image myimg --memory 8G --cpus 4 --dry-run -- ./run.sh",
+                "/job submit --course ml101 --time 1h -- python3 lab1.py",
             ],
         },
         SubSpec {

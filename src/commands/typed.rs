@@ -161,6 +161,8 @@ pub struct RunArgs {
 pub struct SubmitArgs {
     pub template: Option<String>,
     pub image: Option<String>,
+    /// Run in a course's environment (its SIF) instead of an image.
+    pub course: Option<String>,
     pub resources: Resources,
     /// Seconds.
     pub time: Option<u64>,
@@ -382,6 +384,7 @@ impl Command {
             (Program::Job, "submit") => Command::Job(J::Submit(Box::new(SubmitArgs {
                 template: text(inv, "template"),
                 image: text(inv, "image"),
+                course: text(inv, "course"),
                 resources: resources(inv),
                 time: match inv.value("time") {
                     Some(Value::Duration(s)) => Some(*s),

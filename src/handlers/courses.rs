@@ -203,6 +203,26 @@ async fn run(
     .await
 }
 
+/// The image of a course's current version, for a member (`/job submit --course`).
+pub(super) async fn image_for(
+    app: &Arc<App>,
+    caller: &Account,
+    id: &str,
+) -> anyhow::Result<Result<String, UserError>> {
+    let Some(v) = app.store.current_course(id).await? else {
+        return Ok(Err(UserError::new("course.not_found").arg("course", id)));
+    };
+    let Ok(c) = courses::parse(&v.file) else {
+        return Ok(Err(UserError::new("course.not_found").arg("course", id)));
+    };
+    if !decide(caller, &c, Action::Use, app).allowed() {
+        return Ok(Err(UserError::new("course.not_member")
+            .arg("course", id)
+            .arg("groups", c.students.join(", "))));
+    }
+    Ok(Ok(v.image))
+}
+
 async fn status(
     app: &Arc<App>,
     caller: &Account,

@@ -180,6 +180,30 @@ async fn submit(
     target: ReplyTarget,
     request_id: &str,
 ) -> anyhow::Result<Handled> {
+    // A course's environment: its image as applied, for its members only.
+    let with_course;
+    let args = match &args.course {
+        Some(id) => {
+            if args.image.is_some() || args.template.is_some() {
+                return Ok(reply(
+                    request_id,
+                    UserError::new("course.job_one_image").to_string(),
+                    "rejected",
+                ));
+            }
+            match super::courses::image_for(app, caller, id).await? {
+                Ok(image) => {
+                    with_course = SubmitArgs {
+                        image: Some(image),
+                        ..args.clone()
+                    };
+                    &with_course
+                }
+                Err(e) => return Ok(reply(request_id, e.to_string(), "rejected")),
+            }
+        }
+        None => args,
+    };
     let (req, notes, image) = match request(app, caller, args) {
         Ok(x) => x,
         Err(e) => return Ok(reply(request_id, e.to_string(), "rejected")),

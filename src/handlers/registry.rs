@@ -187,7 +187,7 @@ pub async fn issue(app: &Arc<App>, req: TokenRequest) -> Result<Issued, TokenErr
         let shared_with = match s {
             // A course's images: shared with its students and instructors.
             scope::Scope::Repository { name, .. } if name.starts_with("courses/") => {
-                course_groups(app, name).await
+                crate::work::courses::groups_of_repository(app, name).await
             }
             scope::Scope::Repository { name, .. } => {
                 app.store.shared_with_of(name).await.unwrap_or_default()
@@ -248,19 +248,6 @@ pub async fn issue(app: &Arc<App>, req: TokenRequest) -> Result<Issued, TokenErr
         expires_in: ttl,
         issued_at: rfc3339(crate::store::now()),
     })
-}
-
-/// The groups of the course whose repository is `courses/ID` (none for anything else).
-async fn course_groups(app: &App, repository: &str) -> Vec<String> {
-    let Some(id) = repository.strip_prefix("courses/") else {
-        return Vec::new();
-    };
-    match app.store.current_course(id).await {
-        Ok(Some(v)) => crate::courses::parse(&v.file)
-            .map(|c| c.students.into_iter().chain(c.instructors).collect())
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    }
 }
 
 async fn tell_over_quota(app: &Arc<App>, reg: &Registry, a: &Account, usage: u64, limit: u64) {

@@ -29,6 +29,9 @@ pub async fn may_use_image(
         return Ok(true);
     };
     let shared = match registry_repository(app, &image.reference) {
+        Some(repo) if repo.starts_with("courses/") => {
+            super::courses::groups_of_repository(app, &repo).await
+        }
         Some(repo) => app.store.shared_with_of(&repo).await?,
         None => Vec::new(),
     };

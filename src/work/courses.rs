@@ -463,6 +463,20 @@ async fn set_status(as_owner: &dyn Gitlab, project: u64, sha: &str, ok: bool, de
     }
 }
 
+/// Who a course repository (`courses/ID`) is shared with: its students' and instructors'
+/// groups, from the applied course file (nobody for anything else).
+pub async fn groups_of_repository(app: &App, repository: &str) -> Vec<String> {
+    let Some(id) = repository.strip_prefix("courses/") else {
+        return Vec::new();
+    };
+    match app.store.current_course(id).await {
+        Ok(Some(v)) => courses::parse(&v.file)
+            .map(|c| c.students.into_iter().chain(c.instructors).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 /// The course's image for one commit, built or checked.
 struct Resolved {
     /// What blades pull and containers run.
@@ -850,6 +864,27 @@ pub async fn apply(
         .await
         .map_err(retry)?;
     let n_ready = ready.iter().filter(|(_, r)| r.is_ok()).count();
+    // `sif = true`: the SIF for `/job submit --course` is made now, not at the first job
+    // (content-addressed: every student's job then finds it converted).
+    if course.environment.sif && app.cfg.slurm.is_some() {
+        let target = crate::store::queue::ReplyTarget {
+            uid: project.owner.clone(),
+            command: "/course".into(),
+            sub: "sif".into(),
+            ..Default::default()
+        };
+        let _ = super::enqueue(
+            app,
+            super::tasks::Task::Sif {
+                image: resolved.image.clone(),
+                typed: format!("course {}", course.id),
+            },
+            &project.owner,
+            &format!("course-{}-v{}-sif", course.id, v.version),
+            Some(target),
+        )
+        .await;
+    }
     say(render(
         Lang::En,
         "course.applied",
@@ -1003,7 +1038,11 @@ async fn lecture_end(app: &Arc<App>, c: &Course, now: i64) -> anyhow::Result<()>
         .filter(|r| r.state == "running" && r.started_at.is_some_and(|t| t < slot.end))
         .collect();
     if now < slot.end + grace {
-        if app.store.first_course_notice(&c.id, slot.start, "end_warning").await? {
+        if app
+            .store
+            .first_course_notice(&c.id, slot.start, "end_warning")
+            .await?
+        {
             let text = render(
                 Lang::En,
                 "course.ending",
@@ -1015,13 +1054,21 @@ async fn lecture_end(app: &Arc<App>, c: &Course, now: i64) -> anyhow::Result<()>
             );
             for r in &seats {
                 app.notifier
-                    .notice(&r.owner, &text, serde_json::json!({"shisa": {"notice": "course_ending", "course": c.id}}))
+                    .notice(
+                        &r.owner,
+                        &text,
+                        serde_json::json!({"shisa": {"notice": "course_ending", "course": c.id}}),
+                    )
                     .await;
             }
         }
         return Ok(());
     }
-    if !app.store.first_course_notice(&c.id, slot.start, "stopped").await? {
+    if !app
+        .store
+        .first_course_notice(&c.id, slot.start, "stopped")
+        .await?
+    {
         return Ok(());
     }
     for r in &seats {

@@ -165,6 +165,7 @@ async fn env(
     b2: Option<&PodmanService>,
     ports: u16,
     clock: Arc<AtomicI64>,
+    slurm: bool,
 ) -> Env {
     crate::harness::test_images();
     let project = FakeProject {
@@ -192,10 +193,22 @@ async fn env(
         blades: Some(blades(b1, b2, ports)),
         listen_port: Some(port),
         extra: format!(
-            "{}\n{}[reconcile]\ncourse_check_seconds = 1\n[containers]\nhome_base = {:?}\n",
+            "{}\n{}[reconcile]\ncourse_check_seconds = 1\n[containers]\nhome_base = {:?}\n{}",
             reg.toml,
             gitlab_toml(&fake.url, 120),
-            homes.display().to_string()
+            homes.display().to_string(),
+            if slurm {
+                format!(
+                    "[slurm]\nconf = {:?}\nlauncher = [{:?}]\n",
+                    crate::harness::slurm().conf.display().to_string(),
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/sif-exec.sh")
+                        .display()
+                        .to_string()
+                )
+            } else {
+                String::new()
+            }
         ),
         services: shisa::app::Services {
             clock_offset: Some(clock),
@@ -234,7 +247,7 @@ fn has_image(b: &PodmanService, reference: &str) -> bool {
 async fn a_course_from_merge_request_to_lecture() {
     let b1 = PodmanService::start("course-1");
     let b2 = PodmanService::start("course-2");
-    let e = env(&b1, Some(&b2), 63600, Arc::new(AtomicI64::new(0))).await;
+    let e = env(&b1, Some(&b2), 63600, Arc::new(AtomicI64::new(0)), true).await;
     let (s, fake) = (&e.s, &e.fake);
     // Enabling: only an instructor who maintains the project.
     let t = s.say("alice", "/course enable courses/ai1").await;
@@ -514,6 +527,25 @@ async fn a_course_from_merge_request_to_lecture() {
         last.contains("is running") && last.contains("8080/tcp -> 127.0.0.1:"),
         "{r:?}"
     );
+    // Its SIF for Slurm jobs, by the course's name (members only).
+    let t = s
+        .say("bob", "/job submit --course ai1 --dry-run -- echo hi")
+        .await;
+    assert!(t.contains("not in course `ai1`"), "{t}");
+    let t = s
+        .say("alice", "/job submit --course ai1 --dry-run -- echo hi")
+        .await;
+    assert!(
+        t.contains("nothing was submitted") && t.contains("/sif/alice/ai1_sha256_"),
+        "the course's image as the SIF: {t}"
+    );
+    let t = s
+        .say(
+            "alice",
+            "/job submit --course ai1 --image x --dry-run -- echo hi",
+        )
+        .await;
+    assert!(t.contains("either `--course`"), "{t}");
     let t = s.say("alice", "/course list").await;
     assert!(t.contains("| `ai1` | AI basics | Mon "), "{t}");
     let t = s.say("sensei", "/course ps ai1").await;
@@ -613,7 +645,7 @@ async fn a_course_from_merge_request_to_lecture() {
 async fn readiness_before_a_lecture_with_an_injected_clock() {
     let b1 = PodmanService::start("course-ready");
     let clock = Arc::new(AtomicI64::new(0));
-    let e = env(&b1, None, 63660, clock.clone()).await;
+    let e = env(&b1, None, 63660, clock.clone(), false).await;
     let (s, fake) = (&e.s, &e.fake);
     assert!(s
         .say("sensei", "/course enable courses/ai1")
@@ -679,11 +711,22 @@ async fn readiness_before_a_lecture_with_an_injected_clock() {
     let r = s.chat("alice", "/course run ai1").await;
     assert!(r.last().unwrap().text.contains("is running"), "{r:?}");
     clock.store(start + 3600 + 60 - shisa::store::now(), Ordering::Relaxed);
-    let dm = s.dm_containing("alice", "The lecture of `ai1` has ended").await;
+    let dm = s
+        .dm_containing("alice", "The lecture of `ai1` has ended")
+        .await;
     assert!(dm.contains("stops in 10 min"), "{dm}");
-    let row = || async { s.store().container_by_name("alice", "ai1").await.unwrap().unwrap() };
+    let row = || async {
+        s.store()
+            .container_by_name("alice", "ai1")
+            .await
+            .unwrap()
+            .unwrap()
+    };
     assert_eq!(row().await.state, "running", "not before the grace");
-    clock.store(start + 3600 + 11 * 60 - shisa::store::now(), Ordering::Relaxed);
+    clock.store(
+        start + 3600 + 11 * 60 - shisa::store::now(),
+        Ordering::Relaxed,
+    );
     let mut state = String::new();
     for _ in 0..300 {
         state = row().await.state;
