@@ -224,6 +224,7 @@ pub static EN: &[(&str, &str)] = &[
     ("course.disabled", "`{project}` is no longer managed by shisa. The course's applied version is no longer offered."),
     ("course.ending", "The lecture of `{course}` has ended: your container `{name}` stops in {minutes} min. Save your work to your home directory; `/course run {course}` starts it again."),
     ("course.job_one_image", "Give either `--course` or `--image`/`--template`, not both: `--course ml101` runs in the course's image."),
+    ("course.run_as_defined", "`--course {course}` starts the course's environment as its instructors defined it: leave out the image, template, name and resources (`/container run --course {course}`)."),
     ("course.list_empty", "You are in no course with a shisa environment yet."),
     ("course.list_hint", "`/course run COURSE` starts your container of one."),
     ("course.list_all_admins", "Only admins can list every course. `/course list` shows yours."),

@@ -198,6 +198,11 @@ pub static CONTAINER: ProgramSpec = ProgramSpec {
                     Kind::Switch,
                     "reply only when the container is running (or failed)",
                 ),
+                flag(
+                    "course",
+                    Kind::Id,
+                    "your container of a course's environment (the same as `/course run`)",
+                ),
             ],
             args: &[ArgSpec {
                 required: false,
@@ -207,6 +212,7 @@ pub static CONTAINER: ProgramSpec = ProgramSpec {
             one_of: &[],
             examples: &[
                 "/container run --gpu --port 8888 myimg",
+                "/container run --course ml101",
                 "/container run --name web --port 80 --memory 2G --cpus 1.5 myimg:1",
                 "/container run --env \"GREETING=hello world\" myimg -- python3 app.py",
                 "/container run --template pytorch --gpus tesla:1",

@@ -153,6 +153,8 @@ pub struct RunArgs {
     pub private: bool,
     pub ip: bool,
     pub wait: bool,
+    /// A course's environment instead of an image (`/course run`).
+    pub course: Option<String>,
     /// The words after `--`.
     pub command: Option<Vec<String>>,
 }
@@ -313,6 +315,7 @@ impl Command {
                 env: env(inv),
                 private: inv.has("private"),
                 ip: inv.has("ip"),
+                course: text(inv, "course"),
                 wait: inv.has("wait"),
                 command: inv.command.clone(),
             })),

@@ -184,6 +184,22 @@ async fn run(
 ) -> anyhow::Result<Handled> {
     let cfg = &app.cfg;
     let contact = cfg.mattermost.contact.as_str();
+    // `--course`: the course's environment as its instructors defined it, nothing else.
+    if let Some(course) = &run.course {
+        let plain = RunArgs {
+            name: run.name.clone(),
+            course: run.course.clone(),
+            wait: run.wait,
+            ..Default::default()
+        };
+        if *run != plain || run.name.is_some() {
+            return Ok(user_err(
+                request,
+                UserError::new("course.run_as_defined").arg("course", course),
+            ));
+        }
+        return super::courses::run(app, caller, course, target, request).await;
+    }
     let template = match run.template.as_deref() {
         Some(t) => match cfg.templates.get(t) {
             Some(tp) => Some(tp),

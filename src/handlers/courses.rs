@@ -143,7 +143,7 @@ async fn list(
     Ok(answer(request, t, "ok", None))
 }
 
-async fn run(
+pub(super) async fn run(
     app: &Arc<App>,
     caller: &Account,
     id: &str,

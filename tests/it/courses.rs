@@ -546,6 +546,13 @@ async fn a_course_from_merge_request_to_lecture() {
         )
         .await;
     assert!(t.contains("either `--course`"), "{t}");
+    let t = s.say("alice", "/container run --course ai1 --cpus 2").await;
+    assert!(t.contains("as its instructors defined it"), "{t}");
+    let t = s.say("alice", "/container run --course ai1").await;
+    assert!(
+        t.contains("`ai1`") && t.contains("running"),
+        "one per student: {t}"
+    );
     let t = s.say("alice", "/course list").await;
     assert!(t.contains("| `ai1` | AI basics | Mon "), "{t}");
     let t = s.say("sensei", "/course ps ai1").await;
