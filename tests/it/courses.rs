@@ -632,6 +632,54 @@ async fn a_course_from_merge_request_to_lecture() {
         "the revert applies the first version's image"
     );
     assert_eq!(v3.version, 3);
+    // A merge whose image cannot be built: the merge request says why; version 3 stays.
+    let (sha6, merge4) = (
+        "c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6",
+        "d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4",
+    );
+    {
+        let mut st = fake.state.lock().unwrap();
+        for sha in [sha6, merge4] {
+            commit(
+                &mut st,
+                sha,
+                &[
+                    ("shisa-course.toml", course_file("1", MONDAY)),
+                    (
+                        "Containerfile",
+                        "FROM localhost/busybox:latest\nRUN false\n".to_string(),
+                    ),
+                ],
+            );
+        }
+    }
+    send(
+        s,
+        "Merge Request Hook",
+        mr_body(4, "merge", sha6, Some(merge4)),
+        "mr4-merge",
+    )
+    .await;
+    let failed = wait_for(s, "the failed apply", 180, || {
+        notes(fake, 4)
+            .into_iter()
+            .find(|n| n.body.contains("did not apply"))
+    })
+    .await;
+    assert!(
+        failed.body.contains("RUN false") && failed.body.contains("(version 3, `sha256:"),
+        "{}",
+        failed.body
+    );
+    assert_eq!(
+        s.store()
+            .current_course("ai1")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        3
+    );
     // Every apply is on record.
     let audit = s.store().audit_entries(Some("sensei")).unwrap();
     assert_eq!(
