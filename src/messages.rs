@@ -229,7 +229,7 @@ pub static EN: &[(&str, &str)] = &[
     ("course.list_hint", "`/course run COURSE` starts your container of one."),
     ("course.list_all_admins", "Only admins can list every course. `/course list` shows yours."),
     ("course.ps_empty", "Nobody runs a container of `{course}` now."),
-    ("course.status", "**{course}**: {title}\nVersion {version}, image `{image}` (digest `{digest}`)\n\n| blade | readiness |\n|---|---|\n{blades}\n\nStudents running: {running} ({seats} containers of at most {max}).\nNext lecture: {next}"),
+    ("course.status", "**{course}**: {title}\nVersion {version}, image `{image}` (digest `{digest}`)\n\n| blade | readiness |\n|---|---|\n{blades}\n\nStudents running: {running}, starting: {queued} ({seats} containers of at most {max}).\nNext lecture: {next}"),
     // chat/cli
     ("chat.timeout", "No final reply arrived within {seconds} s."),
 ];

@@ -263,6 +263,8 @@ async fn status(
     }
     let seats = app.store.course_containers(&c.id).await?;
     let running = seats.iter().filter(|r| r.state == "running").count();
+    // Asked for and not started yet: the course's queue.
+    let queued = seats.iter().filter(|r| r.state == "pending").count();
     let next = crate::courses::plan::next_lecture_line(&c, app.now());
     let t = render(
         Lang::En,
@@ -275,6 +277,7 @@ async fn status(
             ("image", v.image.clone()),
             ("blades", lines.join("\n")),
             ("running", running.to_string()),
+            ("queued", queued.to_string()),
             ("seats", seats.len().to_string()),
             ("max", c.max_containers.to_string()),
             ("next", next),

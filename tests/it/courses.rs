@@ -563,7 +563,7 @@ async fn a_course_from_merge_request_to_lecture() {
     assert!(
         t.contains("| `b1` | ready |")
             && t.contains("| `b2` | ready |")
-            && t.contains("Students running: 1"),
+            && t.contains("Students running: 1, starting: 0"),
         "{t}"
     );
     // A second version, then a revert: it applies the first digest again.
