@@ -136,7 +136,8 @@ async fn list(
         ));
     }
     let t = format!(
-        "| course | title | next lecture | version |\n|---|---|---|---|\n{}\n\n{}",
+        "{}\n{}\n\n{}",
+        render(Lang::En, "course.list_header", &[]),
         rows.join("\n"),
         render(Lang::En, "course.list_hint", &[])
     );
@@ -223,6 +224,32 @@ pub(super) async fn image_for(
     Ok(Ok(v.image))
 }
 
+/// A course for its instructors' views (`status`, `ps`): the refusal when the caller is not
+/// one of them (not found, when they may not know it exists).
+async fn for_staff(
+    app: &App,
+    caller: &Account,
+    id: &str,
+    request: &str,
+) -> anyhow::Result<Result<(CourseVersion, Course), Handled>> {
+    let resource = Some(format!("course:{id}"));
+    let Some((v, c)) = find(app, caller, id).await? else {
+        return Ok(Err(refused(
+            request,
+            UserError::new("course.not_found").arg("course", id),
+            resource,
+        )));
+    };
+    if !decide(caller, &c, Action::View, app).allowed() {
+        return Ok(Err(refused(
+            request,
+            UserError::new("course.instructors_only").arg("course", id),
+            resource,
+        )));
+    }
+    Ok(Ok((v, c)))
+}
+
 async fn status(
     app: &Arc<App>,
     caller: &Account,
@@ -230,26 +257,20 @@ async fn status(
     request: &str,
 ) -> anyhow::Result<Handled> {
     let resource = Some(format!("course:{id}"));
-    let Some((v, c)) = find(app, caller, id).await? else {
-        return Ok(refused(
-            request,
-            UserError::new("course.not_found").arg("course", id),
-            resource,
-        ));
+    let (v, c) = match for_staff(app, caller, id, request).await? {
+        Ok(x) => x,
+        Err(h) => return Ok(h),
     };
-    if !decide(caller, &c, Action::View, app).allowed() {
-        return Ok(refused(
-            request,
-            UserError::new("course.instructors_only").arg("course", id),
-            resource,
-        ));
-    }
     let blades = app.store.course_blades(&c.id).await?;
     let drained = app.store.drained().await?;
     let mut lines = Vec::new();
     for (b, _) in &app.blades {
         if drained.contains(&b.name) {
-            lines.push(format!("| `{}` | drained |", b.name));
+            lines.push(format!(
+                "| `{}` | {} |",
+                b.name,
+                render(Lang::En, "course.blade_drained", &[])
+            ));
             continue;
         }
         let ready = blades
@@ -258,7 +279,15 @@ async fn status(
         lines.push(format!(
             "| `{}` | {} |",
             b.name,
-            if ready { "ready" } else { "not ready" }
+            render(
+                Lang::En,
+                if ready {
+                    "course.blade_ready"
+                } else {
+                    "course.blade_not_ready"
+                },
+                &[]
+            )
         ));
     }
     let seats = app.store.course_containers(&c.id).await?;
@@ -288,20 +317,10 @@ async fn status(
 
 async fn ps(app: &Arc<App>, caller: &Account, id: &str, request: &str) -> anyhow::Result<Handled> {
     let resource = Some(format!("course:{id}"));
-    let Some((_, c)) = find(app, caller, id).await? else {
-        return Ok(refused(
-            request,
-            UserError::new("course.not_found").arg("course", id),
-            resource,
-        ));
+    let (_, c) = match for_staff(app, caller, id, request).await? {
+        Ok(x) => x,
+        Err(h) => return Ok(h),
     };
-    if !decide(caller, &c, Action::View, app).allowed() {
-        return Ok(refused(
-            request,
-            UserError::new("course.instructors_only").arg("course", id),
-            resource,
-        ));
-    }
     let rows = app.store.course_containers(&c.id).await?;
     if rows.is_empty() {
         return Ok(answer(
@@ -311,7 +330,7 @@ async fn ps(app: &Arc<App>, caller: &Account, id: &str, request: &str) -> anyhow
             resource,
         ));
     }
-    let mut t = "| student | container | state | blade |\n|---|---|---|---|\n".to_string();
+    let mut t = render(Lang::En, "course.ps_header", &[]) + "\n";
     for r in rows {
         t.push_str(&format!(
             "| {} | `{}` | {} | `{}` |\n",

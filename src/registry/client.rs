@@ -32,6 +32,13 @@ pub fn http() -> reqwest::Client {
         .expect("client")
 }
 
+/// A manifest as the registry stores it.
+struct Fetched {
+    digest: String,
+    media_type: String,
+    body: bytes::Bytes,
+}
+
 /// The registry as shisa uses it: the HTTP client here, or a test's fake.
 #[async_trait::async_trait]
 pub trait RegistryApi: Send + Sync {
@@ -61,6 +68,40 @@ impl Client {
             name: name.into(),
             actions: actions.iter().map(|a| a.to_string()).collect(),
         }])
+    }
+
+    /// One manifest as stored, by tag or digest; None when the registry does not have it.
+    async fn fetch_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        actions: &[&str],
+    ) -> anyhow::Result<Option<Fetched>> {
+        let r = self
+            .http
+            .get(format!("{}/v2/{name}/manifests/{reference}", self.cfg.url))
+            .bearer_auth(self.repo_token(name, actions))
+            .header("accept", ACCEPT)
+            .send()
+            .await?;
+        if r.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let r = r.error_for_status()?;
+        let header = |h: &str| {
+            r.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let digest = header("docker-content-digest").unwrap_or_default();
+        let media_type = header("content-type")
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        Ok(Some(Fetched {
+            digest,
+            media_type,
+            body: r.bytes().await?,
+        }))
     }
 }
 
@@ -124,24 +165,10 @@ impl RegistryApi for Client {
 
     /// (digest, total size of config and layers) of a tag, or None if it does not exist.
     async fn manifest(&self, name: &str, reference: &str) -> anyhow::Result<Option<(String, u64)>> {
-        let r = self
-            .http
-            .get(format!("{}/v2/{name}/manifests/{reference}", self.cfg.url))
-            .bearer_auth(self.repo_token(name, &["pull"]))
-            .header("accept", ACCEPT)
-            .send()
-            .await?;
-        if r.status().as_u16() == 404 {
+        let Some(f) = self.fetch_manifest(name, reference, &["pull"]).await? else {
             return Ok(None);
-        }
-        let r = r.error_for_status()?;
-        let digest = r
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|d| d.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let m: serde_json::Value = r.json().await?;
+        };
+        let m: serde_json::Value = serde_json::from_slice(&f.body)?;
         let mut size = m["config"]["size"].as_u64().unwrap_or(0);
         for l in m["layers"].as_array().into_iter().flatten() {
             size += l["size"].as_u64().unwrap_or(0);
@@ -150,7 +177,7 @@ impl RegistryApi for Client {
         for l in m["manifests"].as_array().into_iter().flatten() {
             size += l["size"].as_u64().unwrap_or(0);
         }
-        Ok(Some((digest, size)))
+        Ok(Some((f.digest, size)))
     }
 
     /// Delete by digest (the only way distribution 2.8 accepts); all its tags go.
@@ -169,18 +196,10 @@ impl RegistryApi for Client {
     }
 
     async fn blobs_of(&self, name: &str, reference: &str) -> anyhow::Result<Vec<String>> {
-        let r = self
-            .http
-            .get(format!("{}/v2/{name}/manifests/{reference}", self.cfg.url))
-            .bearer_auth(self.repo_token(name, &["pull"]))
-            .header("accept", ACCEPT)
-            .send()
-            .await?;
-        if r.status().as_u16() == 404 {
-            return Ok(Vec::new());
+        match self.fetch_manifest(name, reference, &["pull"]).await? {
+            Some(f) => Ok(referenced_blobs(&serde_json::from_slice(&f.body)?)),
+            None => Ok(Vec::new()),
         }
-        let m: serde_json::Value = r.error_for_status()?.json().await?;
-        Ok(referenced_blobs(&m))
     }
 
     async fn delete_blob(&self, name: &str, digest: &str) -> anyhow::Result<()> {
@@ -199,21 +218,11 @@ impl RegistryApi for Client {
 
     async fn tag(&self, name: &str, digest: &str, tag: &str) -> anyhow::Result<()> {
         let token = self.repo_token(name, &["pull", "push"]);
-        let r = self
-            .http
-            .get(format!("{}/v2/{name}/manifests/{digest}", self.cfg.url))
-            .bearer_auth(&token)
-            .header("accept", ACCEPT)
-            .send()
+        let f = self
+            .fetch_manifest(name, digest, &["pull", "push"])
             .await?
-            .error_for_status()?;
-        let media = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
-            .to_string();
-        let body = r.bytes().await?;
+            .ok_or_else(|| anyhow::anyhow!("{name}@{digest} is not in the registry"))?;
+        let (media, body) = (f.media_type, f.body);
         let put = self
             .http
             .put(format!("{}/v2/{name}/manifests/{tag}", self.cfg.url))

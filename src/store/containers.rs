@@ -35,9 +35,9 @@ pub struct PortLease {
     pub proto: String,
 }
 
-const COLS: &str = "id, owner, name, blade, podman_name, podman_id, image, command, env, cpus_milli, memory, gpus, private, state, exit_code, oom, created_at, started_at, expires_at";
+pub(super) const COLS: &str = "id, owner, name, blade, podman_name, podman_id, image, command, env, cpus_milli, memory, gpus, private, state, exit_code, oom, created_at, started_at, expires_at";
 
-fn row(r: &Row<'_>) -> rusqlite::Result<ContainerRow> {
+pub(super) fn row(r: &Row<'_>) -> rusqlite::Result<ContainerRow> {
     let command: String = r.get(7)?;
     let env: String = r.get(8)?;
     Ok(ContainerRow {

@@ -243,23 +243,17 @@ impl Store {
         course: &str,
     ) -> anyhow::Result<Vec<super::containers::ContainerRow>> {
         let c1 = course.to_string();
-        let ids: Vec<i64> = self
-            .call(move |c| {
-                let mut st =
-                    c.prepare("SELECT id FROM containers WHERE course = ?1 ORDER BY owner, name")?;
-                let v = st
-                    .query_map([c1], |r| r.get(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(v)
-            })
-            .await?;
-        let mut out = Vec::new();
-        for id in ids {
-            if let Some(r) = self.container(id).await? {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        self.call(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {} FROM containers WHERE course = ?1 ORDER BY owner, name",
+                super::containers::COLS
+            ))?;
+            let v = st
+                .query_map([c1], super::containers::row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(v)
+        })
+        .await
     }
 
     /// A course image built from these sources (the tree's hash), if any.

@@ -119,6 +119,30 @@ async fn file_at(
         .map(|b| String::from_utf8_lossy(&b).to_string()))
 }
 
+/// The course file as found at a commit, checked: the course, or why not in the words the
+/// merge request comment uses (no file; the errors with their lines).
+fn checked(file: Option<&str>) -> Result<Course, String> {
+    let Some(text) = file else {
+        return Err(render(
+            Lang::En,
+            "course.no_course_file",
+            &[("file", COURSE_FILE.into())],
+        ));
+    };
+    courses::parse(text).map_err(|errors| {
+        let list = errors
+            .iter()
+            .map(|e| format!("- {e}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        render(
+            Lang::En,
+            "course.plan_errors",
+            &[("file", COURSE_FILE.into()), ("errors", list)],
+        )
+    })
+}
+
 /// Each blade's room, from its configuration.
 fn rooms(app: &App) -> Vec<plan::BladeRoom> {
     app.cfg
@@ -165,7 +189,7 @@ fn table(rows: &[(&str, String, String)]) -> String {
         return render(Lang::En, "course.plan_no_changes", &[]);
     }
     let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
-    let mut t = "| setting | applied | this merge request |\n|---|---|---|\n".to_string();
+    let mut t = render(Lang::En, "course.plan_table_header", &[]) + "\n";
     for (k, a, b) in rows {
         t.push_str(&format!("| {k} | {} | {} |\n", cell(a), cell(b)));
     }
@@ -286,44 +310,17 @@ pub async fn plan_mr(
         )
     };
     row.sha = head.to_string();
-    let Some(text) = file else {
-        let body = format!(
-            "{}\n\n{}",
-            title("?"),
-            render(
-                Lang::En,
-                "course.no_course_file",
-                &[("file", COURSE_FILE.into())]
-            )
-        );
-        post_plan(app, as_owner.as_ref(), pid, iid, &mut row, &body).await?;
-        set_status(as_owner.as_ref(), pid, head, false, "no course file").await;
-        return Ok(());
-    };
-    let course = match courses::parse(&text) {
+    let course = match checked(file.as_deref()) {
         Ok(c) => c,
-        Err(errors) => {
-            let list = errors
-                .iter()
-                .map(|e| format!("- {e}"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            let body = format!(
-                "{}\n\n{}",
-                title("?"),
-                render(
-                    Lang::En,
-                    "course.plan_errors",
-                    &[("file", COURSE_FILE.into()), ("errors", list)]
-                )
-            );
+        Err(why) => {
+            let body = format!("{}\n\n{why}", title("?"));
             post_plan(app, as_owner.as_ref(), pid, iid, &mut row, &body).await?;
             set_status(
                 as_owner.as_ref(),
                 pid,
                 head,
                 false,
-                "the course file has errors",
+                &render(Lang::En, "course.status_bad_file", &[]),
             )
             .await;
             return Ok(());
@@ -437,12 +434,19 @@ pub async fn plan_mr(
     .await?;
     let ok = problems.is_empty();
     let description = if ok {
-        format!("{}: ready to apply", course.id)
+        render(
+            Lang::En,
+            "course.status_ready",
+            &[("course", course.id.clone())],
+        )
     } else {
-        format!(
-            "{}: {} problem(s), see the plan comment",
-            course.id,
-            problems.len()
+        render(
+            Lang::En,
+            "course.status_problems",
+            &[
+                ("course", course.id.clone()),
+                ("problems", problems.len().to_string()),
+            ],
         )
     };
     set_status(as_owner.as_ref(), pid, head, ok, &description).await;
@@ -715,9 +719,10 @@ pub async fn prepare_blades(
 fn readiness_lines(r: &[(String, Result<(), String>)]) -> String {
     r.iter()
         .map(|(b, r)| match r {
-            Ok(()) => format!("- `{b}`: ready"),
+            Ok(()) => format!("- `{b}`: {}", render(Lang::En, "course.blade_ready", &[])),
             Err(e) => format!(
-                "- `{b}`: not ready ({})",
+                "- `{b}`: {} ({})",
+                render(Lang::En, "course.blade_not_ready", &[]),
                 e.chars().take(200).collect::<String>()
             ),
         })
@@ -771,32 +776,15 @@ pub async fn apply(
             &[("reason", reason), ("previous", previous.clone())],
         )
     };
-    let Some(text) = file_at(as_owner.as_ref(), pid, COURSE_FILE, sha).await? else {
-        say(fail(render(
-            Lang::En,
-            "course.no_course_file",
-            &[("file", COURSE_FILE.into())],
-        )))
-        .await;
-        return Ok(());
-    };
-    let course = match courses::parse(&text) {
+    let text = file_at(as_owner.as_ref(), pid, COURSE_FILE, sha).await?;
+    let course = match checked(text.as_deref()) {
         Ok(c) => c,
-        Err(errors) => {
-            let list = errors
-                .iter()
-                .map(|e| format!("- {e}"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            say(fail(render(
-                Lang::En,
-                "course.plan_errors",
-                &[("file", COURSE_FILE.into()), ("errors", list)],
-            )))
-            .await;
+        Err(why) => {
+            say(fail(why)).await;
             return Ok(());
         }
     };
+    let text = text.unwrap_or_default();
     if let Some(other) = id_taken(app, pid, &course.id).await? {
         say(fail(render(
             Lang::En,
