@@ -86,11 +86,11 @@ fn main() {
         .build()
         .unwrap();
     let (shisa, mut acks) = rt.block_on(async {
-        let extra = "[limits.student]\ntotal_containers = 1000\ntotal_cpus = 1000\ntotal_memory = \"1000G\"\n[queue]\nworkers = 1\n".to_string();
+        let extra = "[limits.student]\ntotal_containers = 1000\ntotal_cpus = 1000\ntotal_memory = \"1000G\"\n[queue]\nquick_workers = 1\nper_blade = 1\n".to_string();
         let data_dir = tempfile::tempdir_in(run_root()).unwrap().keep();
         let o = Opts { podman: true, extra, data_dir: Some(data_dir.clone()), ..Default::default() };
         let path = data_dir.with_extension("toml");
-        // The harness's config has no [queue] table; ours replaces the default of 2 workers with 1,
+        // The harness's config has no [queue] table; ours replaces the default of 4 quick workers with 1,
         // the same concurrency as the sequential baseline.
         std::fs::write(&path, harness::config_text(&o, &data_dir)).unwrap();
         let s = Stack::start_with(&path, data_dir).await;

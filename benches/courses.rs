@@ -41,11 +41,11 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(80);
-    // Queue workers (the service's default is 2).
+    // Quick-lane workers (the service's default is 4; at most `per_blade` per blade at once).
     let workers: usize = std::env::var("SHISA_BENCH_WORKERS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or(4);
     harness::test_images();
     let b1 = PodmanService::start("bench-course-1");
     let b2 = PodmanService::start("bench-course-2");
@@ -96,7 +96,7 @@ fn main() {
             blades: Some(blades),
             users_file: Some(users_file.clone()),
             listen_port: Some(port),
-            extra: format!("{}\n{}[queue]\nworkers = {workers}\n", reg.toml, gitlab_toml(&fake.url, 1800)),
+            extra: format!("{}\n{}[queue]\nquick_workers = {workers}\n", reg.toml, gitlab_toml(&fake.url, 1800)),
             ..Default::default()
         })
         .await;

@@ -29,8 +29,8 @@ pub struct App {
     pub scheduler: Option<Arc<dyn crate::slurm::Scheduler>>,
     /// Which blades answer.
     pub health: crate::blades::HealthBoard,
-    /// Wakes idle workers when a job is queued.
-    pub wake: tokio::sync::Notify,
+    /// Wakes idle workers when a task is queued: one bell per lane (`work::tasks::Lane`).
+    pub wake: [tokio::sync::Notify; 3],
     /// This installation's id (`Store::instance_id`), on labels and cgroup names.
     pub instance: String,
     /// Seals values kept at rest in the database (containers' `--env` values).
@@ -188,7 +188,7 @@ impl App {
             notifier,
             metrics: Metrics::default(),
             blades,
-            wake: tokio::sync::Notify::new(),
+            wake: Default::default(),
             health: Default::default(),
             registry,
             gitlab,

@@ -7,6 +7,9 @@ use std::sync::Mutex;
 /// Command latency buckets, seconds.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
+/// Waiting-time buckets, seconds (queue waits run from milliseconds to a build's half hour).
+const WAIT_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
+
 /// A gauge read at scrape time: name, help, and (labels, value) series.
 pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
 
@@ -16,6 +19,8 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     counters: Mutex<BTreeMap<String, u64>>,
     labeled: Mutex<BTreeMap<(String, String), u64>>,
+    /// Waits by (name, lane), over `WAIT_BUCKETS`.
+    waits: Mutex<BTreeMap<(String, String), Histogram>>,
 }
 
 #[derive(Default, Clone)]
@@ -45,6 +50,29 @@ impl Metrics {
         }
         h.sum += seconds;
         h.count += 1;
+    }
+
+    /// A waiting time, e.g. `observe("queue_wait_seconds", "quick", 0.3)`.
+    pub fn observe(&self, name: &str, lane: &str, seconds: f64) {
+        let mut w = self.waits.lock().unwrap();
+        let h = w.entry((name.to_string(), lane.to_string())).or_default();
+        for (i, b) in WAIT_BUCKETS.iter().enumerate() {
+            if seconds <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += seconds;
+        h.count += 1;
+    }
+
+    /// Add `n` to a labelled counter (bytes pruned, say).
+    pub fn add_labeled(&self, name: &str, labels: &str, n: u64) {
+        *self
+            .labeled
+            .lock()
+            .unwrap()
+            .entry((name.to_string(), labels.to_string()))
+            .or_default() += n;
     }
 
     pub fn incr(&self, name: &str) {
@@ -96,6 +124,24 @@ impl Metrics {
             out.push_str(&format!(
                 "shisa_command_duration_seconds_count{{command=\"{c}\"}} {}\n",
                 h.count
+            ));
+        }
+        let mut last = String::new();
+        for ((name, lane), h) in self.waits.lock().unwrap().iter() {
+            if *name != last {
+                out.push_str(&format!("# HELP shisa_{name} Time a task waited in its lane before a worker took it.\n# TYPE shisa_{name} histogram\n"));
+                last = name.clone();
+            }
+            let l = esc(lane);
+            for (i, b) in WAIT_BUCKETS.iter().enumerate() {
+                out.push_str(&format!(
+                    "shisa_{name}_bucket{{lane=\"{l}\",le=\"{b}\"}} {}\n",
+                    h.counts[i]
+                ));
+            }
+            out.push_str(&format!(
+                "shisa_{name}_bucket{{lane=\"{l}\",le=\"+Inf\"}} {}\nshisa_{name}_sum{{lane=\"{l}\"}} {}\nshisa_{name}_count{{lane=\"{l}\"}} {}\n",
+                h.count, h.sum, h.count
             ));
         }
         let counters = self.counters.lock().unwrap();

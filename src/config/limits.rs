@@ -1,4 +1,5 @@
-//! `[limits.ROLE]`, `[templates.NAME]`, `[containers]`, `[images]`, `[queue]`, `[reconcile]`.
+//! `[limits.ROLE]`, `[templates.NAME]`, `[containers]`, `[images]`, `[queue]`, `[reconcile]`,
+//! `[reclaim]`.
 
 use serde::Deserialize;
 
@@ -104,6 +105,14 @@ pub struct Limits {
     /// A build's repository archive as GitLab sends it, and unpacked.
     pub max_build_archive: Size,
     pub max_build_unpacked: Size,
+    /// A stopped container is removed after this long.
+    pub remove_stopped_after: Seconds,
+    /// A running container is stopped after this long.
+    pub max_lifetime: Seconds,
+    /// A running container that used no CPU (nor GPU) for this long is stopped.
+    pub idle_after: Seconds,
+    /// The longest `/container extend` may keep a container from being reclaimed.
+    pub max_extend: Seconds,
 }
 
 impl Default for Limits {
@@ -129,6 +138,10 @@ impl Default for Limits {
             max_registry_tokens: 5,
             max_build_archive: units::size("1G"),
             max_build_unpacked: units::size("4G"),
+            remove_stopped_after: units::seconds("7d"),
+            max_lifetime: units::seconds("14d"),
+            idle_after: units::seconds("1d"),
+            max_extend: units::seconds("7d"),
         }
     }
 }
@@ -153,18 +166,68 @@ pub struct Template {
     pub comment: String,
 }
 
+/// The durable queue's lanes: each with workers of its own, so a build never holds up a run.
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct Queue {
-    pub workers: usize,
+    /// Workers for quick container actions (run, stop, start, rm, exec, info).
+    pub quick_workers: usize,
+    /// Workers for builds, SIF conversions and GitLab events.
+    pub slow_workers: usize,
+    /// Workers for Slurm submissions.
+    pub slurm_workers: usize,
+    /// Container actions running at once on one blade.
+    pub per_blade: u32,
     pub max_attempts: u32,
 }
 
 impl Default for Queue {
     fn default() -> Self {
         Queue {
-            workers: 2,
+            quick_workers: 4,
+            slow_workers: 2,
+            slurm_workers: 1,
+            per_blade: 2,
             max_attempts: 5,
+        }
+    }
+}
+
+/// Taking back what nobody uses: stale and idle containers, addresses, images, waits.
+/// The per-role times are in `[limits.ROLE]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reclaim {
+    /// Seconds between reclaim sweeps (usage samples, warnings, waits that gave up).
+    pub check_seconds: u64,
+    /// How long before removing a stopped container its owner is warned.
+    pub warn_before_remove: Seconds,
+    /// How long before stopping a running one (lifetime, idle) its owner is warned.
+    pub warn_before_stop: Seconds,
+    /// Below this share of one CPU between two samples a container counts as idle.
+    pub idle_cpu_percent: f64,
+    /// Keep a stopped container's pool address this long (unset: give it back at the stop;
+    /// a start leases one again).
+    pub release_address_after: Option<Seconds>,
+    /// A run waiting for room gives up after this long.
+    pub max_wait: Seconds,
+    /// An image no container uses and nobody ran on a blade for this long is removed there.
+    pub prune_images_after: Seconds,
+    /// Seconds between image prunes on each blade.
+    pub prune_seconds: u64,
+}
+
+impl Default for Reclaim {
+    fn default() -> Self {
+        Reclaim {
+            check_seconds: 60,
+            warn_before_remove: units::seconds("24h"),
+            warn_before_stop: units::seconds("30m"),
+            idle_cpu_percent: 1.0,
+            release_address_after: None,
+            max_wait: units::seconds("2h"),
+            prune_images_after: units::seconds("14d"),
+            prune_seconds: 3600,
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub reconcile: Reconcile,
     #[serde(default)]
+    pub reclaim: Reclaim,
+    #[serde(default)]
     pub registry: Option<RegistryRaw>,
     #[serde(default)]
     pub sif: SifConfig,
@@ -94,6 +96,7 @@ pub struct Config {
     pub images: Images,
     pub limits: BTreeMap<String, Limits>,
     pub reconcile: Reconcile,
+    pub reclaim: Reclaim,
     pub registry: Option<Registry>,
     pub sif: SifConfig,
     pub gitlab: Option<Gitlab>,
@@ -340,8 +343,21 @@ impl Config {
                 ),
             ));
         }
-        if raw.queue.workers == 0 || raw.queue.workers > 64 {
-            return Err(("queue.workers".into(), "must be from 1 to 64".into()));
+        for (key, n) in [
+            ("queue.quick_workers", raw.queue.quick_workers),
+            ("queue.slow_workers", raw.queue.slow_workers),
+            ("queue.slurm_workers", raw.queue.slurm_workers),
+            ("queue.per_blade", raw.queue.per_blade as usize),
+        ] {
+            if n == 0 || n > 64 {
+                return Err((key.into(), "must be from 1 to 64".into()));
+            }
+        }
+        if !(raw.reclaim.idle_cpu_percent >= 0.0 && raw.reclaim.idle_cpu_percent <= 100.0) {
+            return Err((
+                "reclaim.idle_cpu_percent".into(),
+                "must be from 0 to 100".into(),
+            ));
         }
         if raw.queue.max_attempts == 0 {
             return Err(("queue.max_attempts".into(), "must be at least 1".into()));
@@ -386,6 +402,7 @@ impl Config {
             images: raw.images,
             limits: raw.limits,
             reconcile: raw.reconcile,
+            reclaim: raw.reclaim,
             registry,
             sif: SifConfig {
                 store_dir: Some(

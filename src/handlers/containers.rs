@@ -546,7 +546,7 @@ pub(super) async fn place_and_insert(
             resource: res,
         });
     }
-    app.wake.notify_one();
+    crate::work::wake(app);
     Ok(Handled {
         reply: accepted(request, "run"),
         outcome: "queued",

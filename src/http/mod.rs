@@ -152,6 +152,22 @@ async fn metrics(
             ("state=\"running\"".into(), running as f64),
         ],
     )];
+    let lanes = app.store.queue_depth_by_lane().await.unwrap_or_default();
+    let mut depth = Vec::new();
+    for lane in ["quick", "slow", "slurm"] {
+        let (q, r) = lanes
+            .iter()
+            .find(|(l, _, _)| l == lane)
+            .map(|(_, q, r)| (*q, *r))
+            .unwrap_or((0, 0));
+        depth.push((format!("lane=\"{lane}\",state=\"queued\""), q as f64));
+        depth.push((format!("lane=\"{lane}\",state=\"running\""), r as f64));
+    }
+    gauges.push((
+        "queue_lane_tasks",
+        "Tasks in each lane of the durable queue by state.",
+        depth,
+    ));
     gauges.extend(crate::handlers::blades::gauges(&app).await);
     if let Some(reg) = app.registry.as_ref() {
         gauges.push((
@@ -389,7 +405,7 @@ async fn gitlab_hook(
     match app.store.accept_delivery(&key, hook.kind(), job).await {
         Ok(fresh) => {
             if fresh {
-                app.wake.notify_one();
+                crate::work::wake(&app);
             }
             let status = if fresh { "queued" } else { "duplicate" };
             (

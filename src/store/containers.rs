@@ -26,6 +26,19 @@ pub struct ContainerRow {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub expires_at: Option<i64>,
+    /// When it last stopped (for removing stale stopped containers).
+    pub stopped_at: Option<i64>,
+    /// When it was last seen using CPU or GPU, and its CPU counter (ns) then.
+    pub active_at: Option<i64>,
+    pub cpu_seen: Option<i64>,
+    /// `/container extend`: not reclaimed before this.
+    pub keep_until: Option<i64>,
+    /// The last reclaim warning sent (`reason:deadline`), so each is sent once.
+    pub warned: Option<String>,
+    /// Asked for a pool address (`run --ip`): leased while it runs.
+    pub wants_ip: bool,
+    /// Waiting for room since.
+    pub waiting_since: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,7 +48,7 @@ pub struct PortLease {
     pub proto: String,
 }
 
-pub(super) const COLS: &str = "id, owner, name, blade, podman_name, podman_id, image, command, env, cpus_milli, memory, gpus, private, state, exit_code, oom, created_at, started_at, expires_at";
+pub(super) const COLS: &str = "id, owner, name, blade, podman_name, podman_id, image, command, env, cpus_milli, memory, gpus, private, state, exit_code, oom, created_at, started_at, expires_at, stopped_at, active_at, cpu_seen, keep_until, warned, wants_ip, waiting_since";
 
 pub(super) fn row(r: &Row<'_>) -> rusqlite::Result<ContainerRow> {
     let command: String = r.get(7)?;
@@ -60,6 +73,13 @@ pub(super) fn row(r: &Row<'_>) -> rusqlite::Result<ContainerRow> {
         created_at: r.get(16)?,
         started_at: r.get(17)?,
         expires_at: r.get(18)?,
+        stopped_at: r.get(19)?,
+        active_at: r.get(20)?,
+        cpu_seen: r.get(21)?,
+        keep_until: r.get(22)?,
+        warned: r.get(23)?,
+        wants_ip: r.get(24)?,
+        waiting_since: r.get(25)?,
     })
 }
 
@@ -189,8 +209,8 @@ impl Store {
                 return Ok(Err(Err(e)));
             }
             tx.execute(
-                "INSERT INTO containers(owner, name, blade, podman_name, image, command, env, cpus_milli, memory, gpus, private, state, created_at, course)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",
+                "INSERT INTO containers(owner, name, blade, podman_name, image, command, env, cpus_milli, memory, gpus, private, state, created_at, course, wants_ip, waiting_since)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,CASE WHEN ?12 = 'waiting' THEN ?13 END)",
                 params![
                     n.owner,
                     n.name,
@@ -205,7 +225,8 @@ impl Store {
                     n.private,
                     n.state,
                     now(),
-                    n.course
+                    n.course,
+                    n.ip_hosts.is_some()
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -391,7 +412,8 @@ impl Store {
                 // A GPU deadline belongs to the grant's first start: a restart keeps it.
                 "UPDATE containers SET state = 'running', started_at = ?1,
                         expires_at = CASE WHEN ?2 IS NULL THEN NULL ELSE COALESCE(expires_at, ?1 + ?2) END,
-                        exit_code = NULL, oom = 0 WHERE id = ?3",
+                        exit_code = NULL, oom = 0, stopped_at = NULL, active_at = ?1, cpu_seen = NULL,
+                        warned = NULL, waiting_since = NULL WHERE id = ?3",
                 params![t, lifetime, id],
             )
         })
@@ -433,8 +455,8 @@ impl Store {
     ) -> anyhow::Result<()> {
         self.call(move |c| {
             c.execute(
-                "UPDATE containers SET state = 'exited', exit_code = ?1, oom = ?2 WHERE id = ?3",
-                params![exit_code, oom, id],
+                "UPDATE containers SET state = 'exited', exit_code = ?1, oom = ?2, stopped_at = ?4, warned = NULL WHERE id = ?3",
+                params![exit_code, oom, id, now()],
             )
         })
         .await?;

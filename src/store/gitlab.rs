@@ -370,6 +370,7 @@ mod tests {
             request_id: format!("build-{id}"),
             reply: None,
             max_attempts: 3,
+            lane: "slow".into(),
         }
     }
 

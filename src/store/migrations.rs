@@ -376,6 +376,43 @@ CREATE TABLE course_builds (
 ALTER TABLE containers ADD COLUMN course TEXT;
 "#,
         ),
+        // Reclaim and fair queues: each task's lane and each owner's last turn in a lane
+        // (round robin); when a container stopped, was last seen busy (and its CPU counter
+        // then), how long its owner asked to keep it, the last warning sent; whether it
+        // wants a pool address (released while stopped); since when a run waits for room;
+        // and when each image was last run on each blade (for pruning).
+        M::up(
+            r#"
+ALTER TABLE queue ADD COLUMN lane TEXT NOT NULL DEFAULT 'quick';
+UPDATE queue SET lane = CASE
+    WHEN kind IN ('container.sif', 'gitlab.event', 'build.run') THEN 'slow'
+    WHEN kind = 'job.submit' THEN 'slurm'
+    ELSE 'quick' END;
+CREATE INDEX queue_lane_ready ON queue(state, lane, run_after);
+CREATE TABLE queue_turns (
+    lane   TEXT NOT NULL,
+    owner  TEXT NOT NULL,
+    turn   INTEGER NOT NULL,
+    PRIMARY KEY (lane, owner)
+);
+ALTER TABLE containers ADD COLUMN stopped_at INTEGER;
+UPDATE containers SET stopped_at = strftime('%s', 'now') WHERE state = 'exited';
+ALTER TABLE containers ADD COLUMN active_at INTEGER;
+ALTER TABLE containers ADD COLUMN cpu_seen INTEGER;
+ALTER TABLE containers ADD COLUMN keep_until INTEGER;
+ALTER TABLE containers ADD COLUMN warned TEXT;
+ALTER TABLE containers ADD COLUMN wants_ip INTEGER NOT NULL DEFAULT 0;
+UPDATE containers SET wants_ip = 1 WHERE id IN (SELECT container_id FROM ip_leases);
+ALTER TABLE containers ADD COLUMN waiting_since INTEGER;
+UPDATE containers SET waiting_since = created_at WHERE state = 'waiting';
+CREATE TABLE blade_images (
+    blade    TEXT NOT NULL,
+    image    TEXT NOT NULL,
+    used_at  INTEGER NOT NULL,
+    PRIMARY KEY (blade, image)
+);
+"#,
+        ),
     ])
 }
 

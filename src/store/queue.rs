@@ -48,13 +48,15 @@ pub struct OwnedTask {
     pub request_id: String,
     pub reply: Option<ReplyTarget>,
     pub max_attempts: u32,
+    /// Which workers take it (`quick`, `slow`, `slurm`; see `work::tasks::Lane`).
+    pub lane: String,
 }
 
 pub fn enqueue_tx(c: &rusqlite::Connection, j: &OwnedTask) -> rusqlite::Result<i64> {
     let t = now();
     c.execute(
-        "INSERT INTO queue(kind, payload, owner, request_id, reply, state, max_attempts, run_after, created_at, updated_at, version)
-         VALUES (?1,?2,?3,?4,?5,'queued',?6,?7,?7,?7,?8)",
+        "INSERT INTO queue(kind, payload, owner, request_id, reply, state, max_attempts, run_after, created_at, updated_at, version, lane)
+         VALUES (?1,?2,?3,?4,?5,'queued',?6,?7,?7,?7,?8,?9)",
         params![
             j.kind,
             j.payload.to_string(),
@@ -63,7 +65,8 @@ pub fn enqueue_tx(c: &rusqlite::Connection, j: &OwnedTask) -> rusqlite::Result<i
             j.reply.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default()),
             j.max_attempts,
             t,
-            j.version
+            j.version,
+            j.lane
         ],
     )?;
     Ok(c.last_insert_rowid())
@@ -100,15 +103,53 @@ impl Store {
         .await
     }
 
-    /// Claim the oldest ready task, if any.
-    pub async fn claim(&self) -> anyhow::Result<Option<QueuedTask>> {
-        self.call(|c| {
+    /// Claim the next ready task of a lane, if any: round robin across owners (the owner
+    /// served longest ago first, each owner's own tasks in order), never a task about a
+    /// container another task is busy with, and never more than `per_blade` container tasks
+    /// running on one blade. Also returns how long it waited, in seconds.
+    pub async fn claim(
+        &self,
+        lane: &str,
+        per_blade: u32,
+    ) -> anyhow::Result<Option<(QueuedTask, i64)>> {
+        let lane = lane.to_string();
+        self.call(move |c| {
             let t = now();
-            c.query_row(
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let next: Option<(i64, String, i64)> = tx
+                .query_row(
+                    "SELECT q.id, q.owner, q.created_at FROM queue q
+                     LEFT JOIN queue_turns t ON t.lane = q.lane AND t.owner = q.owner
+                     LEFT JOIN containers c ON c.id = json_extract(q.payload, '$.container')
+                     WHERE q.state = 'queued' AND q.lane = ?2 AND q.run_after <= ?1
+                       AND (c.id IS NULL OR (
+                            NOT EXISTS (SELECT 1 FROM queue r WHERE r.state = 'running'
+                                        AND json_extract(r.payload, '$.container') = c.id)
+                            AND (SELECT COUNT(*) FROM queue r
+                                 JOIN containers rc ON rc.id = json_extract(r.payload, '$.container')
+                                 WHERE r.state = 'running' AND r.lane = ?2 AND rc.blade = c.blade) < ?3))
+                       AND NOT EXISTS (SELECT 1 FROM queue e WHERE e.state = 'queued' AND e.lane = q.lane
+                                       AND e.owner = q.owner AND e.id < q.id
+                                       AND json_extract(e.payload, '$.container') = c.id)
+                     ORDER BY COALESCE(t.turn, 0), q.id LIMIT 1",
+                    params![t, lane, per_blade],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((id, owner, created)) = next else {
+                return Ok(None);
+            };
+            tx.execute(
+                "INSERT INTO queue_turns(lane, owner, turn)
+                 VALUES (?1, ?2, (SELECT COALESCE(MAX(turn), 0) + 1 FROM queue_turns WHERE lane = ?1))
+                 ON CONFLICT (lane, owner) DO UPDATE SET turn = excluded.turn",
+                params![lane, owner],
+            )?;
+            let task = tx.query_row(
                 "UPDATE queue SET state = 'running', attempts = attempts + 1, updated_at = ?1
-                 WHERE id = (SELECT id FROM queue WHERE state = 'queued' AND run_after <= ?1 ORDER BY id LIMIT 1)
+                 WHERE id = ?2
                  RETURNING id, kind, payload, owner, request_id, reply, attempts, max_attempts, version",
-                [t],
+                params![t, id],
                 |r| {
                     let payload: String = r.get(2)?;
                     let reply: Option<String> = r.get(5)?;
@@ -124,8 +165,24 @@ impl Store {
                         version: r.get(8)?,
                     })
                 },
-            )
-            .optional()
+            )?;
+            tx.commit()?;
+            Ok(Some((task, t - created)))
+        })
+        .await
+    }
+
+    /// Tasks queued and running, per lane.
+    pub async fn queue_depth_by_lane(&self) -> anyhow::Result<Vec<(String, i64, i64)>> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT lane, COALESCE(SUM(state = 'queued'), 0), COALESCE(SUM(state = 'running'), 0)
+                 FROM queue WHERE state IN ('queued', 'running') GROUP BY lane ORDER BY lane",
+            )?;
+            let v = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect();
+            v
         })
         .await
     }
@@ -220,35 +277,60 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn task(owner: &str, rid: &str, lane: &str) -> OwnedTask {
+        OwnedTask {
+            kind: "k".into(),
+            payload: serde_json::json!({"a": 1}),
+            version: 1,
+            owner: owner.into(),
+            request_id: rid.into(),
+            reply: None,
+            max_attempts: 3,
+            lane: lane.into(),
+        }
+    }
+
     #[tokio::test]
     async fn claim_finish_recover() {
         let s = Store::open_in_memory().unwrap();
-        let id = s
-            .enqueue(OwnedTask {
-                kind: "k".into(),
-                payload: serde_json::json!({"a": 1}),
-                version: 1,
-                owner: "alice".into(),
-                request_id: "r1".into(),
-                reply: None,
-                max_attempts: 3,
-            })
-            .await
-            .unwrap();
-        let j = s.claim().await.unwrap().unwrap();
+        let id = s.enqueue(task("alice", "r1", "quick")).await.unwrap();
+        assert!(
+            s.claim("slow", 2).await.unwrap().is_none(),
+            "another lane's workers do not take it"
+        );
+        let (j, _) = s.claim("quick", 2).await.unwrap().unwrap();
         assert_eq!(
             (j.id, j.attempts, j.payload["a"].as_i64()),
             (id, 1, Some(1))
         );
         assert!(
-            s.claim().await.unwrap().is_none(),
+            s.claim("quick", 2).await.unwrap().is_none(),
             "a running task is not claimed twice"
         );
         assert_eq!(s.recover().await.unwrap(), 1);
-        let j = s.claim().await.unwrap().unwrap();
+        let (j, _) = s.claim("quick", 2).await.unwrap().unwrap();
         assert_eq!(j.attempts, 2);
         s.finish(j.id, Outcome::Done, None).await.unwrap();
         assert_eq!(s.queue_depth().await.unwrap(), (0, 0));
         assert_eq!(s.task_state("r1").unwrap(), Some(("done".into(), 2)));
+    }
+
+    #[tokio::test]
+    async fn owners_take_turns() {
+        let s = Store::open_in_memory().unwrap();
+        for i in 0..5 {
+            s.enqueue(task("alice", &format!("a{i}"), "quick"))
+                .await
+                .unwrap();
+        }
+        s.enqueue(task("bob", "b0", "quick")).await.unwrap();
+        s.enqueue(task("carol", "c0", "quick")).await.unwrap();
+        let mut order = Vec::new();
+        while let Some((j, _)) = s.claim("quick", 2).await.unwrap() {
+            s.finish(j.id, Outcome::Done, None).await.unwrap();
+            order.push(j.request_id);
+        }
+        // Alice queued first and five times, yet bob and carol each wait one turn at most.
+        assert_eq!(order, ["a0", "b0", "c0", "a1", "a2", "a3", "a4"]);
     }
 }

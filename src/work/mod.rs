@@ -55,7 +55,10 @@ pub async fn enqueue(
     Ok(id)
 }
 
-/// Wake an idle worker: a task was queued.
+/// Wake an idle worker of each lane: a task was queued (a worker woken for nothing
+/// looks once and sleeps again).
 pub fn wake(app: &crate::app::App) {
-    app.wake.notify_one();
+    for bell in &app.wake {
+        bell.notify_one();
+    }
 }

@@ -51,6 +51,35 @@ pub enum Task {
     Build { build: i64 },
 }
 
+/// Which workers take a task: quick container actions never wait behind a build or a SIF
+/// conversion (up to half an hour each), nor behind Slurm submissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// run, stop, start, rm, exec, info.
+    Quick,
+    /// Builds, SIF conversions, GitLab events (a course's apply builds and pulls).
+    Slow,
+    /// Slurm submissions (each may convert a SIF first).
+    Slurm,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 3] = [Lane::Quick, Lane::Slow, Lane::Slurm];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Quick => "quick",
+            Lane::Slow => "slow",
+            Lane::Slurm => "slurm",
+        }
+    }
+
+    /// Its wake-up bell in `App::wake`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What a container task is about, and who asked.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ContainerTask {
@@ -88,6 +117,19 @@ pub struct Undecodable {
 }
 
 impl Task {
+    pub fn lane(&self) -> Lane {
+        match self {
+            Task::Sif { .. } | Task::GitlabEvent { .. } | Task::Build { .. } => Lane::Slow,
+            Task::SubmitJob { .. } => Lane::Slurm,
+            Task::Info {}
+            | Task::Run(_)
+            | Task::Stop(_)
+            | Task::Start(_)
+            | Task::Remove(_)
+            | Task::Exec(_) => Lane::Quick,
+        }
+    }
+
     /// The stored kind (the serde tag).
     pub fn kind(&self) -> String {
         self.split().0
@@ -136,6 +178,7 @@ impl Task {
             request_id: request_id.to_string(),
             reply,
             max_attempts,
+            lane: self.lane().as_str().to_string(),
         }
     }
 }

@@ -12,37 +12,59 @@ use crate::mattermost::Reply;
 use crate::messages::{render, Lang};
 use crate::store::audit::NewAudit;
 use crate::store::queue::{Outcome, QueuedTask};
-use crate::work::tasks::Task;
+use crate::work::tasks::{Lane, Task};
 use crate::work::{self, TaskError};
 
+/// Each lane's workers (`[queue]`).
 pub fn spawn(app: Arc<App>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..app.cfg.queue.workers)
-        .map(|n| {
+    let q = &app.cfg.queue;
+    let mut handles = Vec::new();
+    for (lane, count) in [
+        (Lane::Quick, q.quick_workers),
+        (Lane::Slow, q.slow_workers),
+        (Lane::Slurm, q.slurm_workers),
+    ] {
+        for n in 0..count {
             let app = app.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { worker(n, app, shutdown).await })
-        })
-        .collect()
+            handles.push(tokio::spawn(
+                async move { worker(lane, n, app, shutdown).await },
+            ));
+        }
+    }
+    handles
 }
 
-async fn worker(n: usize, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+async fn worker(lane: Lane, n: usize, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let grace = Duration::from_secs(app.cfg.server.shutdown_grace_seconds);
+    let bell = &app.wake[lane.index()];
     loop {
         if *shutdown.borrow() {
             break;
         }
-        let task = match app.store.claim().await {
-            Ok(Some(j)) => j,
+        let task = match app
+            .store
+            .claim(lane.as_str(), app.cfg.queue.per_blade)
+            .await
+        {
+            Ok(Some((j, waited))) => {
+                app.metrics
+                    .observe("queue_wait_seconds", lane.as_str(), waited as f64);
+                // More may be ready (a batch, or one held back by its blade): let a
+                // sleeping colleague look too.
+                bell.notify_one();
+                j
+            }
             Ok(None) => {
                 tokio::select! {
-                    _ = app.wake.notified() => {}
+                    _ = bell.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
             }
             Err(e) => {
-                tracing::error!(worker = n, error = %e, "cannot claim from the queue");
+                tracing::error!(lane = lane.as_str(), worker = n, error = %e, "cannot claim from the queue");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -53,6 +75,8 @@ async fn worker(n: usize, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             _ = process(&app, task) => true,
             _ = async { let _ = sd.wait_for(|v| *v).await; tokio::time::sleep(grace).await } => false,
         };
+        // A blade's slot is free again: a task held back for it may go now.
+        bell.notify_one();
         if !finished {
             tracing::warn!(
                 task = id,

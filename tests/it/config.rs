@@ -216,7 +216,7 @@ fn migrations_on_a_fresh_and_an_existing_database() {
     let v: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 14);
+    assert_eq!(v, 15);
     let mode: String = c
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -241,7 +241,7 @@ fn migrations_on_a_fresh_and_an_existing_database() {
     let v: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 14);
+    assert_eq!(v, 15);
     // Opening again is a no-op.
     shisa::store::Store::open(&old).unwrap();
 }
@@ -266,8 +266,8 @@ async fn queued_rows_from_before_typed_tasks_still_run() {
         .unwrap();
     }
     let store = shisa::store::Store::open(&old).unwrap();
-    let row = store
-        .claim()
+    let (row, _) = store
+        .claim("quick", 2)
         .await
         .unwrap()
         .expect("the old row is still queued");

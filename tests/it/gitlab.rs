@@ -1173,7 +1173,7 @@ async fn a_push_builds_an_image_into_the_registry() {
         podman: true,
         listen_port: Some(port),
         extra: format!(
-            "{}\n{}convert_sif = true\n[queue]\nworkers = 4\n",
+            "{}\n{}convert_sif = true\n[queue]\nslow_workers = 4\n",
             reg.toml,
             gitlab_toml(&fake.url, 15)
         ),

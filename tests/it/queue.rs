@@ -114,7 +114,7 @@ async fn work_acknowledged_before_a_crash_is_finished_after_the_restart() {
     let store = shisa::store::Store::open(&data_dir.join("shisa.db")).unwrap();
     let (url, mut rx) = receiver().await;
     enqueue_info(&store, "req-crash", Some(url)).await;
-    let claimed = store.claim().await.unwrap().unwrap();
+    let (claimed, _) = store.claim("quick", 2).await.unwrap().unwrap();
     assert_eq!(claimed.request_id, "req-crash");
     assert_eq!(
         store.task_state("req-crash").unwrap(),
