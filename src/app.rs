@@ -21,6 +21,8 @@ pub struct App {
     pub blades: Vec<(crate::config::Blade, Arc<dyn Podman>)>,
     /// Who gets the GPUs.
     pub allocator: Arc<dyn crate::gpus::Allocator>,
+    /// What containers use: CPU and GPU samples for idle reclaim.
+    pub usage: Arc<dyn crate::usage::Usage>,
     /// The department registry, when configured.
     pub registry: Option<crate::registry::Registry>,
     /// The GitLab API client (admin token; `for_user` adds Sudo), when configured.
@@ -63,6 +65,8 @@ pub struct Services {
     pub scheduler: Option<Arc<dyn crate::slurm::Scheduler>>,
     /// An offset to the schedule's clock that a test can move.
     pub clock_offset: Option<Arc<std::sync::atomic::AtomicI64>>,
+    /// What containers use (for reclaiming idle ones).
+    pub usage: Option<Arc<dyn crate::usage::Usage>>,
 }
 
 /// The data directory is shisa's alone (0700), except for passing through (0711, no
@@ -182,6 +186,10 @@ impl App {
         };
         Ok(Arc::new(App {
             allocator,
+            usage: services
+                .usage
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::usage::BladeUsage)),
             store,
             directory,
             mattermost,

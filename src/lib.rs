@@ -31,5 +31,6 @@ pub mod sealing;
 pub mod sif;
 pub mod slurm;
 pub mod store;
+pub mod usage;
 pub mod values;
 pub mod work;

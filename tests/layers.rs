@@ -25,6 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "mattermost",
             "gpus",
             "metrics",
+            "usage",
         ],
     ),
     (

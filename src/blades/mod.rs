@@ -45,7 +45,6 @@ pub struct PlaceRequest<'a> {
     pub gpus: u32,
     pub cpus_milli: u32,
     pub memory: u64,
-    pub wait: bool,
     pub ip: bool,
     /// The image is in the department registry: a blade without it can pull it.
     pub pullable: bool,
@@ -54,7 +53,7 @@ pub struct PlaceRequest<'a> {
 pub enum Placement {
     /// Start here now.
     Now(Blade),
-    /// Queue here for GPUs.
+    /// Queue here for room (GPUs, CPUs or memory).
     Wait(Blade),
 }
 
@@ -126,20 +125,31 @@ pub async fn place(
             ));
         }
     }
-    // Capacity and load.
+    // Capacity and load. A blade that is full now, or has runs queued that this one
+    // would overtake, is a place to wait; one too small even when empty is none.
     let mut scored = Vec::new();
-    let mut gpu_full = Vec::new();
+    let mut full = Vec::new();
     for b in usable {
         let load = app.store.blade_load(&b.name).await?;
         let cap_cpus = b.cpus.map(|c| (c * 1000.0) as u64);
         let cap_mem = b.memory.as_ref().map(|m| m.bytes);
-        if cap_cpus.is_some_and(|c| load.cpus_milli + r.cpus_milli as u64 > c)
-            || cap_mem.is_some_and(|m| load.memory + r.memory > m)
+        let gpu_cap = b.gpus.len() as u32 * b.gpu_share.max(1);
+        if cap_cpus.is_some_and(|c| r.cpus_milli as u64 > c)
+            || cap_mem.is_some_and(|m| r.memory > m)
+            || (r.gpus > 0 && r.gpus > gpu_cap)
         {
             continue;
         }
+        let queued = load.waiting_other + if r.gpus > 0 { load.waiting_gpu } else { 0 };
+        if queued > 0
+            || cap_cpus.is_some_and(|c| load.cpus_milli + r.cpus_milli as u64 > c)
+            || cap_mem.is_some_and(|m| load.memory + r.memory > m)
+        {
+            full.push((queued, b));
+            continue;
+        }
         if r.gpus > 0 && app.allocator.free(&b).await? < r.gpus {
-            gpu_full.push(b);
+            full.push((load.waiting_gpu, b));
             continue;
         }
         let share = match cap_cpus {
@@ -156,20 +166,14 @@ pub async fn place(
     if let Some((_, _, b)) = scored.into_iter().next() {
         return Ok(Ok(Placement::Now(b)));
     }
-    if !gpu_full.is_empty() {
-        if r.wait {
-            // The blade with the most GPUs has the best odds.
-            gpu_full.sort_by_key(|b| std::cmp::Reverse(b.gpus.len() as u32 * b.gpu_share));
-            return Ok(Ok(Placement::Wait(gpu_full.remove(0))));
-        }
-        let total: u32 = gpu_full
-            .iter()
-            .map(|b| b.gpus.len() as u32 * b.gpu_share)
-            .sum();
-        let names: Vec<String> = gpu_full.iter().map(|b| b.name.clone()).collect();
-        return Ok(Err(UserError::new("container.gpus_busy")
-            .arg("blade", names.join("`, `"))
-            .arg("total", total.to_string())));
+    if !full.is_empty() {
+        // The shortest queue; among equals, the blade with the most GPUs, then CPUs.
+        full.sort_by(|(qa, a), (qb, b)| {
+            qa.cmp(qb)
+                .then((b.gpus.len() as u32 * b.gpu_share).cmp(&(a.gpus.len() as u32 * a.gpu_share)))
+                .then(b.cpus.unwrap_or(0.0).total_cmp(&a.cpus.unwrap_or(0.0)))
+        });
+        return Ok(Ok(Placement::Wait(full.remove(0).1)));
     }
     Ok(Err(UserError::new("blades.full").arg("contact", contact)))
 }

@@ -90,6 +90,7 @@ pub async fn serve_with(
     workers.extend(crate::work::health::spawn(app.clone(), rx.clone()));
     workers.extend(crate::work::slurm_jobs::spawn(app.clone(), rx.clone()));
     workers.extend(crate::work::runners::spawn(app.clone(), rx.clone()));
+    workers.push(crate::work::reclaim::spawn(app.clone(), rx.clone()));
     workers.push(crate::work::courses::spawn_readiness(
         app.clone(),
         rx.clone(),

@@ -1,6 +1,8 @@
 //! Containers: names, what a run request becomes, limits, and the libpod
 //! spec. Nothing here talks to Podman or chat; handlers do.
 
+pub mod reclaim;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

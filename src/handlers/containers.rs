@@ -352,7 +352,6 @@ async fn run(
             command,
             private: run.private,
             ip: run.ip,
-            wait: run.wait,
             pullable,
             course: None,
         },
@@ -376,7 +375,6 @@ pub(super) struct Planned {
     pub command: Vec<String>,
     pub private: bool,
     pub ip: bool,
-    pub wait: bool,
     pub pullable: bool,
     /// A course's seat: the course and its most containers at once. Checked instead of the
     /// owner's own totals.
@@ -414,7 +412,6 @@ pub(super) async fn place_and_insert(
             gpus,
             cpus_milli,
             memory,
-            wait: p.wait,
             ip: want_ip,
             pullable: p.pullable,
         },
@@ -537,6 +534,7 @@ pub(super) async fn place_and_insert(
     if state == "waiting" {
         let position = app.store.waiting_position(row.id).await?;
         let t = crate::messages::Message::new("container.waiting")
+            .arg("max_wait", cfg.reclaim.max_wait.to_string())
             .arg("blade", &blade.name)
             .arg("name", &name)
             .arg("position", position.to_string());

@@ -194,7 +194,6 @@ pub(super) async fn run(
             command: e.command.clone(),
             private: false,
             ip: false,
-            wait: false,
             pullable,
             course: Some((c.id.clone(), c.max_containers)),
         },

@@ -85,6 +85,33 @@ pub trait Podman: Send + Sync {
     ) -> Result<(), PodmanError>;
     /// Remove a network; one still in use stays (an error the caller may ignore).
     async fn remove_network(&self, name: &str) -> Result<(), PodmanError>;
+    /// CPU time a container has used, in nanoseconds (`GET /containers/stats`, one sample);
+    /// `None` when it is not running.
+    async fn cpu_nanos(&self, id: &str) -> Result<Option<u64>, PodmanError>;
+    /// The blade's images (`GET /images/json`).
+    async fn list_images(&self) -> Result<Vec<BladeImage>, PodmanError>;
+    /// Remove an image unless a container uses it (Podman refuses then: an `Api` error).
+    async fn remove_image(&self, id: &str) -> Result<(), PodmanError>;
+    /// Move a stopped container to another address on a network (disconnect, then
+    /// connect with the address).
+    async fn readdress(&self, network: &str, id: &str, ip: &str) -> Result<(), PodmanError>;
+}
+
+/// An image on a blade, as `GET /images/json` lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BladeImage {
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "Names", default)]
+    pub names: Option<Vec<String>>,
+    #[serde(rename = "Size", default)]
+    pub size: u64,
+    /// Containers (any, shisa's or not) made from it.
+    #[serde(rename = "Containers", default)]
+    pub containers: u64,
+    /// Seconds since the epoch.
+    #[serde(rename = "Created", default)]
+    pub created: i64,
 }
 
 /// The most of a container's log read into memory: a line can be any length, so `tail`
@@ -540,6 +567,62 @@ impl Podman for PodmanClient {
         if r.status().as_u16() == 404 {
             return Ok(());
         }
+        self.check(r).await.map(|_| ())
+    }
+
+    async fn cpu_nanos(&self, id: &str) -> Result<Option<u64>, PodmanError> {
+        let r = self
+            .send(self.http.get(format!(
+                "{API}/containers/stats?stream=false&containers={}",
+                enc(id)
+            )))
+            .await?;
+        // A container that is not running: 409 (or an error inside the answer).
+        if matches!(r.status().as_u16(), 404 | 409) {
+            return Ok(None);
+        }
+        let v: serde_json::Value = self
+            .check(r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(v["Stats"]
+            .as_array()
+            .and_then(|s| s.first())
+            .and_then(|s| s["CPUNano"].as_u64()))
+    }
+
+    async fn list_images(&self) -> Result<Vec<BladeImage>, PodmanError> {
+        self.get_json("/images/json").await
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<(), PodmanError> {
+        let r = self
+            .send(self.http.delete(Self::url("/images", id, "")))
+            .await?;
+        if r.status().as_u16() == 404 {
+            return Ok(());
+        }
+        self.check(r).await.map(|_| ())
+    }
+
+    async fn readdress(&self, network: &str, id: &str, ip: &str) -> Result<(), PodmanError> {
+        let r = self
+            .send(
+                self.http
+                    .post(Self::url("/networks", network, "/disconnect"))
+                    .json(&serde_json::json!({"Container": id, "Force": true})),
+            )
+            .await?;
+        self.check(r).await?;
+        let r = self
+            .send(
+                self.http
+                    .post(Self::url("/networks", network, "/connect"))
+                    .json(&serde_json::json!({"container": id, "static_ips": [ip]})),
+            )
+            .await?;
         self.check(r).await.map(|_| ())
     }
 

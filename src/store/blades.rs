@@ -14,6 +14,9 @@ pub struct BladeLoad {
     pub ports: u32,
     pub ips: u32,
     pub gpu_leases: u32,
+    /// Runs waiting for room here: for GPUs, and for CPUs or memory.
+    pub waiting_gpu: u32,
+    pub waiting_other: u32,
 }
 
 impl Store {
@@ -70,6 +73,11 @@ impl Store {
                 [&b],
                 |r| r.get(0),
             )?;
+            let (waiting_gpu, waiting_other) = c.query_row(
+                "SELECT COALESCE(SUM(gpus > 0), 0), COALESCE(SUM(gpus = 0), 0) FROM containers WHERE blade = ?1 AND state = 'waiting'",
+                [&b],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             Ok(BladeLoad {
                 containers,
                 running,
@@ -78,6 +86,8 @@ impl Store {
                 ports,
                 ips,
                 gpu_leases,
+                waiting_gpu,
+                waiting_other,
             })
         })
         .await

@@ -385,8 +385,10 @@ impl Store {
         let s = state.to_string();
         self.call(move |c| {
             c.execute(
-                "UPDATE containers SET state = ?1 WHERE id = ?2",
-                params![s, id],
+                "UPDATE containers SET state = ?1,
+                        waiting_since = CASE WHEN ?1 = 'waiting' THEN COALESCE(waiting_since, ?3) END
+                 WHERE id = ?2",
+                params![s, id, now()],
             )
         })
         .await?;
@@ -447,16 +449,206 @@ impl Store {
         .await
     }
 
+    /// A container stopped; `release_ip`: its pool address goes back to the pool now.
     pub async fn mark_exited(
         &self,
         id: i64,
         exit_code: Option<i32>,
         oom: bool,
+        release_ip: bool,
+    ) -> anyhow::Result<()> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE containers SET state = 'exited', exit_code = ?1, oom = ?2, stopped_at = ?4, warned = NULL WHERE id = ?3",
+                params![exit_code, oom, id, now()],
+            )?;
+            if release_ip {
+                tx.execute("DELETE FROM ip_leases WHERE container_id = ?1", [id])?;
+            }
+            tx.commit()
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Give back the pool addresses of containers stopped before `before`.
+    pub async fn release_stopped_ips(&self, before: i64) -> anyhow::Result<usize> {
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM ip_leases WHERE container_id IN
+                   (SELECT id FROM containers WHERE state = 'exited' AND stopped_at <= ?1)",
+                [before],
+            )
+        })
+        .await
+    }
+
+    /// A pool address for a container starting again: the one it holds, or the first free.
+    /// `None`: the pool is used up.
+    pub async fn relase_ip(
+        &self,
+        id: i64,
+        blade: &str,
+        hosts: Vec<std::net::Ipv4Addr>,
+    ) -> anyhow::Result<Option<(String, bool)>> {
+        let b = blade.to_string();
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let Some(ip) = tx
+                .query_row("SELECT ip FROM ip_leases WHERE container_id = ?1", [id], |r| r.get(0))
+                .optional()?
+            {
+                return Ok(Some((ip, false)));
+            }
+            let ip = Self::lease_ip_tx(&tx, &b, &hosts, id)?;
+            tx.commit()?;
+            Ok(ip.map(|ip| (ip, true)))
+        })
+        .await
+    }
+
+    /// The GPU devices a container holds in the local ledger.
+    pub async fn gpus_of(&self, id: i64) -> anyhow::Result<Vec<String>> {
+        self.call(move |c| {
+            let mut st = c.prepare("SELECT gpu FROM gpu_leases WHERE container_id = ?1 ORDER BY gpu")?;
+            let v = st.query_map([id], |r| r.get(0))?.collect();
+            v
+        })
+        .await
+    }
+
+    /// Give back one container's pool address.
+    pub async fn release_ip(&self, id: i64) -> anyhow::Result<()> {
+        self.call(move |c| c.execute("DELETE FROM ip_leases WHERE container_id = ?1", [id]))
+            .await?;
+        Ok(())
+    }
+
+    /// Running and stopped containers, for the reclaim sweep.
+    pub async fn reclaimable(&self) -> anyhow::Result<Vec<ContainerRow>> {
+        self.call(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {COLS} FROM containers WHERE state IN ('running', 'exited') ORDER BY id"
+            ))?;
+            let v = st.query_map([], row)?.collect();
+            v
+        })
+        .await
+    }
+
+    /// Runs waiting for room since before `before`.
+    pub async fn waits_older_than(&self, before: i64) -> anyhow::Result<Vec<ContainerRow>> {
+        self.call(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {COLS} FROM containers WHERE state = 'waiting' AND waiting_since <= ?1 ORDER BY id"
+            ))?;
+            let v = st.query_map([before], row)?.collect();
+            v
+        })
+        .await
+    }
+
+    /// A usage sample: the CPU counter now and, when it showed use, `active`.
+    pub async fn record_sample(
+        &self,
+        id: i64,
+        at: i64,
+        cpu: Option<u64>,
+        active: bool,
     ) -> anyhow::Result<()> {
         self.call(move |c| {
             c.execute(
-                "UPDATE containers SET state = 'exited', exit_code = ?1, oom = ?2, stopped_at = ?4, warned = NULL WHERE id = ?3",
-                params![exit_code, oom, id, now()],
+                "UPDATE containers SET sampled_at = ?2, cpu_seen = COALESCE(?3, cpu_seen),
+                        active_at = CASE WHEN ?4 THEN ?2 ELSE active_at END WHERE id = ?1",
+                params![id, at, cpu.map(|v| v as i64), active],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The last sample's time and CPU counter.
+    pub async fn last_sample(&self, id: i64) -> anyhow::Result<Option<(i64, u64)>> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT sampled_at, cpu_seen FROM containers WHERE id = ?1 AND sampled_at IS NOT NULL AND cpu_seen IS NOT NULL",
+                [id],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// A reclaim warning was sent (and, when it came late, the deadline moved).
+    pub async fn set_warned(
+        &self,
+        id: i64,
+        mark: &str,
+        keep_until: Option<i64>,
+    ) -> anyhow::Result<()> {
+        let m = mark.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE containers SET warned = ?2, keep_until = COALESCE(?3, keep_until) WHERE id = ?1",
+                params![id, m, keep_until],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `/container extend`: not reclaimed before `until`.
+    pub async fn set_keep_until(&self, id: i64, until: i64) -> anyhow::Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE containers SET keep_until = ?2 WHERE id = ?1",
+                params![id, until],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// An image was run on a blade (for pruning what nobody runs).
+    pub async fn note_image_used(&self, blade: &str, image: &str, at: i64) -> anyhow::Result<()> {
+        let (b, i) = (blade.to_string(), image.to_string());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO blade_images(blade, image, used_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (blade, image) DO UPDATE SET used_at = MAX(used_at, excluded.used_at)",
+                params![b, i, at],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// When each image was last run on a blade, and the images its recorded containers use.
+    pub async fn blade_image_use(
+        &self,
+        blade: &str,
+    ) -> anyhow::Result<(std::collections::HashMap<String, i64>, Vec<String>)> {
+        let b = blade.to_string();
+        self.call(move |c| {
+            let mut st = c.prepare("SELECT image, used_at FROM blade_images WHERE blade = ?1")?;
+            let used = st
+                .query_map([&b], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut st = c.prepare("SELECT DISTINCT image FROM containers WHERE blade = ?1")?;
+            let held = st.query_map([&b], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok((used, held))
+        })
+        .await
+    }
+
+    pub async fn forget_blade_image(&self, blade: &str, image: &str) -> anyhow::Result<()> {
+        let (b, i) = (blade.to_string(), image.to_string());
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM blade_images WHERE blade = ?1 AND image = ?2",
+                params![b, i],
             )
         })
         .await?;

@@ -237,6 +237,19 @@ impl Store {
         .map(|n| n == 1)
     }
 
+    /// Each course's current image (its newest applied version): never pruned from a blade.
+    pub async fn current_course_images(&self) -> anyhow::Result<Vec<String>> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT v.image FROM course_versions v
+                 WHERE v.version = (SELECT MAX(w.version) FROM course_versions w WHERE w.project_id = v.project_id)",
+            )?;
+            let v = st.query_map([], |r| r.get(0))?.collect();
+            v
+        })
+        .await
+    }
+
     /// Containers that are seats of a course (any state).
     pub async fn course_containers(
         &self,

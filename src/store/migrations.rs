@@ -399,6 +399,7 @@ ALTER TABLE containers ADD COLUMN stopped_at INTEGER;
 UPDATE containers SET stopped_at = strftime('%s', 'now') WHERE state = 'exited';
 ALTER TABLE containers ADD COLUMN active_at INTEGER;
 ALTER TABLE containers ADD COLUMN cpu_seen INTEGER;
+ALTER TABLE containers ADD COLUMN sampled_at INTEGER;
 ALTER TABLE containers ADD COLUMN keep_until INTEGER;
 ALTER TABLE containers ADD COLUMN warned TEXT;
 ALTER TABLE containers ADD COLUMN wants_ip INTEGER NOT NULL DEFAULT 0;

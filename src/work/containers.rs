@@ -247,6 +247,7 @@ pub async fn run(app: &Arc<App>, job: &QueuedTask, t: &ContainerTask) -> Result<
                     .await
                     .map_err(TaskError::Retry)?;
                 return Ok(crate::messages::Message::new("container.waiting")
+                    .arg("max_wait", app.cfg.reclaim.max_wait.to_string())
                     .arg("blade", &blade.name)
                     .arg("name", &row.name)
                     .arg("position", position.to_string())
@@ -443,6 +444,13 @@ pub async fn run(app: &Arc<App>, job: &QueuedTask, t: &ContainerTask) -> Result<
     if ip.is_some() {
         isolate_pool_ports(&blade);
     }
+    if let Err(e) = app
+        .store
+        .note_image_used(&blade.name, &row.image, app.now())
+        .await
+    {
+        tracing::warn!(error = %e, "image use not recorded");
+    }
     let lifetime = gpu_lifetime(app, &owner, &row);
     app.store
         .mark_running(row.id, lifetime)
@@ -529,7 +537,7 @@ pub fn gpu_lifetime(app: &App, owner: &Account, row: &ContainerRow) -> Option<i6
     (row.gpus > 0).then(|| app.cfg.limits_for(owner.role).gpu_lifetime.secs as i64)
 }
 
-/// Start the oldest waiting containers on a blade that now fit.
+/// Start the oldest waiting containers on a blade that now fit (CPUs, memory, GPUs).
 pub async fn promote_waiting(app: &Arc<App>, blade_name: &str) {
     let Some(blade) = app.cfg.blade(blade_name).cloned() else {
         return;
@@ -541,21 +549,46 @@ pub async fn promote_waiting(app: &Arc<App>, blade_name: &str) {
     if waiting.is_empty() {
         return;
     }
-    let Ok(mut free) = app.allocator.free(&blade).await else {
+    let Ok(load) = app.store.blade_load(blade_name).await else {
         return;
     };
+    let mut cpus_left = blade
+        .cpus
+        .map(|c| ((c * 1000.0) as u64).saturating_sub(load.cpus_milli));
+    let mut mem_left = blade
+        .memory
+        .as_ref()
+        .map(|m| m.bytes.saturating_sub(load.memory));
+    let mut free = if waiting.iter().any(|w| w.gpus > 0) {
+        match app.allocator.free(&blade).await {
+            Ok(f) => f,
+            Err(_) => return,
+        }
+    } else {
+        0
+    };
     for w in waiting {
-        match app.allocator.ready(w.id).await {
-            // Slurm keeps the queue: promote exactly those whose allocation started.
-            Ok(Some(true)) => {}
-            Ok(Some(false)) | Err(_) => continue,
-            Ok(None) => {
-                if w.gpus > free {
-                    break; // first come, first served: nobody overtakes the head of the queue
+        // First come, first served: nobody overtakes the head of the queue.
+        if cpus_left.is_some_and(|c| (w.cpus_milli as u64) > c)
+            || mem_left.is_some_and(|m| w.memory > m)
+        {
+            break;
+        }
+        if w.gpus > 0 {
+            match app.allocator.ready(w.id).await {
+                // Slurm keeps the GPU queue: promote exactly those whose allocation started.
+                Ok(Some(true)) => {}
+                Ok(Some(false)) | Err(_) => continue,
+                Ok(None) => {
+                    if w.gpus > free {
+                        break;
+                    }
+                    free -= w.gpus;
                 }
-                free -= w.gpus;
             }
         }
+        cpus_left = cpus_left.map(|c| c - w.cpus_milli as u64);
+        mem_left = mem_left.map(|m| m - w.memory);
         if app
             .store
             .set_container_state(w.id, "pending")
@@ -641,7 +674,12 @@ pub async fn stop(
         None => None,
     };
     app.store
-        .mark_exited(row.id, state.as_ref().map(|s| s.exit_code), false)
+        .mark_exited(
+            row.id,
+            state.as_ref().map(|s| s.exit_code),
+            false,
+            app.cfg.reclaim.release_address_after.is_none(),
+        )
         .await
         .map_err(TaskError::Retry)?;
     app.allocator
@@ -663,6 +701,23 @@ pub async fn stop(
             "container.expired",
             &[("name", row.name.clone())],
         ));
+    }
+    match t.reclaimed.as_str() {
+        "idle" => {
+            return Ok(render(
+                Lang::En,
+                "reclaim.stopped_idle",
+                &[("name", row.name.clone())],
+            ))
+        }
+        "lifetime" => {
+            return Ok(render(
+                Lang::En,
+                "reclaim.stopped_lifetime",
+                &[("name", row.name.clone())],
+            ))
+        }
+        _ => {}
     }
     Ok(render(
         Lang::En,
@@ -730,6 +785,38 @@ pub async fn start(
     } else {
         None
     };
+    // A pool address was given back at the stop: lease one again (the reply names it).
+    if let (true, Some(pool)) = (row.wants_ip, &blade.ip_pool) {
+        let leased = app
+            .store
+            .relase_ip(row.id, &blade.name, pool.hosts())
+            .await
+            .map_err(TaskError::Retry)?;
+        let refused = match leased {
+            None => Some(TaskError::User(
+                UserError::new("blades.ip_exhausted")
+                    .arg("blade", &blade.name)
+                    .arg("total", pool.hosts().len().to_string())
+                    .arg("contact", &app.cfg.mattermost.contact),
+            )),
+            Some((ip, true)) => match client.readdress(&pool.network, &pid, &ip).await {
+                Ok(()) => None,
+                Err(e) => {
+                    let _ = app.store.release_ip(row.id).await;
+                    Some(retry_or_fail(app, job, e))
+                }
+            },
+            Some((_, false)) => None,
+        };
+        if let Some(e) = refused {
+            let _ = app.allocator.release(row.id).await;
+            app.store
+                .set_container_state(row.id, "exited")
+                .await
+                .map_err(TaskError::Retry)?;
+            return Err(e);
+        }
+    }
     if let Err(e) = client.start(&pid).await {
         app.allocator
             .release(row.id)
@@ -785,11 +872,12 @@ pub async fn remove(
     release_owner_network(app, &row).await;
     promote_waiting(app, &row.blade).await;
     tell_owner_if_staff(app, t, &row, "rm").await;
-    Ok(render(
-        Lang::En,
-        "container.removed",
-        &[("name", row.name.clone())],
-    ))
+    let key = if t.reclaimed.is_empty() {
+        "container.removed"
+    } else {
+        "reclaim.removed"
+    };
+    Ok(render(Lang::En, key, &[("name", row.name.clone())]))
 }
 
 pub async fn exec(

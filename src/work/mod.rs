@@ -9,6 +9,7 @@ pub mod events;
 pub mod health;
 pub mod info;
 pub mod job_submit;
+pub mod reclaim;
 pub mod reconcile;
 pub mod registry_sync;
 pub mod runners;

@@ -101,6 +101,9 @@ pub struct ContainerTask {
     /// A stop because the Slurm allocation holding the GPUs ended.
     #[serde(default)]
     pub allocation_ended: bool,
+    /// Reclaimed by shisa: why (`stale`, `lifetime`, `idle`; see `containers::reclaim`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reclaimed: String,
 }
 
 fn null_is_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

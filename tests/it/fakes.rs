@@ -97,6 +97,18 @@ impl Podman for RefusingPodman {
     async fn remove_network(&self, _: &str) -> Result<(), PodmanError> {
         Ok(())
     }
+    async fn cpu_nanos(&self, _: &str) -> Result<Option<u64>, PodmanError> {
+        Ok(None)
+    }
+    async fn list_images(&self) -> Result<Vec<shisa::podman::BladeImage>, PodmanError> {
+        Ok(Vec::new())
+    }
+    async fn remove_image(&self, _: &str) -> Result<(), PodmanError> {
+        Ok(())
+    }
+    async fn readdress(&self, _: &str, _: &str, _: &str) -> Result<(), PodmanError> {
+        Ok(())
+    }
     async fn info(&self) -> Result<BladeInfo, PodmanError> {
         Ok(BladeInfo {
             version: "4.3.1".into(),
