@@ -255,6 +255,23 @@ pub static CONTAINER: ProgramSpec = ProgramSpec {
             examples: &["/container stop web"],
         },
         SubSpec {
+            name: "extend",
+            summary: "Keep a container from being stopped or removed for idleness or age.",
+            flags: &[USER],
+            args: &[
+                NAME_ARG,
+                ArgSpec {
+                    name: "TIME",
+                    kind: Kind::Duration,
+                    required: false,
+                    help: "how long from now (`12h`, `3d`); the most your role allows if left out",
+                },
+            ],
+            trailing: Trailing::None,
+            one_of: &[],
+            examples: &["/container extend web", "/container extend web 2d"],
+        },
+        SubSpec {
             name: "start",
             summary: "Start a stopped container again.",
             flags: &[USER],

@@ -46,6 +46,11 @@ pub enum ContainerCommand {
     },
     Stop(Target),
     Start(Target),
+    /// Not reclaimed for `time` seconds from now (`None`: the role's most).
+    Extend {
+        target: Target,
+        time: Option<u64>,
+    },
     Rm {
         target: Target,
         force: bool,
@@ -330,6 +335,13 @@ impl Command {
             }),
             (Program::Container, "stop") => Command::Container(C::Stop(target(inv, "NAME"))),
             (Program::Container, "start") => Command::Container(C::Start(target(inv, "NAME"))),
+            (Program::Container, "extend") => Command::Container(C::Extend {
+                target: target(inv, "NAME"),
+                time: match inv.args.get("TIME") {
+                    Some(Value::Duration(s)) => Some(*s),
+                    _ => None,
+                },
+            }),
             (Program::Container, "rm") => Command::Container(C::Rm {
                 target: target(inv, "NAME"),
                 force: inv.has("force"),

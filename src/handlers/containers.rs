@@ -57,6 +57,7 @@ pub async fn handle(
         C::Inspect(t) => (t, Action::View, "inspect"),
         C::Stop(t) => (t, Action::Modify, "stop"),
         C::Start(t) => (t, Action::Modify, "start"),
+        C::Extend { target, .. } => (target, Action::Modify, "extend"),
         C::Exec { target, .. } => (target, Action::Modify, "exec"),
         C::Rm { target, .. } => (target, Action::Delete, "rm"),
         _ => {
@@ -84,6 +85,9 @@ pub async fn handle(
         C::Inspect(_) => {
             let text = inspect(app, &row).await;
             return Ok(answer(request, text, "ok", res));
+        }
+        C::Extend { time, .. } => {
+            return Ok(extend(app, &row, *time, request, res).await?);
         }
         C::Stop(_) if state != "running" => Some(UserError::new("container.already_stopped")),
         C::Start(_) if state == "running" => Some(UserError::new("container.already_running")),
@@ -129,6 +133,46 @@ pub async fn handle(
         outcome: "queued",
         resource: res,
     })
+}
+
+/// `/container extend NAME [TIME]`: not reclaimed before now + TIME, capped by the
+/// owner's role (an admin extending a student's container gets the student's cap).
+async fn extend(
+    app: &Arc<App>,
+    row: &ContainerRow,
+    time: Option<u64>,
+    request: &str,
+    res: Option<String>,
+) -> anyhow::Result<Handled> {
+    if !matches!(row.state.as_str(), "running" | "exited") {
+        let e = UserError::new("container.extend_waiting")
+            .arg("name", &row.name)
+            .arg("state", &row.state);
+        return Ok(answer(request, e.to_string(), "rejected", res));
+    }
+    let role = match app.directory.lookup(&row.owner).await? {
+        Some(a) => a.role,
+        None => Role::Student,
+    };
+    let limits = app.cfg.limits_for(role);
+    let now = app.now();
+    let (until, capped) = crate::containers::reclaim::extend_until(now, time, &limits);
+    let until = until.max(row.keep_until.unwrap_or(0));
+    app.store.set_keep_until(row.id, until).await?;
+    let when = jiff::Timestamp::from_second(until)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default();
+    let key = if capped {
+        "container.extend_capped"
+    } else {
+        "container.extended"
+    };
+    let t = crate::messages::Message::new(key)
+        .arg("name", &row.name)
+        .arg("until", when)
+        .arg("left", human(until - now))
+        .arg("max", limits.max_extend.to_string());
+    Ok(answer(request, t.to_string(), "ok", res))
 }
 
 fn accepted(request: &str, sub: &str) -> Reply {
@@ -572,7 +616,8 @@ async fn ps(
             None,
         ));
     }
-    let now = crate::store::now();
+    let now = app.now();
+    let mut roles: std::collections::HashMap<String, Role> = std::collections::HashMap::new();
     let mut out = String::from(if several {
         "| owner | name | state | image | ports | GPUs | age | time left |\n|---|---|---|---|---|---|---|---|\n"
     } else {
@@ -588,12 +633,40 @@ async fn ps(
         let state = match (r.state.as_str(), r.exit_code, r.oom) {
             ("exited", _, true) => "exited (out of memory)".to_string(),
             ("exited", Some(c), _) => format!("exited ({c})"),
+            ("waiting", _, _) => format!(
+                "queued (#{} on `{}`)",
+                app.store.waiting_position(r.id).await?,
+                r.blade
+            ),
             (s, _, _) => s.to_string(),
         };
-        let left = r
-            .expires_at
-            .map(|e| human(e - now))
-            .unwrap_or_else(|| "-".into());
+        // The soonest of its GPU time and its reclaim (`/container extend` moves the latter).
+        let role = match roles.get(&r.owner) {
+            Some(x) => *x,
+            None => {
+                let x = if r.owner == caller.uid {
+                    caller.role
+                } else {
+                    app.directory
+                        .lookup(&r.owner)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|a| a.role)
+                        .unwrap_or(Role::Student)
+                };
+                roles.insert(r.owner.clone(), x);
+                x
+            }
+        };
+        let reclaim = crate::containers::reclaim::due(&r, &app.cfg.limits_for(role));
+        let left = match (r.expires_at, reclaim) {
+            (Some(e), Some(d)) if e <= d.at => human(e - now),
+            (_, Some(d)) if d.reason.removes() => format!("{} (removed)", human(d.at - now)),
+            (_, Some(d)) => format!("{} ({})", human(d.at - now), d.reason.as_str()),
+            (Some(e), None) => human(e - now),
+            (None, None) => "-".into(),
+        };
         let owner = if several {
             format!("{} | ", r.owner)
         } else {

@@ -142,6 +142,7 @@ async fn handle_inner(app: &Arc<App>, form: &SlashForm, request_id: &str) -> any
             | C::Exec { .. }
             | C::Stop(_)
             | C::Start(_)
+            | C::Extend { .. }
             | C::Rm { .. }
             | C::Inspect(_)),
         ) => {
