@@ -66,7 +66,11 @@ pub fn due(row: &ContainerRow, limits: &Limits) -> Option<Due> {
                 reason: Reason::Idle,
                 at: later(row.active_at.unwrap_or(started) + limits.idle_after.secs as i64),
             };
-            Some(if idle.at < lifetime.at { idle } else { lifetime })
+            Some(if idle.at < lifetime.at {
+                idle
+            } else {
+                lifetime
+            })
         }
         _ => None,
     }
@@ -78,7 +82,10 @@ pub enum Step {
     Nothing,
     /// Tell the owner; if the warning comes after the deadline, `keep_until` moves so they
     /// still get the whole warning time.
-    Warn { due: Due, keep_until: Option<i64> },
+    Warn {
+        due: Due,
+        keep_until: Option<i64>,
+    },
     /// The warning was sent and its time is up.
     Act(Due),
 }
@@ -94,7 +101,11 @@ pub fn step(row: &ContainerRow, limits: &Limits, cfg: &Reclaim, now: i64) -> Ste
     } as i64;
     let warned = row.warned.as_deref() == Some(d.mark().as_str());
     if warned {
-        return if now >= d.at { Step::Act(d) } else { Step::Nothing };
+        return if now >= d.at {
+            Step::Act(d)
+        } else {
+            Step::Nothing
+        };
     }
     if now < d.at - notice {
         return Step::Nothing;
@@ -177,7 +188,10 @@ mod tests {
         let Step::Warn { due, keep_until } = s else {
             panic!("{s:?}")
         };
-        assert_eq!((due.reason, due.at, keep_until), (Reason::Stale, 7 * DAY, None));
+        assert_eq!(
+            (due.reason, due.at, keep_until),
+            (Reason::Stale, 7 * DAY, None)
+        );
         r.warned = Some(due.mark());
         assert_eq!(step(&r, &l, &c, 7 * DAY - 1), Step::Nothing);
         assert_eq!(step(&r, &l, &c, 7 * DAY), Step::Act(due));

@@ -87,7 +87,7 @@ pub async fn handle(
             return Ok(answer(request, text, "ok", res));
         }
         C::Extend { time, .. } => {
-            return Ok(extend(app, &row, *time, request, res).await?);
+            return extend(app, &row, *time, request, res).await;
         }
         C::Stop(_) if state != "running" => Some(UserError::new("container.already_stopped")),
         C::Start(_) if state == "running" => Some(UserError::new("container.already_running")),

@@ -496,7 +496,11 @@ impl Store {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             if let Some(ip) = tx
-                .query_row("SELECT ip FROM ip_leases WHERE container_id = ?1", [id], |r| r.get(0))
+                .query_row(
+                    "SELECT ip FROM ip_leases WHERE container_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
                 .optional()?
             {
                 return Ok(Some((ip, false)));
@@ -511,7 +515,8 @@ impl Store {
     /// The GPU devices a container holds in the local ledger.
     pub async fn gpus_of(&self, id: i64) -> anyhow::Result<Vec<String>> {
         self.call(move |c| {
-            let mut st = c.prepare("SELECT gpu FROM gpu_leases WHERE container_id = ?1 ORDER BY gpu")?;
+            let mut st =
+                c.prepare("SELECT gpu FROM gpu_leases WHERE container_id = ?1 ORDER BY gpu")?;
             let v = st.query_map([id], |r| r.get(0))?.collect();
             v
         })
@@ -637,7 +642,9 @@ impl Store {
                 .query_map([&b], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             let mut st = c.prepare("SELECT DISTINCT image FROM containers WHERE blade = ?1")?;
-            let held = st.query_map([&b], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let held = st
+                .query_map([&b], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
             Ok((used, held))
         })
         .await

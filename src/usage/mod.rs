@@ -103,7 +103,10 @@ mod tests {
     fn nvidia_smi_lines() {
         let csv = "0, 0\n1, 37\n2, [N/A]\n";
         let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(super::busy_from_csv(csv, &g(&["nvidia.com/gpu=0"])), Some(false));
+        assert_eq!(
+            super::busy_from_csv(csv, &g(&["nvidia.com/gpu=0"])),
+            Some(false)
+        );
         assert_eq!(
             super::busy_from_csv(csv, &g(&["nvidia.com/gpu=0", "nvidia.com/gpu=1"])),
             Some(true)

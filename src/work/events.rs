@@ -82,7 +82,12 @@ pub async fn on_died(
     let code = st.as_ref().map(|s| s.exit_code).or(exit_code);
     let oom = st.as_ref().is_some_and(|s| s.oom_killed);
     app.store
-        .mark_exited(row.id, code, oom, app.cfg.reclaim.release_address_after.is_none())
+        .mark_exited(
+            row.id,
+            code,
+            oom,
+            app.cfg.reclaim.release_address_after.is_none(),
+        )
         .await?;
     app.allocator.release(row.id).await?;
     crate::work::containers::promote_waiting(app, blade).await;

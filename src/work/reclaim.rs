@@ -58,7 +58,9 @@ pub fn spawn(
                         continue;
                     }
                     match prune_images(&app, &blade.name).await {
-                        Ok(p) => tracing::info!(blade = %blade.name, images = p.images, bytes = p.bytes, "image prune"),
+                        Ok(p) => {
+                            tracing::info!(blade = %blade.name, images = p.images, bytes = p.bytes, "image prune")
+                        }
                         Err(e) => tracing::warn!(blade = %blade.name, error = %e, "image prune"),
                     }
                 }
@@ -146,11 +148,14 @@ pub async fn sweep(app: &Arc<App>) -> anyhow::Result<Report> {
                     &[
                         ("name", row.name.clone()),
                         ("left", human(due.at - now)),
-                        ("after", human(match due.reason {
-                            Reason::Stale => limits.remove_stopped_after.secs as i64,
-                            Reason::Lifetime => limits.max_lifetime.secs as i64,
-                            Reason::Idle => limits.idle_after.secs as i64,
-                        })),
+                        (
+                            "after",
+                            human(match due.reason {
+                                Reason::Stale => limits.remove_stopped_after.secs as i64,
+                                Reason::Lifetime => limits.max_lifetime.secs as i64,
+                                Reason::Idle => limits.idle_after.secs as i64,
+                            }),
+                        ),
                         ("max", limits.max_extend.to_string()),
                     ],
                 );
@@ -161,7 +166,9 @@ pub async fn sweep(app: &Arc<App>) -> anyhow::Result<Report> {
                         serde_json::json!({"shisa": {"notice": "reclaim_warning", "container": row.name, "reason": due.reason.as_str()}}),
                     )
                     .await;
-                app.store.set_warned(row.id, &due.mark(), keep_until).await?;
+                app.store
+                    .set_warned(row.id, &due.mark(), keep_until)
+                    .await?;
                 audit(app, &row, "container.reclaim_warning", due.reason.as_str()).await;
                 report.warned += 1;
             }
@@ -191,10 +198,8 @@ pub async fn sweep(app: &Arc<App>) -> anyhow::Result<Report> {
                 // So the next sweep does not queue it twice before the task runs.
                 app.store.set_container_state(row.id, state).await?;
                 audit(app, &row, "container.reclaim", due.reason.as_str()).await;
-                app.metrics.incr_labeled(
-                    "reclaimed",
-                    &format!("reason=\"{}\"", due.reason.as_str()),
-                );
+                app.metrics
+                    .incr_labeled("reclaimed", &format!("reason=\"{}\"", due.reason.as_str()));
                 if due.reason.removes() {
                     report.removed += 1;
                 } else {
@@ -227,8 +232,7 @@ pub async fn sweep(app: &Arc<App>) -> anyhow::Result<Report> {
             )
             .await;
         audit(app, &w, "container.wait_gave_up", "max_wait").await;
-        app.metrics
-            .incr_labeled("reclaimed", "reason=\"wait\"");
+        app.metrics.incr_labeled("reclaimed", "reason=\"wait\"");
         report.gave_up += 1;
     }
     if let Some(after) = &cfg.release_address_after {
@@ -250,7 +254,9 @@ pub async fn sweep(app: &Arc<App>) -> anyhow::Result<Report> {
 /// Sample a running container's use; it counts as active when its CPU use since the last
 /// sample is at least `idle_cpu_percent` of one CPU, or a GPU of its is busy.
 async fn sample(app: &Arc<App>, row: &ContainerRow, now: i64) {
-    let (Some(pid), Ok((blade, client))) = (&row.podman_id, super::containers::blade_of(app, &row.blade)) else {
+    let (Some(pid), Ok((blade, client))) =
+        (&row.podman_id, super::containers::blade_of(app, &row.blade))
+    else {
         return;
     };
     let gpus = app.store.gpus_of(row.id).await.unwrap_or_default();
@@ -263,12 +269,9 @@ async fn sample(app: &Arc<App>, row: &ContainerRow, now: i64) {
     };
     let before = app.store.last_sample(row.id).await.ok().flatten();
     let cpu_active = match (before, s.cpu_nanos) {
-        (Some((t, cpu)), Some(now_cpu)) => !reclaim::was_idle(
-            cpu,
-            now_cpu,
-            now - t,
-            app.cfg.reclaim.idle_cpu_percent,
-        ),
+        (Some((t, cpu)), Some(now_cpu)) => {
+            !reclaim::was_idle(cpu, now_cpu, now - t, app.cfg.reclaim.idle_cpu_percent)
+        }
         _ => false,
     };
     let active = cpu_active || s.gpu_busy == Some(true);
@@ -299,7 +302,9 @@ pub async fn prune_images(app: &Arc<App>, blade: &str) -> anyhow::Result<Pruned>
         // A course image pulled by digest is listed under its repository's name only.
         if courses.iter().any(|c| {
             c.split_once('@').is_some_and(|(repo, _)| {
-                names.iter().any(|n| n.starts_with(&format!("{repo}:")) || n == repo)
+                names
+                    .iter()
+                    .any(|n| n.starts_with(&format!("{repo}:")) || n == repo)
             })
         }) {
             continue;
@@ -325,9 +330,15 @@ pub async fn prune_images(app: &Arc<App>, blade: &str) -> anyhow::Result<Pruned>
             Err(e) => tracing::debug!(blade, error = %e, "image kept"),
         }
     }
-    app.metrics
-        .add_labeled("pruned_images", &format!("blade=\"{}\"", crate::metrics::esc(blade)), out.images as u64);
-    app.metrics
-        .add_labeled("pruned_bytes", &format!("blade=\"{}\"", crate::metrics::esc(blade)), out.bytes);
+    app.metrics.add_labeled(
+        "pruned_images",
+        &format!("blade=\"{}\"", crate::metrics::esc(blade)),
+        out.images as u64,
+    );
+    app.metrics.add_labeled(
+        "pruned_bytes",
+        &format!("blade=\"{}\"", crate::metrics::esc(blade)),
+        out.bytes,
+    );
     Ok(out)
 }

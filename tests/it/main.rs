@@ -12,6 +12,7 @@ mod harness;
 mod identity;
 mod jobs;
 mod queue;
+mod reclaim;
 mod reference;
 mod registry;
 mod sif;
