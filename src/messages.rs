@@ -59,7 +59,7 @@ pub static EN: &[(&str, &str)] = &[
     ("container.name_taken_running", "You already have a container called `{name}`, and it is running. Pick another `--name`, or `/container rm --force {name}` first."),
     ("container.name_taken_stopped", "You already have a container called `{name}` ({state}). Use `/container start {name}` to run it again, or `/container rm {name}` to replace it."),
     ("container.no_ports", "No host port is free on `{blade}` right now. Try again later, or ask {contact}."),
-    ("container.gpus_busy", "All {total} GPUs on `{blade}` are in use. Add `--wait` to queue for one; I will message you when your container starts."),
+    ("container.gpus_busy", "All {total} GPUs on `{blade}` are in use, so your container cannot start again now. Try later, or `/container rm` it and `/container run` a new one, which waits in the queue for a GPU."),
     ("container.no_gpus", "`{blade}` has no GPUs. Leave out `--gpus`, or ask {contact} which blade has them."),
     ("container.env_reserved", "`{name}` is set by shisa and cannot be given with `--env`."),
     ("container.template_unknown", "There is no template `{template}`. Templates: {templates}."),
