@@ -90,7 +90,7 @@ fn main() {
         let data_dir = tempfile::tempdir_in(run_root()).unwrap().keep();
         let o = Opts { podman: true, extra, data_dir: Some(data_dir.clone()), ..Default::default() };
         let path = data_dir.with_extension("toml");
-        // The harness's config has no [queue] table; ours replaces the default of 2 quick workers with 1,
+        // The harness's config has no [queue] table; ours replaces the default of 4 quick workers with 1,
         // the same concurrency as the sequential baseline.
         std::fs::write(&path, harness::config_text(&o, &data_dir)).unwrap();
         let s = Stack::start_with(&path, data_dir).await;

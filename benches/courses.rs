@@ -41,7 +41,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(80);
-    // Quick-lane workers (the service's default is 2; at most `per_blade` per blade at once).
+    // Quick-lane workers (the service's default is 4; at most `per_blade` per blade at once).
     let workers: usize = std::env::var("SHISA_BENCH_WORKERS")
         .ok()
         .and_then(|s| s.parse().ok())

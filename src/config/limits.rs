@@ -184,7 +184,7 @@ pub struct Queue {
 impl Default for Queue {
     fn default() -> Self {
         Queue {
-            quick_workers: 2,
+            quick_workers: 4,
             slow_workers: 2,
             slurm_workers: 1,
             per_blade: 2,
