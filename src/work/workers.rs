@@ -157,15 +157,19 @@ async fn process_in_span(app: &Arc<App>, task: QueuedTask) {
             (Some(t), Outcome::Failed, "failed", Some(e.to_string()))
         }
     };
+    // Recorded as ended before the answer goes out: a kill between the two then loses at
+    // most the moment it takes to send, where the other order answers twice (the restart
+    // runs the task again and says it is done) whenever the kill lands after the user
+    // already has the answer.
+    if let Err(e) = app.store.finish(task.id, outcome, error.as_deref()).await {
+        tracing::error!(error = %e, "could not record the task's end");
+    }
     if let (Some(text), Some(target)) = (text, &task.reply) {
         let reply = Reply::new(&task.request_id, text, true);
         match app.notifier.reply(target, &reply).await {
             Ok(how) => tracing::info!(?how, "answer delivered"),
             Err(e) => tracing::error!(error = %e, "answer could not be delivered"),
         }
-    }
-    if let Err(e) = app.store.finish(task.id, outcome, error.as_deref()).await {
-        tracing::error!(error = %e, "could not record the task's end");
     }
     let action = task.kind.clone();
     let _ = app

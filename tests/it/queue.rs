@@ -71,7 +71,15 @@ async fn response_url_use_limit_then_outbox() {
     // A job whose response_url is used up lands in the outbox, which `shisa chat --inbox` shows.
     enqueue_info(&store, "req-outbox", Some(url.into())).await;
     wait_done(&store, "req-outbox").await;
-    let msgs = store.outbox_take("alice").unwrap();
+    // The task is recorded as ended just before its answer goes out.
+    let mut msgs = Vec::new();
+    for _ in 0..100 {
+        msgs = store.outbox_take("alice").unwrap();
+        if !msgs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(msgs.len(), 1);
     assert!(msgs[0].message.contains("Blades:"));
     assert!(
@@ -92,6 +100,14 @@ async fn with_a_bot_token_notices_go_by_direct_message() {
     .await;
     enqueue_info(&s.store(), "req-dm", None).await;
     wait_done(&s.store(), "req-dm").await;
+    // The task is recorded as ended just before its answer goes out; give it a moment.
+    for _ in 0..100 {
+        if !fake.posts.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let posts = fake.posts.lock().unwrap().clone();
     assert_eq!(posts.len(), 1, "{posts:?}");
     assert_eq!(posts[0]["channel_id"], "dm-alice0000000000000000000aa");
