@@ -48,6 +48,10 @@ pub enum Resource<'a> {
     Fleet,
     /// The registry's catalog of every repository.
     Catalog,
+    /// Every course there is (`/course list --all`).
+    AllCourses,
+    /// Making a GitLab project a course's (`/course enable`): for those who teach.
+    CourseSetup,
 }
 
 /// What the authorisation function needs to know about a resource.
@@ -114,7 +118,12 @@ pub fn authorize(
             }
         }
         Resource::User(u) if *u == caller.uid => Decision::Owner,
-        Resource::User(_) | Resource::Fleet | Resource::Catalog => {
+        Resource::CourseSetup if caller.role == Role::Instructor => Decision::Owner,
+        Resource::User(_)
+        | Resource::Fleet
+        | Resource::Catalog
+        | Resource::AllCourses
+        | Resource::CourseSetup => {
             if admin {
                 Decision::Staff
             } else {
@@ -318,6 +327,26 @@ mod tests {
             authorize(&other, View, &Resource::Owned(ra), &courses()),
             NotFound
         );
+        // Course-wide acts: setting one up is for those who teach, listing all for admins.
+        for (who, res, want) in [
+            (&alice, Resource::CourseSetup, Forbidden),
+            (&sensei, Resource::CourseSetup, Owner),
+            (&admin, Resource::CourseSetup, Staff),
+            (&sensei, Resource::AllCourses, Forbidden),
+            (&admin, Resource::AllCourses, Staff),
+        ] {
+            let action = if matches!(res, Resource::AllCourses) {
+                List
+            } else {
+                Administer
+            };
+            assert_eq!(
+                authorize(who, action, &res, &courses()),
+                want,
+                "{} {res:?}",
+                who.uid
+            );
+        }
     }
 
     /// Every role against every relation to a resource and every action.

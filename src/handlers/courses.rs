@@ -9,7 +9,7 @@ use crate::app::App;
 use crate::commands::typed::CourseCommand;
 use crate::courses::{self, Course};
 use crate::gitlab::client::{self, HookEvents};
-use crate::identity::{Account, Role};
+use crate::identity::Account;
 use crate::mattermost::Reply;
 use crate::messages::{render, Lang, UserError};
 use crate::store::courses::CourseVersion;
@@ -95,7 +95,15 @@ async fn list(
     all: bool,
     request: &str,
 ) -> anyhow::Result<Handled> {
-    if all && caller.role != Role::Admin {
+    if all
+        && !authorize(
+            caller,
+            Action::List,
+            &Resource::AllCourses,
+            &app.cfg.courses,
+        )
+        .allowed()
+    {
         return Ok(refused(
             request,
             UserError::new("course.list_all_admins"),
@@ -346,7 +354,14 @@ async fn enable(
     request: &str,
 ) -> anyhow::Result<Handled> {
     let resource = Some(format!("gitlab:{path}"));
-    if caller.role == Role::Student {
+    if !authorize(
+        caller,
+        Action::Administer,
+        &Resource::CourseSetup,
+        &app.cfg.courses,
+    )
+    .allowed()
+    {
         return Ok(refused(
             request,
             UserError::new("course.not_instructor"),
