@@ -13,41 +13,14 @@
 #[path = "../tests/it/harness.rs"]
 mod harness;
 
-use std::process::Command;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{pct, remove_all};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::{run_root, test_images, Opts, Stack};
-
-fn podman_cli() -> Command {
-    let sock = harness::podman();
-    let dir = sock.parent().unwrap();
-    let mut c = Command::new("podman");
-    c.env("CONTAINERS_CONF", dir.join("containers.conf"))
-        .arg("--root")
-        .arg(dir.join("root"))
-        .arg("--runroot")
-        .arg(dir.join("runroot"));
-    c
-}
-
-fn remove_all() {
-    let out = podman_cli()
-        .args(["rm", "-af", "-t", "0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -95,7 +68,7 @@ fn main() {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };
-                let out = podman_cli()
+                let out = harness::podman_cli()
                     .args([
                         "run",
                         "-d",

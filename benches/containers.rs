@@ -11,40 +11,13 @@
 #[path = "../tests/it/harness.rs"]
 mod harness;
 
-use std::process::Command;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{pct, remove_all};
 use std::time::{Duration, Instant};
 
 use harness::{run_root, test_images, Opts, Stack};
-
-fn podman_cli() -> Command {
-    let sock = harness::podman();
-    let dir = sock.parent().unwrap();
-    let mut c = Command::new("podman");
-    c.env("CONTAINERS_CONF", dir.join("containers.conf"))
-        .arg("--root")
-        .arg(dir.join("root"))
-        .arg("--runroot")
-        .arg(dir.join("runroot"));
-    c
-}
-
-fn remove_all() {
-    let out = podman_cli()
-        .args(["rm", "-af", "-t", "0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
 
 fn main() {
     let n: usize = std::env::var("SHISA_BENCH_N")
@@ -56,7 +29,7 @@ fn main() {
     // Baseline: n × `podman run -d`, one after another, same image, same limits.
     let t0 = Instant::now();
     for i in 0..n {
-        let out = podman_cli()
+        let out = harness::podman_cli()
             .args([
                 "run",
                 "-d",

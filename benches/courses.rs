@@ -12,10 +12,14 @@
 #[path = "../tests/it/harness.rs"]
 mod harness;
 
+#[path = "common/mod.rs"]
+mod common;
+
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/it/gitlab.rs"]
 mod gitlab;
 
+use common::pct;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -25,12 +29,6 @@ use gitlab::{
 use harness::{free_port, registry, run_root, Opts, PodmanService, Stack};
 
 const PROJECT: u64 = 41;
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
 
 fn main() {
     let mb: u64 = std::env::var("SHISA_BENCH_MB")

@@ -381,6 +381,18 @@ fn parse_env(raw: &str) -> Result<Value, &'static str> {
 
 /// Resource names: `^[a-z0-9][a-z0-9-]{0,62}$`. No `_` or `.`, so an owner
 /// prefix joined with `_` can never collide between owners.
+/// A span of time as replies say it: `45s`, `30m`, `22h`, `6d` (the largest unit that
+/// gives at least two; negative spans are 0).
+pub fn human_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
 pub fn valid_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()

@@ -170,6 +170,7 @@ mod tests {
             stopped_at: Some(0),
             active_at: Some(0),
             cpu_seen: None,
+            sampled_at: None,
             keep_until: None,
             warned: None,
             wants_ip: false,

@@ -16,6 +16,7 @@ use crate::mattermost::Reply;
 use crate::messages::{render, Lang, UserError};
 use crate::store::containers::{ContainerRow, InsertError, NewContainer};
 use crate::store::queue::ReplyTarget;
+use crate::values::human_duration;
 pub use crate::work::containers::{blade_of, may_use_image, promote_waiting, registry_repository};
 use crate::work::{
     self,
@@ -150,11 +151,9 @@ async fn extend(
             .arg("state", &row.state);
         return Ok(answer(request, e.to_string(), "rejected", res));
     }
-    let role = match app.directory.lookup(&row.owner).await? {
-        Some(a) => a.role,
-        None => Role::Student,
-    };
-    let limits = app.cfg.limits_for(role);
+    let limits = app
+        .cfg
+        .limits_for(crate::work::containers::role_of(app, &row.owner).await?);
     let now = app.now();
     let (until, capped) = crate::containers::reclaim::extend_until(now, time, &limits);
     let until = until.max(row.keep_until.unwrap_or(0));
@@ -170,7 +169,7 @@ async fn extend(
     let t = crate::messages::Message::new(key)
         .arg("name", &row.name)
         .arg("until", when)
-        .arg("left", human(until - now))
+        .arg("left", human_duration(until - now))
         .arg("max", limits.max_extend.to_string());
     Ok(answer(request, t.to_string(), "ok", res))
 }
@@ -634,38 +633,44 @@ async fn ps(
         let state = match (r.state.as_str(), r.exit_code, r.oom) {
             ("exited", _, true) => "exited (out of memory)".to_string(),
             ("exited", Some(c), _) => format!("exited ({c})"),
-            ("waiting", _, _) => format!(
-                "queued (#{} on `{}`)",
-                app.store.waiting_position(r.id).await?,
-                r.blade
+            ("waiting", _, _) => render(
+                Lang::En,
+                "container.ps_queued",
+                &[
+                    (
+                        "position",
+                        app.store.waiting_position(r.id).await?.to_string(),
+                    ),
+                    ("blade", r.blade.clone()),
+                ],
             ),
             (s, _, _) => s.to_string(),
         };
         // The soonest of its GPU time and its reclaim (`/container extend` moves the latter).
         let role = match roles.get(&r.owner) {
             Some(x) => *x,
+            None if r.owner == caller.uid => caller.role,
             None => {
-                let x = if r.owner == caller.uid {
-                    caller.role
-                } else {
-                    app.directory
-                        .lookup(&r.owner)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|a| a.role)
-                        .unwrap_or(Role::Student)
-                };
+                let x = crate::work::containers::role_of(app, &r.owner)
+                    .await
+                    .unwrap_or(Role::Student);
                 roles.insert(r.owner.clone(), x);
                 x
             }
         };
         let reclaim = crate::containers::reclaim::due(&r, &app.cfg.limits_for(role));
         let left = match (r.expires_at, reclaim) {
-            (Some(e), Some(d)) if e <= d.at => human(e - now),
-            (_, Some(d)) if d.reason.removes() => format!("{} (removed)", human(d.at - now)),
-            (_, Some(d)) => format!("{} ({})", human(d.at - now), d.reason.as_str()),
-            (Some(e), None) => human(e - now),
+            (Some(e), Some(d)) if e <= d.at => human_duration(e - now),
+            (_, Some(d)) => render(
+                Lang::En,
+                match d.reason {
+                    crate::containers::reclaim::Reason::Stale => "container.ps_left_removed",
+                    crate::containers::reclaim::Reason::Idle => "container.ps_left_idle",
+                    crate::containers::reclaim::Reason::Lifetime => "container.ps_left_lifetime",
+                },
+                &[("left", human_duration(d.at - now))],
+            ),
+            (Some(e), None) => human_duration(e - now),
             (None, None) => "-".into(),
         };
         let owner = if several {
@@ -678,20 +683,10 @@ async fn ps(
             r.name,
             containers::short_image(&r.image),
             r.gpus,
-            human(now - r.created_at)
+            human_duration(now - r.created_at)
         ));
     }
     Ok(answer(request, out, "ok", None))
-}
-
-fn human(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
 }
 
 async fn logs(app: &Arc<App>, row: &ContainerRow, tail: u32, request: &str) -> String {

@@ -31,6 +31,8 @@ pub struct ContainerRow {
     /// When it was last seen using CPU or GPU, and its CPU counter (ns) then.
     pub active_at: Option<i64>,
     pub cpu_seen: Option<i64>,
+    /// When `cpu_seen` was sampled.
+    pub sampled_at: Option<i64>,
     /// `/container extend`: not reclaimed before this.
     pub keep_until: Option<i64>,
     /// The last reclaim warning sent (`reason:deadline`), so each is sent once.
@@ -48,7 +50,7 @@ pub struct PortLease {
     pub proto: String,
 }
 
-pub(super) const COLS: &str = "id, owner, name, blade, podman_name, podman_id, image, command, env, cpus_milli, memory, gpus, private, state, exit_code, oom, created_at, started_at, expires_at, stopped_at, active_at, cpu_seen, keep_until, warned, wants_ip, waiting_since";
+pub(super) const COLS: &str = "id, owner, name, blade, podman_name, podman_id, image, command, env, cpus_milli, memory, gpus, private, state, exit_code, oom, created_at, started_at, expires_at, stopped_at, active_at, cpu_seen, keep_until, warned, wants_ip, waiting_since, sampled_at";
 
 pub(super) fn row(r: &Row<'_>) -> rusqlite::Result<ContainerRow> {
     let command: String = r.get(7)?;
@@ -80,6 +82,7 @@ pub(super) fn row(r: &Row<'_>) -> rusqlite::Result<ContainerRow> {
         warned: r.get(23)?,
         wants_ip: r.get(24)?,
         waiting_since: r.get(25)?,
+        sampled_at: r.get(26)?,
     })
 }
 
@@ -571,19 +574,6 @@ impl Store {
         })
         .await?;
         Ok(())
-    }
-
-    /// The last sample's time and CPU counter.
-    pub async fn last_sample(&self, id: i64) -> anyhow::Result<Option<(i64, u64)>> {
-        self.call(move |c| {
-            c.query_row(
-                "SELECT sampled_at, cpu_seen FROM containers WHERE id = ?1 AND sampled_at IS NOT NULL AND cpu_seen IS NOT NULL",
-                [id],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
-            )
-            .optional()
-        })
-        .await
     }
 
     /// A reclaim warning was sent (and, when it came late, the deadline moved).

@@ -18,6 +18,19 @@ pub struct ReplyTarget {
     pub sub: String,
 }
 
+impl ReplyTarget {
+    /// An answer for someone who did not ask in a channel (work shisa started itself): it
+    /// goes to them by direct message (or the outbox).
+    pub fn to_user(uid: &str, command: &str, sub: &str) -> ReplyTarget {
+        ReplyTarget {
+            uid: uid.to_string(),
+            command: command.to_string(),
+            sub: sub.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueuedTask {
     pub id: i64,

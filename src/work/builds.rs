@@ -318,12 +318,8 @@ pub async fn report(
                 .map(|x| x.1.to_string())
                 .unwrap_or(image.clone());
             if g.convert_sif {
-                let target = crate::store::queue::ReplyTarget {
-                    uid: b.owner.clone(),
-                    command: "/container".into(),
-                    sub: "sif".into(),
-                    ..Default::default()
-                };
+                let target =
+                    crate::store::queue::ReplyTarget::to_user(&b.owner, "/container", "sif");
                 let _ = super::enqueue(
                     app,
                     Task::Sif {

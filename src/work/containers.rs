@@ -112,6 +112,28 @@ fn start_failure(app: &App, job: &QueuedTask, name: &str, message: &str) -> User
     .arg("name", name)
 }
 
+/// A container stopped (by a stop, on its own, or found so): recorded, and its pool
+/// address given back now unless `reclaim.release_address_after` keeps it a while.
+pub async fn mark_stopped(
+    app: &App,
+    id: i64,
+    exit_code: Option<i32>,
+    oom: bool,
+) -> anyhow::Result<()> {
+    let release = app.cfg.reclaim.release_address_after.is_none();
+    app.store.mark_exited(id, exit_code, oom, release).await
+}
+
+/// The role an owner's limits come from (one the directory no longer knows: a student's).
+pub async fn role_of(app: &App, uid: &str) -> anyhow::Result<crate::config::Role> {
+    Ok(app
+        .directory
+        .lookup(uid)
+        .await?
+        .map(|a| a.role)
+        .unwrap_or(crate::config::Role::Student))
+}
+
 pub async fn owner_of(app: &Arc<App>, row: &ContainerRow) -> Result<Account, TaskError> {
     match app.directory.lookup(&row.owner).await {
         Ok(Some(a)) => Ok(a),
@@ -537,6 +559,34 @@ pub fn gpu_lifetime(app: &App, owner: &Account, row: &ContainerRow) -> Option<i6
     (row.gpus > 0).then(|| app.cfg.limits_for(owner.role).gpu_lifetime.secs as i64)
 }
 
+/// Queue a stop or removal shisa itself decided (a GPU's time, a lecture's end, a reclaim),
+/// answered to the owner by direct message under `command`. The row is marked `stopping`
+/// or `removing` at once, so the next round of whatever decided it does not queue it
+/// twice. Returns the request id (`why-ID-…`).
+pub async fn queue_for_service(
+    app: &App,
+    row: &ContainerRow,
+    task: Task,
+    command: &str,
+    why: &str,
+) -> anyhow::Result<String> {
+    let (state, sub) = match &task {
+        Task::Remove(_) => ("removing", "rm"),
+        _ => ("stopping", "stop"),
+    };
+    let request = format!("{why}-{}-{}", row.id, uuid::Uuid::new_v4().simple());
+    app.store
+        .enqueue(task.owned(
+            &row.owner,
+            &request,
+            Some(ReplyTarget::to_user(&row.owner, command, sub)),
+            app.cfg.queue.max_attempts,
+        ))
+        .await?;
+    app.store.set_container_state(row.id, state).await?;
+    Ok(request)
+}
+
 /// Start the oldest waiting containers on a blade that now fit (CPUs, memory, GPUs).
 pub async fn promote_waiting(app: &Arc<App>, blade_name: &str) {
     let Some(blade) = app.cfg.blade(blade_name).cloned() else {
@@ -598,12 +648,8 @@ pub async fn promote_waiting(app: &Arc<App>, blade_name: &str) {
             return;
         }
         let target = ReplyTarget {
-            response_url: None,
-            channel_id: None,
             mm_user_id: app.store.mm_user_of(&w.owner).await.ok().flatten(),
-            uid: w.owner.clone(),
-            command: "/container".into(),
-            sub: "run".into(),
+            ..ReplyTarget::to_user(&w.owner, "/container", "run")
         };
         let rid = format!("promote-{}-{}", w.id, uuid::Uuid::new_v4().simple());
         let task = Task::Run(ContainerTask {
@@ -673,13 +719,7 @@ pub async fn stop(
         Some(pid) => client.inspect(pid).await.ok().flatten(),
         None => None,
     };
-    app.store
-        .mark_exited(
-            row.id,
-            state.as_ref().map(|s| s.exit_code),
-            false,
-            app.cfg.reclaim.release_address_after.is_none(),
-        )
+    mark_stopped(app, row.id, state.as_ref().map(|s| s.exit_code), false)
         .await
         .map_err(TaskError::Retry)?;
     app.allocator

@@ -855,12 +855,7 @@ pub async fn apply(
     // `sif = true`: the SIF for `/job submit --course` is made now, not at the first job
     // (content-addressed: every student's job then finds it converted).
     if course.environment.sif && app.cfg.slurm.is_some() {
-        let target = crate::store::queue::ReplyTarget {
-            uid: project.owner.clone(),
-            command: "/course".into(),
-            sub: "sif".into(),
-            ..Default::default()
-        };
+        let target = crate::store::queue::ReplyTarget::to_user(&project.owner, "/course", "sif");
         let _ = super::enqueue(
             app,
             super::tasks::Task::Sif {
@@ -1060,24 +1055,13 @@ async fn lecture_end(app: &Arc<App>, c: &Course, now: i64) -> anyhow::Result<()>
         return Ok(());
     }
     for r in &seats {
-        let target = crate::store::queue::ReplyTarget {
-            response_url: None,
-            channel_id: None,
-            mm_user_id: None,
-            uid: r.owner.clone(),
-            command: "/course".into(),
-            sub: "stop".into(),
-        };
         let task = super::tasks::Task::Stop(super::tasks::ContainerTask {
             container: r.id,
             actor: "shisa".into(),
             ..Default::default()
         });
-        let request = format!("course-end-{}-{}", r.id, uuid::Uuid::new_v4().simple());
-        app.store
-            .enqueue(task.owned(&r.owner, &request, Some(target), app.cfg.queue.max_attempts))
-            .await?;
-        app.store.set_container_state(r.id, "stopping").await?;
+        let request =
+            super::containers::queue_for_service(app, r, task, "/course", "course-end").await?;
         let _ = app
             .store
             .audit(NewAudit {

@@ -10,7 +10,6 @@ use futures_util::StreamExt;
 use crate::app::App;
 use crate::containers::{fmt_size, MANAGED_LABEL};
 use crate::messages::{render, Lang};
-use crate::store::queue::ReplyTarget;
 use crate::work::tasks::{ContainerTask, Task};
 
 pub fn spawn(
@@ -81,14 +80,7 @@ pub async fn on_died(
     }
     let code = st.as_ref().map(|s| s.exit_code).or(exit_code);
     let oom = st.as_ref().is_some_and(|s| s.oom_killed);
-    app.store
-        .mark_exited(
-            row.id,
-            code,
-            oom,
-            app.cfg.reclaim.release_address_after.is_none(),
-        )
-        .await?;
+    super::containers::mark_stopped(app, row.id, code, oom).await?;
     app.allocator.release(row.id).await?;
     crate::work::containers::promote_waiting(app, blade).await;
     let tail = client
@@ -152,27 +144,14 @@ async fn expiry_loop(app: &Arc<App>) {
 pub async fn stop_expired(app: &Arc<App>) -> anyhow::Result<usize> {
     let rows = app.store.expired_containers().await?;
     for r in &rows {
-        let target = ReplyTarget {
-            response_url: None,
-            channel_id: None,
-            mm_user_id: None,
-            uid: r.owner.clone(),
-            command: "/container".into(),
-            sub: "stop".into(),
-        };
         let task = Task::Stop(ContainerTask {
             container: r.id,
             actor: "shisa".into(),
             expired: true,
             ..Default::default()
         });
-        let request = format!("expire-{}-{}", r.id, uuid::Uuid::new_v4().simple());
-        app.store
-            .enqueue(task.owned(&r.owner, &request, Some(target), app.cfg.queue.max_attempts))
-            .await?;
-        // So the sweep does not queue it twice before the stop runs; its deadline stays
-        // (a restart does not renew GPU time).
-        app.store.set_container_state(r.id, "stopping").await?;
+        // Its deadline stays (a restart does not renew GPU time).
+        super::containers::queue_for_service(app, r, task, "/container", "expire").await?;
     }
     if !rows.is_empty() {
         super::wake(app);

@@ -14,7 +14,7 @@ use crate::containers::reclaim::{self, Reason, Step};
 use crate::messages::{render, Lang};
 use crate::store::audit::NewAudit;
 use crate::store::containers::ContainerRow;
-use crate::store::queue::ReplyTarget;
+use crate::values::human_duration;
 use crate::work::tasks::{ContainerTask, Task};
 
 /// What one sweep did.
@@ -69,28 +69,6 @@ pub fn spawn(
     })
 }
 
-fn dm_target(row: &ContainerRow, sub: &str) -> ReplyTarget {
-    ReplyTarget {
-        response_url: None,
-        channel_id: None,
-        mm_user_id: None,
-        uid: row.owner.clone(),
-        command: "/container".into(),
-        sub: sub.into(),
-    }
-}
-
-/// How long, in the words of the replies (`2d`, `5h`, `30m`).
-pub fn human(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
-}
-
 async fn audit(app: &App, row: &ContainerRow, action: &str, detail: &str) {
     let _ = app
         .store
@@ -112,28 +90,22 @@ pub async fn sweep(app: &Arc<App>) -> anyhow::Result<Report> {
     let cfg = &app.cfg.reclaim;
     let mut report = Report::default();
     let mut roles = HashMap::new();
-    for row in app.store.reclaimable().await? {
+    for mut row in app.store.reclaimable().await? {
         if row.state == "running" {
-            sample(app, &row, now).await;
+            sample(app, &mut row, now).await;
         }
         let role = match roles.get(&row.owner) {
             Some(r) => *r,
             None => {
-                let r = match app.directory.lookup(&row.owner).await {
-                    Ok(Some(a)) => a.role,
-                    // An owner the directory no longer knows: a student's limits.
-                    Ok(None) => crate::config::Role::Student,
-                    Err(_) => continue,
+                // The directory is down: decide nothing about this owner this round.
+                let Ok(r) = super::containers::role_of(app, &row.owner).await else {
+                    continue;
                 };
                 roles.insert(row.owner.clone(), r);
                 r
             }
         };
         let limits = app.cfg.limits_for(role);
-        // Fresh figures for the decision (the sample may have moved `active_at`).
-        let Some(row) = app.store.container(row.id).await? else {
-            continue;
-        };
         match reclaim::step(&row, &limits, cfg, now) {
             Step::Nothing => {}
             Step::Warn { due, keep_until } => {
@@ -147,10 +119,10 @@ pub async fn sweep(app: &Arc<App>) -> anyhow::Result<Report> {
                     key,
                     &[
                         ("name", row.name.clone()),
-                        ("left", human(due.at - now)),
+                        ("left", human_duration(due.at - now)),
                         (
                             "after",
-                            human(match due.reason {
+                            human_duration(match due.reason {
                                 Reason::Stale => limits.remove_stopped_after.secs as i64,
                                 Reason::Lifetime => limits.max_lifetime.secs as i64,
                                 Reason::Idle => limits.idle_after.secs as i64,
@@ -173,30 +145,19 @@ pub async fn sweep(app: &Arc<App>) -> anyhow::Result<Report> {
                 report.warned += 1;
             }
             Step::Act(due) => {
-                let (task, state, sub) = {
-                    let t = ContainerTask {
-                        container: row.id,
-                        actor: "shisa".into(),
-                        reclaimed: due.reason.as_str().into(),
-                        ..Default::default()
-                    };
-                    if due.reason.removes() {
-                        (Task::Remove(t), "removing", "rm")
-                    } else {
-                        (Task::Stop(t), "stopping", "stop")
-                    }
+                let t = ContainerTask {
+                    container: row.id,
+                    actor: "shisa".into(),
+                    reclaimed: due.reason.as_str().into(),
+                    ..Default::default()
                 };
-                let request = format!("reclaim-{}-{}", row.id, uuid::Uuid::new_v4().simple());
-                app.store
-                    .enqueue(task.owned(
-                        &row.owner,
-                        &request,
-                        Some(dm_target(&row, sub)),
-                        app.cfg.queue.max_attempts,
-                    ))
+                let task = if due.reason.removes() {
+                    Task::Remove(t)
+                } else {
+                    Task::Stop(t)
+                };
+                super::containers::queue_for_service(app, &row, task, "/container", "reclaim")
                     .await?;
-                // So the next sweep does not queue it twice before the task runs.
-                app.store.set_container_state(row.id, state).await?;
                 audit(app, &row, "container.reclaim", due.reason.as_str()).await;
                 app.metrics
                     .incr_labeled("reclaimed", &format!("reason=\"{}\"", due.reason.as_str()));
@@ -251,9 +212,10 @@ pub async fn sweep(app: &Arc<App>) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Sample a running container's use; it counts as active when its CPU use since the last
-/// sample is at least `idle_cpu_percent` of one CPU, or a GPU of its is busy.
-async fn sample(app: &Arc<App>, row: &ContainerRow, now: i64) {
+/// Sample a running container's use (recorded, and in `row`); it counts as active when its
+/// CPU use since the last sample is at least `idle_cpu_percent` of one CPU, or a GPU of its
+/// is busy.
+async fn sample(app: &Arc<App>, row: &mut ContainerRow, now: i64) {
     let (Some(pid), Ok((blade, client))) =
         (&row.podman_id, super::containers::blade_of(app, &row.blade))
     else {
@@ -267,11 +229,13 @@ async fn sample(app: &Arc<App>, row: &ContainerRow, now: i64) {
             return;
         }
     };
-    let before = app.store.last_sample(row.id).await.ok().flatten();
-    let cpu_active = match (before, s.cpu_nanos) {
-        (Some((t, cpu)), Some(now_cpu)) => {
-            !reclaim::was_idle(cpu, now_cpu, now - t, app.cfg.reclaim.idle_cpu_percent)
-        }
+    let cpu_active = match (row.sampled_at, row.cpu_seen, s.cpu_nanos) {
+        (Some(t), Some(cpu), Some(now_cpu)) => !reclaim::was_idle(
+            cpu as u64,
+            now_cpu,
+            now - t,
+            app.cfg.reclaim.idle_cpu_percent,
+        ),
         _ => false,
     };
     let active = cpu_active || s.gpu_busy == Some(true);
@@ -281,6 +245,14 @@ async fn sample(app: &Arc<App>, row: &ContainerRow, now: i64) {
         .await
     {
         tracing::warn!(error = %e, "usage sample not recorded");
+        return;
+    }
+    row.sampled_at = Some(now);
+    if let Some(c) = s.cpu_nanos {
+        row.cpu_seen = Some(c as i64);
+    }
+    if active {
+        row.active_at = Some(now);
     }
 }
 

@@ -109,14 +109,7 @@ pub async fn blade(app: &Arc<App>, blade: &str) -> anyhow::Result<Report> {
                 );
             }
             ("stopping", Some(l)) if l.state != "running" => {
-                app.store
-                    .mark_exited(
-                        row.id,
-                        None,
-                        false,
-                        app.cfg.reclaim.release_address_after.is_none(),
-                    )
-                    .await?;
+                super::containers::mark_stopped(app, row.id, None, false).await?;
                 app.allocator.release(row.id).await?;
                 rep.exited += 1;
             }

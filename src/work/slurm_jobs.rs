@@ -178,12 +178,7 @@ pub async fn holders_once(app: &Arc<App>) -> anyhow::Result<usize> {
         if row.state != "running" {
             continue;
         }
-        let target = crate::store::queue::ReplyTarget {
-            uid: row.owner.clone(),
-            command: "/container".into(),
-            sub: "stop".into(),
-            ..Default::default()
-        };
+        let target = crate::store::queue::ReplyTarget::to_user(&row.owner, "/container", "stop");
         let task = Task::Stop(ContainerTask {
             container: cid,
             actor: "shisa".into(),
