@@ -254,7 +254,7 @@ pub async fn handle(
                     let c = reg.client();
                     // Delete by the digest the registry reports now (2.8 deletes only by digest).
                     let digest = match c.manifest(&repo, &tag).await {
-                        Ok(Some((d, _))) => d,
+                        Ok(Some(m)) => m.digest,
                         Ok(None) => img.digest.clone(),
                         Err(e) => return Err(e),
                     };

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+use crate::registry::client::Manifest;
 use crate::registry::{jwt, rfc3339, scope};
 
 use crate::app::App;
@@ -333,19 +334,22 @@ pub async fn notifications(app: &Arc<App>, body: &[u8]) -> Result<usize, String>
                         .ok()
                         .flatten()
                 };
-                let (digest, size) = match by_digest {
-                    Some(x) => x,
+                // One read of the manifest gives its size and the layers it holds (which
+                // count with the image now, not as loose uploads).
+                let Manifest {
+                    digest,
+                    size,
+                    blobs,
+                } = match by_digest {
+                    Some(m) => m,
                     None => match reg.client().manifest(repo, tag).await {
-                        Ok(Some(x)) => x,
-                        _ => (event_digest, 0),
+                        Ok(Some(m)) => m,
+                        _ => Manifest {
+                            digest: event_digest,
+                            ..Default::default()
+                        },
                     },
                 };
-                // The layers it holds count with the image now, not as loose uploads.
-                let blobs = reg
-                    .client()
-                    .blobs_of(repo, &digest)
-                    .await
-                    .unwrap_or_default();
                 app.store
                     .upsert_image(ImageRow {
                         repository: repo.into(),

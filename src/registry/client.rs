@@ -39,17 +39,26 @@ struct Fetched {
     body: bytes::Bytes,
 }
 
+/// What shisa reads of one manifest.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Manifest {
+    pub digest: String,
+    /// Config and layers (for an index, its manifests as given).
+    pub size: u64,
+    /// The blobs it refers to (config and layers; for an index, its manifests).
+    pub blobs: Vec<String>,
+}
+
 /// The registry as shisa uses it: the HTTP client here, or a test's fake.
 #[async_trait::async_trait]
 pub trait RegistryApi: Send + Sync {
     async fn catalog(&self) -> anyhow::Result<Vec<String>>;
     async fn tags(&self, name: &str) -> anyhow::Result<Vec<String>>;
-    /// (digest, total size of config and layers) of a tag, or None if it does not exist.
-    async fn manifest(&self, name: &str, reference: &str) -> anyhow::Result<Option<(String, u64)>>;
+    /// A tag's (or digest's) manifest, read once: its digest, size and blobs; None if it
+    /// does not exist.
+    async fn manifest(&self, name: &str, reference: &str) -> anyhow::Result<Option<Manifest>>;
     /// Delete by digest (the only way distribution 2.8 accepts); all its tags go.
     async fn delete_manifest(&self, name: &str, digest: &str) -> anyhow::Result<()>;
-    /// The blobs (config and layers; for an index, its manifests) a manifest refers to.
-    async fn blobs_of(&self, name: &str, reference: &str) -> anyhow::Result<Vec<String>>;
     /// Unlink a blob from a repository (garbage collection frees the space).
     async fn delete_blob(&self, name: &str, digest: &str) -> anyhow::Result<()>;
     /// Give the manifest `digest` of `name` another tag (the same manifest put again).
@@ -68,6 +77,22 @@ impl Client {
             name: name.into(),
             actions: actions.iter().map(|a| a.to_string()).collect(),
         }])
+    }
+
+    /// `DELETE /v2/NAME/{manifests|blobs}/DIGEST` (by digest: the only way distribution 2.8
+    /// accepts); gone already is fine.
+    async fn delete_by_digest(&self, name: &str, kind: &str, digest: &str) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .delete(format!("{}/v2/{name}/{kind}/{digest}", self.cfg.url))
+            .bearer_auth(self.repo_token(name, &["pull", "delete"]))
+            .send()
+            .await?;
+        match r.status().as_u16() {
+            202 | 404 => Ok(()),
+            405 => anyhow::bail!("the registry has deletes disabled (storage.delete.enabled)"),
+            s => anyhow::bail!("registry answered {s} to a delete of {kind}/{digest}"),
+        }
     }
 
     /// One manifest as stored, by tag or digest; None when the registry does not have it.
@@ -163,8 +188,7 @@ impl RegistryApi for Client {
         Ok(t.tags.unwrap_or_default())
     }
 
-    /// (digest, total size of config and layers) of a tag, or None if it does not exist.
-    async fn manifest(&self, name: &str, reference: &str) -> anyhow::Result<Option<(String, u64)>> {
+    async fn manifest(&self, name: &str, reference: &str) -> anyhow::Result<Option<Manifest>> {
         let Some(f) = self.fetch_manifest(name, reference, &["pull"]).await? else {
             return Ok(None);
         };
@@ -177,43 +201,20 @@ impl RegistryApi for Client {
         for l in m["manifests"].as_array().into_iter().flatten() {
             size += l["size"].as_u64().unwrap_or(0);
         }
-        Ok(Some((f.digest, size)))
+        Ok(Some(Manifest {
+            digest: f.digest,
+            size,
+            blobs: referenced_blobs(&m),
+        }))
     }
 
     /// Delete by digest (the only way distribution 2.8 accepts); all its tags go.
     async fn delete_manifest(&self, name: &str, digest: &str) -> anyhow::Result<()> {
-        let r = self
-            .http
-            .delete(format!("{}/v2/{name}/manifests/{digest}", self.cfg.url))
-            .bearer_auth(self.repo_token(name, &["pull", "delete"]))
-            .send()
-            .await?;
-        match r.status().as_u16() {
-            202 | 404 => Ok(()),
-            405 => anyhow::bail!("the registry has deletes disabled (storage.delete.enabled)"),
-            s => anyhow::bail!("registry answered {s} to a delete"),
-        }
-    }
-
-    async fn blobs_of(&self, name: &str, reference: &str) -> anyhow::Result<Vec<String>> {
-        match self.fetch_manifest(name, reference, &["pull"]).await? {
-            Some(f) => Ok(referenced_blobs(&serde_json::from_slice(&f.body)?)),
-            None => Ok(Vec::new()),
-        }
+        self.delete_by_digest(name, "manifests", digest).await
     }
 
     async fn delete_blob(&self, name: &str, digest: &str) -> anyhow::Result<()> {
-        let r = self
-            .http
-            .delete(format!("{}/v2/{name}/blobs/{digest}", self.cfg.url))
-            .bearer_auth(self.repo_token(name, &["pull", "delete"]))
-            .send()
-            .await?;
-        match r.status().as_u16() {
-            202 | 404 => Ok(()),
-            405 => anyhow::bail!("the registry has deletes disabled (storage.delete.enabled)"),
-            s => anyhow::bail!("registry answered {s} to a blob delete"),
-        }
+        self.delete_by_digest(name, "blobs", digest).await
     }
 
     async fn tag(&self, name: &str, digest: &str, tag: &str) -> anyhow::Result<()> {

@@ -735,7 +735,9 @@ pub async fn record_pushed(
         return Ok(None);
     };
     let repo = format!("{}/{}", b.owner, crate::builds::slug(&b.path));
-    let Some((digest, size)) = reg.client().manifest(&repo, primary).await? else {
+    let Some(crate::registry::client::Manifest { digest, size, .. }) =
+        reg.client().manifest(&repo, primary).await?
+    else {
         return Ok(None);
     };
     let tags: &[&str] = if latest {

@@ -645,7 +645,7 @@ async fn resolve_image(
                 .push(&full, crate::registry::SERVICE, &cred, !reg.cfg.insecure)
                 .await
                 .map_err(|e| e.to_string())?;
-            let (digest, size) = reg
+            let crate::registry::client::Manifest { digest, size, .. } = reg
                 .client()
                 .manifest(&repo, tag)
                 .await

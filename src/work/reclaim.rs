@@ -268,7 +268,7 @@ pub async fn prune_images(app: &Arc<App>, blade: &str) -> anyhow::Result<Pruned>
     for img in client.list_images().await? {
         let names = img.names.clone().unwrap_or_default();
         let kept = |n: &String| held.contains(n) || courses.contains(n);
-        if img.containers > 0 || names.iter().any(kept) || held.contains(&img.id) {
+        if img.containers > 0 || names.iter().any(kept) {
             continue;
         }
         // A course image pulled by digest is listed under its repository's name only.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::App;
+use crate::registry::client::Manifest;
 use crate::registry::owner_of;
 use crate::store::images::ImageRow;
 
@@ -23,7 +24,7 @@ pub async fn sync(app: &Arc<App>) -> anyhow::Result<(usize, usize)> {
             continue;
         };
         for tag in c.tags(&repo).await? {
-            let Some((digest, size)) = c.manifest(&repo, &tag).await? else {
+            let Some(Manifest { digest, size, .. }) = c.manifest(&repo, &tag).await? else {
                 continue;
             };
             seen.insert((repo.clone(), tag.clone()));
@@ -80,7 +81,9 @@ pub async fn prune_uploads(app: &Arc<App>) -> anyhow::Result<usize> {
             let mut blobs = std::collections::HashSet::new();
             for i in app.store.all_images().await? {
                 if i.owner == owner {
-                    blobs.extend(c.blobs_of(&i.repository, &i.digest).await?);
+                    if let Some(m) = c.manifest(&i.repository, &i.digest).await? {
+                        blobs.extend(m.blobs);
+                    }
                 }
             }
             held.insert(owner.clone(), blobs);

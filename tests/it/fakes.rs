@@ -192,18 +192,23 @@ impl RegistryApi for TableRegistry {
             .map(|t| t.iter().map(|x| x.0.clone()).collect())
             .unwrap_or_default())
     }
-    async fn manifest(&self, name: &str, reference: &str) -> anyhow::Result<Option<(String, u64)>> {
+    async fn manifest(
+        &self,
+        name: &str,
+        reference: &str,
+    ) -> anyhow::Result<Option<shisa::registry::client::Manifest>> {
         Ok(self
             .table
             .get(name)
             .and_then(|t| t.iter().find(|x| x.0 == reference))
-            .map(|x| (x.1.clone(), x.2)))
+            .map(|x| shisa::registry::client::Manifest {
+                digest: x.1.clone(),
+                size: x.2,
+                blobs: Vec::new(),
+            }))
     }
     async fn delete_manifest(&self, _: &str, _: &str) -> anyhow::Result<()> {
         Ok(())
-    }
-    async fn blobs_of(&self, _: &str, _: &str) -> anyhow::Result<Vec<String>> {
-        Ok(Vec::new())
     }
     async fn delete_blob(&self, _: &str, _: &str) -> anyhow::Result<()> {
         Ok(())
