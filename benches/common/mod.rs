@@ -14,7 +14,10 @@ pub fn pct(v: &mut [Duration], p: f64) -> Duration {
 /// slow every later start on the machine).
 #[allow(dead_code)]
 pub fn remove_all() {
-    for args in [&["rm", "-af", "-t", "0"][..], &["network", "prune", "-f"][..]] {
+    for args in [
+        &["rm", "-af", "-t", "0"][..],
+        &["network", "prune", "-f"][..],
+    ] {
         let out = crate::harness::podman_cli().args(args).output().unwrap();
         assert!(
             out.status.success(),
